@@ -1,0 +1,36 @@
+# Set-up and entry points. `make demo` and `make test` are the README's two commands: each
+# builds .venv on first use (idempotent: re-installs only when pyproject.toml or this file change).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint benchmark clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools<81" wheel
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	# face_recognition declares the source-built `dlib`; dlib-bin (a dependency above) provides it.
+	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/emotiw demo --workdir runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check emotiw jobs tests
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+benchmark: $(STAMP)
+	$(BIN)/python jobs/benchmark.py decode
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,183 @@
+"""The `emotiw` command line: thin argument parsing over the library.
+
+Subcommands:
+    sample-corpus OUT --n N --seed S   write the synthetic labelled corpus
+    list URI                           list the videos under a path or s3:// prefix
+    decode URI [--labels FILE]         decode every video and print a per-clip summary table
+    demo [--workdir DIR]               the main job on the embedded default (local files)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from emotiw.config import CLASS_NAMES, CorpusConfig, MediaConfig, StorageConfig
+from emotiw.errors import EmotiwError
+
+
+def _storage(args: argparse.Namespace) -> StorageConfig:
+    return StorageConfig.from_env(endpoint_url=args.endpoint_url)
+
+
+def decode_summary(
+    uris: Sequence[str],
+    cfg: MediaConfig,
+    storage: StorageConfig | None = None,
+    labels: dict[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Decode each clip; one summary row per clip, failures as rows with `error` set."""
+    from emotiw.errors import DecodeError
+    from emotiw.media import decode
+    from emotiw.storage import video_id
+
+    rows = []
+    for uri in uris:
+        vid = video_id(uri)
+        label = labels.get(vid) if labels else None
+        row: dict[str, Any] = {
+            "video": vid,
+            "label": CLASS_NAMES[label] if label is not None else "",
+        }
+        start = time.perf_counter()
+        try:
+            clip = decode(uri, cfg, storage)
+        except DecodeError as exc:
+            row.update(decode_ms=round(1000 * (time.perf_counter() - start), 1), error=str(exc))
+            rows.append(row)
+            continue
+        meta = clip.meta
+        row.update(
+            duration_s=round(meta.duration_s, 2),
+            fps=round(meta.fps, 2),
+            size=f"{meta.width}x{meta.height}",
+            codecs=f"{meta.video_codec}/{meta.audio_codec or '-'}",
+            frames=f"{clip.n_valid_frames}/{len(clip.frame_mask)}",
+            indices=f"{clip.frame_indices[0]}..{clip.frame_indices[clip.frame_mask].max()}",
+            audio_s=round(clip.audio_duration_s, 2),
+            has_audio=meta.has_audio,
+            decode_ms=round(1000 * (time.perf_counter() - start), 1),
+            error="",
+        )
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as a fixed-width text table (columns in first-seen order, blanks for missing)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cmd_sample_corpus(args: argparse.Namespace) -> int:
+    from emotiw.corpus import write_sample_corpus
+
+    cfg = CorpusConfig(cue_strength=args.cue_strength)
+    start = time.perf_counter()
+    clips = write_sample_corpus(args.out, args.n, args.seed, cfg, _storage(args))
+    counts = {name: sum(c.label == i for c in clips) for i, name in enumerate(CLASS_NAMES)}
+    print(
+        f"wrote {len(clips)} synthetic clips + labels.txt to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s; classes {counts}"
+    )
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from emotiw.storage import list_videos
+
+    for uri in list_videos(args.uri, _storage(args)):
+        print(uri)
+    return 0
+
+
+def _print_decode_table(uri: str, labels_url: str | None, storage: StorageConfig) -> int:
+    from emotiw.labels import read_labels
+    from emotiw.storage import list_videos
+
+    uris = list_videos(uri, storage)
+    labels = read_labels(labels_url, storage) if labels_url else None
+    rows = decode_summary(uris, MediaConfig(), storage, labels)
+    print(format_table(rows))
+    failed = sum(bool(r["error"]) for r in rows)
+    print(f"\n{len(rows)} clips: {len(rows) - failed} decoded, {failed} failed")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    return _print_decode_table(args.uri, args.labels, _storage(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Until the scoring job exists: write the sample corpus, then decode it and print a table."""
+    import os
+
+    from emotiw.corpus import write_sample_corpus
+    from emotiw.storage import join_url
+
+    corpus = join_url(args.workdir, "corpus")
+    labels = join_url(corpus, "labels.txt")
+    if not os.path.exists(labels) or args.force:
+        print(f"[1/2] writing {args.n} synthetic sample clips to {corpus} ...", flush=True)
+        write_sample_corpus(corpus, args.n, args.seed)
+    else:
+        print(f"[1/2] sample corpus already at {corpus} (use --force to rewrite)", flush=True)
+    print("[2/2] decoding every clip (12 frames of 480x320, mono 48 kHz audio):", flush=True)
+    return _print_decode_table(corpus, labels, StorageConfig())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotiw", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-corpus", help="write the synthetic labelled sample corpus")
+    p.add_argument("out", help="output directory or s3:// prefix")
+    p.add_argument("--n", type=int, default=12, help="number of clips (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cue-strength", type=float, default=CorpusConfig.cue_strength)
+    p.set_defaults(func=_cmd_sample_corpus)
+
+    p = sub.add_parser("list", help="list video files under a path or s3:// prefix")
+    p.add_argument("uri")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("decode", help="decode videos and print a per-clip summary table")
+    p.add_argument("uri", help="a video, a directory or an s3:// prefix")
+    p.add_argument("--labels", default=None, help="VGAF label file to show each clip's label")
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("demo", help="run the main job on the embedded default (local files)")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--n", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rewrite the sample corpus")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (EmotiwError, ValueError) as exc:
+        print(f"emotiw {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

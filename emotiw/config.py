@@ -1,0 +1,183 @@
+"""Typed configuration. The paper's numbers are the defaults; every dataclass validates itself.
+
+Configs are frozen dataclasses so they can be shipped to Ray actors, hashed and logged as
+parameters unchanged. Invalid values raise `ValueError` naming the field at construction time,
+not deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Class order used everywhere (logits, probabilities, Parquet columns).
+CLASS_NAMES: tuple[str, ...] = ("positive", "neutral", "negative")
+# VGAF label files use 1=Positive, 2=Neutral, 3=Negative.
+VGAF_LABEL_TO_CLASS: dict[int, int] = {1: 0, 2: 1, 3: 2}
+CLASS_TO_VGAF_LABEL: dict[int, int] = {v: k for k, v in VGAF_LABEL_TO_CLASS.items()}
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """How a clip is decoded and sampled (paper section 4.1 and 4.3).
+
+    Attributes:
+        frame_step: keep every `frame_step`-th decoded frame (paper: every 10th).
+        n_frames: number of sampled frames kept; missing ones are zero-padded (paper: 12).
+        width: width of each kept frame after resizing (paper: 480).
+        height: height of each kept frame after resizing (paper: 320).
+        audio_rate: audio is resampled to mono at this rate (OpenL3 expects 48 kHz).
+        max_duration_s: never read media past this many seconds; bounds the cost of long videos.
+            The frames need frame_step * n_frames frames (~4.8 s at 25 fps) and the audio model
+            11 windows at hop 0.5 s (~6 s), so 10 s leaves headroom for slow frame rates.
+        decode_threads: FFmpeg decoder threads per clip; 0 lets FFmpeg choose.
+        timeout_s: wall-clock bound for decoding one clip; past it the clip fails with
+            reason `timeout` instead of stalling a worker.
+        interpolation: swscale interpolation used for the resize (PyAV name). AREA (box
+            averaging) is the right filter for downscaling and 2x cheaper than BILINEAR here.
+    """
+
+    frame_step: int = 10
+    n_frames: int = 12
+    width: int = 480
+    height: int = 320
+    audio_rate: int = 48_000
+    max_duration_s: float = 10.0
+    decode_threads: int = 0
+    timeout_s: float = 60.0
+    interpolation: str = "AREA"
+
+    def __post_init__(self) -> None:
+        _require(self.frame_step >= 1, f"frame_step must be >= 1, got {self.frame_step}")
+        _require(self.n_frames >= 1, f"n_frames must be >= 1, got {self.n_frames}")
+        _require(
+            self.width >= 16 and self.height >= 16,
+            f"width and height must be >= 16, got {self.width}x{self.height}",
+        )
+        _require(
+            self.width % 2 == 0 and self.height % 2 == 0,
+            f"width and height must be even, got {self.width}x{self.height}",
+        )
+        _require(8_000 <= self.audio_rate <= 192_000, f"audio_rate out of range: {self.audio_rate}")
+        _require(self.max_duration_s > 0, f"max_duration_s must be > 0, got {self.max_duration_s}")
+        _require(self.decode_threads >= 0, f"decode_threads must be >= 0: {self.decode_threads}")
+        _require(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}")
+        _require(
+            self.interpolation in {"FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "LANCZOS"},
+            f"unknown interpolation {self.interpolation!r}",
+        )
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        """Shape of `Clip.frames`: (n_frames, height, width, 3)."""
+        return (self.n_frames, self.height, self.width, 3)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where object storage lives and how to authenticate.
+
+    Credentials default to the standard AWS chain (environment, ~/.aws/config, instance role);
+    `key`/`secret` are only for endpoints that need explicit ones (MinIO, the test server).
+    Secrets are excluded from `repr` so they never reach logs.
+
+    Attributes:
+        endpoint_url: S3-compatible endpoint (``http://127.0.0.1:9000``); None for AWS.
+        region: AWS region; None lets the SDK decide.
+        key: access key id, or None for the standard credential chain.
+        secret: secret access key, or None.
+        token: session token, or None.
+        anon: unsigned requests (public buckets).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    key: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    anon: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            _require(
+                self.endpoint_url.startswith(("http://", "https://")),
+                f"endpoint_url must start with http:// or https://, got {self.endpoint_url!r}",
+            )
+        _require(
+            (self.key is None) == (self.secret is None),
+            "key and secret must be given together (or neither, for the standard AWS chain)",
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StorageConfig:
+        """Endpoint and region from the standard AWS variables; credentials left to the SDK.
+
+        `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`) is read explicitly so that pyarrow's
+        filesystem, which Ray Data uses, sees the same endpoint as botocore does.
+        """
+        values: dict[str, Any] = {
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None,
+            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs or error messages."""
+        return tuple(s for s in (self.key, self.secret, self.token) if s)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The synthetic sample corpus (see `emotiw.corpus`): 5 s H.264 + AAC clips with cues.
+
+    Attributes:
+        width: frame width of the written clips.
+        height: frame height of the written clips.
+        fps: frame rate.
+        duration_s: clip length.
+        audio_rate: sample rate of the written audio track (stereo, resampled on decode).
+        cue_strength: probability that a modality's cue follows the clip's own class; otherwise
+            it is drawn from a uniformly random class. 1.0 makes every cue exact; 0.0 makes the
+            corpus unlearnable. Each modality draws independently, so fusion can beat any one.
+        min_face_px: smallest pasted face side in pixels, at the written resolution.
+    """
+
+    width: int = 640
+    height: int = 360
+    fps: int = 25
+    duration_s: float = 5.0
+    audio_rate: int = 44_100
+    cue_strength: float = 0.8
+    min_face_px: int = 72
+
+    def __post_init__(self) -> None:
+        _require(self.width % 2 == 0 and self.height % 2 == 0, "width and height must be even")
+        _require(self.width >= 320 and self.height >= 240, "clips must be at least 320x240")
+        _require(1 <= self.fps <= 120, f"fps out of range: {self.fps}")
+        _require(0.5 <= self.duration_s <= 60, f"duration_s out of range: {self.duration_s}")
+        _require(8_000 <= self.audio_rate <= 96_000, f"audio_rate out of range: {self.audio_rate}")
+        _require(0.0 <= self.cue_strength <= 1.0, "cue_strength must be in [0, 1]")
+        _require(
+            48 <= self.min_face_px <= min(self.width, self.height) // 3,
+            f"min_face_px must be in [48, {min(self.width, self.height) // 3}]",
+        )
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain dict (for logging as parameters); secrets are dropped."""
+    data = asdict(cfg)
+    for name in ("key", "secret", "token"):
+        data.pop(name, None)
+    return data

@@ -1,0 +1,207 @@
+"""Object storage: one URL resolves to an fsspec filesystem (library code) and a pyarrow
+filesystem (Ray Data), with the same endpoint and credentials for both.
+
+URLs are local paths (``/data/clips``, ``file:///data/clips``) or ``s3://bucket/prefix``.
+Credentials come from the standard AWS chain unless `StorageConfig` names them; every error
+raised here has secrets redacted, because storage errors end up in logs and output rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING
+from urllib.parse import urlparse
+
+from emotiw.config import VIDEO_EXTENSIONS, StorageConfig
+from emotiw.errors import StorageError
+
+if TYPE_CHECKING:
+    import fsspec
+    import pyarrow.fs
+
+_REMOTE_PROTOCOLS = ("s3", "s3a")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Split a URL into (protocol, path): ``s3://b/k`` -> ``("s3", "b/k")``.
+
+    Local paths (with or without ``file://``) come back absolute with protocol ``"file"``.
+    """
+    if "://" not in url:
+        return "file", os.path.abspath(os.path.expanduser(url))
+    protocol, rest = url.split("://", 1)
+    protocol = protocol.lower()
+    if protocol in ("file", "local"):
+        return "file", os.path.abspath(rest)
+    if protocol in _REMOTE_PROTOCOLS:
+        return "s3", rest.strip("/")
+    raise StorageError(f"unsupported URL scheme {protocol!r} in {url!r}; use a path or s3://")
+
+
+def join_url(prefix: str, *parts: str) -> str:
+    """Join path parts onto a local or s3:// prefix with '/' separators."""
+    protocol, _ = split_url(prefix)
+    base = prefix.rstrip("/")
+    if protocol == "file":
+        return os.path.join(base, *parts)
+    return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def video_id(uri: str) -> str:
+    """The clip's id: its file name without extension (``s3://b/x/10_1.mp4`` -> ``10_1``)."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return os.path.splitext(name)[0]
+
+
+def redact(text: str, cfg: StorageConfig | None) -> str:
+    """Replace every secret of `cfg` (and of the AWS environment) in `text` with ``***``."""
+    secrets = list(cfg.secrets) if cfg else []
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        value = os.environ.get(var)
+        if value:
+            secrets.append(value)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _storage_error(exc: BaseException, url: str, cfg: StorageConfig | None) -> StorageError:
+    reason = "not_found" if isinstance(exc, FileNotFoundError) else "io"
+    detail = f"{type(exc).__name__}: {exc}"
+    return StorageError(redact(f"{url}: {detail}", cfg), reason=reason)
+
+
+def fsspec_filesystem(
+    url: str, cfg: StorageConfig | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for `url` and the path inside it."""
+    protocol, path = split_url(url)
+    if protocol == "file":
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem(), path
+    import s3fs
+
+    cfg = cfg or StorageConfig.from_env()
+    client_kwargs: dict[str, str] = {}
+    if cfg.endpoint_url:
+        client_kwargs["endpoint_url"] = cfg.endpoint_url
+    elif cfg.region:
+        # Not together with an endpoint override: there it breaks bucket creation on
+        # S3-compatible servers, and the region is meaningless to them anyway.
+        client_kwargs["region_name"] = cfg.region
+    fs = s3fs.S3FileSystem(
+        key=cfg.key,
+        secret=cfg.secret,
+        token=cfg.token,
+        anon=cfg.anon,
+        client_kwargs=client_kwargs,
+        # Scheduled runs list a growing bucket repeatedly; a cached listing would hide new clips.
+        use_listings_cache=False,
+    )
+    return fs, path
+
+
+def arrow_filesystem(
+    url: str, cfg: StorageConfig | None = None
+) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem for `url` (what Ray Data's readers and writers take)."""
+    import pyarrow.fs as pafs
+
+    protocol, path = split_url(url)
+    if protocol == "file":
+        return pafs.LocalFileSystem(), path
+    cfg = cfg or StorageConfig.from_env()
+    kwargs: dict[str, object] = {"anonymous": cfg.anon}
+    if cfg.key:
+        kwargs.update(access_key=cfg.key, secret_key=cfg.secret, session_token=cfg.token)
+    if cfg.endpoint_url:
+        parsed = urlparse(cfg.endpoint_url)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        kwargs["region"] = cfg.region or "us-east-1"
+    elif cfg.region:
+        kwargs["region"] = cfg.region
+    try:
+        return pafs.S3FileSystem(**kwargs), path
+    except Exception as exc:  # pyarrow raises plain OSError/ArrowInvalid
+        raise _storage_error(exc, url, cfg) from None
+
+
+def list_videos(
+    prefix: str,
+    cfg: StorageConfig | None = None,
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+) -> list[str]:
+    """Every video under `prefix` (recursively), as sorted URLs of the same form as `prefix`.
+
+    A `prefix` that is itself a video file lists just that file. Matching is by extension,
+    case-insensitive.
+
+    Raises:
+        StorageError: the prefix does not exist or cannot be listed (secrets redacted).
+    """
+    protocol, path = split_url(prefix)
+    fs, _ = fsspec_filesystem(prefix, cfg)
+    exts = tuple(e.lower() for e in extensions)
+    try:
+        if fs.isfile(path):
+            found = [path] if path.lower().endswith(exts) else []
+        elif fs.isdir(path):
+            found = [p for p in fs.find(path) if p.lower().endswith(exts)]
+        else:
+            raise FileNotFoundError(f"no such file or prefix: {path}")
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise _storage_error(exc, prefix, cfg) from None
+    if protocol == "file":
+        return sorted(found)
+    return sorted(f"s3://{p}" for p in found)
+
+
+@contextlib.contextmanager
+def open_input(url: str, cfg: StorageConfig | None = None) -> Iterator[IO[bytes]]:
+    """Open `url` for binary reading (a seekable file object).
+
+    Raises:
+        StorageError: reason ``not_found`` or ``io``, secrets redacted.
+    """
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        handle = fs.open(path, "rb")
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None
+    with handle:
+        yield handle
+
+
+def read_bytes(url: str, cfg: StorageConfig | None = None) -> bytes:
+    """All bytes of `url`."""
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        return fs.cat_file(path)
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None
+
+
+def write_bytes(url: str, data: bytes, cfg: StorageConfig | None = None) -> None:
+    """Write `data` to `url`, creating parent directories for local paths."""
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        if split_url(url)[0] == "file":
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None
+
+
+def size(url: str, cfg: StorageConfig | None = None) -> int:
+    """Size of the object at `url` in bytes."""
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        return int(fs.size(path))
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None

@@ -1,0 +1,75 @@
+"""The `emotiw` console script and the benchmark entrypoint, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(BIN / "emotiw"), *args], capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_sample_corpus_list_and_decode(tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    proc = run("sample-corpus", str(out), "--n", "3", "--seed", "2")
+    assert "wrote 3 synthetic clips" in proc.stdout
+    listed = run("list", str(out)).stdout.split()
+    assert listed == [str(out / f"clip_{i:04d}.mp4") for i in range(3)]
+    # A broken file among good ones becomes a row with an error; the command still succeeds.
+    (out / "broken.mp4").write_bytes(b"not a video at all")
+    table = run("decode", str(out), "--labels", str(out / "labels.txt")).stdout
+    assert "broken" in table and "not_media:" in table
+    assert table.count("12/12") == 3
+    assert "4 clips: 3 decoded, 1 failed" in table
+
+
+def test_decode_on_s3(tmp_path: Path, s3_bucket: str, s3_storage, monkeypatch) -> None:
+    from conftest import TEST_KEY, TEST_SECRET
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+    endpoint = s3_storage.endpoint_url
+    run("--endpoint-url", endpoint, "sample-corpus", f"{s3_bucket}/drop", "--n", "2")
+    table = run("--endpoint-url", endpoint, "decode", f"{s3_bucket}/drop").stdout
+    assert "2 clips: 2 decoded, 0 failed" in table
+
+
+def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
+    proc = run("decode", str(tmp_path / "missing"), check=False)
+    assert proc.returncode == 2
+    assert "not_found" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "labels.txt").write_text("Vid_name Label\na 7\n")
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    proc = run("decode", str(tmp_path), "--labels", str(tmp_path / "labels.txt"), check=False)
+    assert proc.returncode == 2 and "labels.txt:2: unknown label '7'" in proc.stderr
+
+
+def test_demo_prints_decode_table(tmp_path: Path) -> None:
+    proc = run("demo", "--workdir", str(tmp_path / "demo"), "--n", "3")
+    assert "12/12" in proc.stdout and "3 clips: 3 decoded, 0 failed" in proc.stdout
+    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n", "3")
+    assert "already at" in again.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_decode_prints_ratio(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), "decode", "--n", "3", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio media.decode / limit = " in proc.stdout

@@ -1,0 +1,134 @@
+"""storage: URL handling, listing local and on a real S3 endpoint, both filesystem kinds,
+credentials from the environment, and secrets kept out of messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TEST_KEY, TEST_SECRET
+
+from emotiw.config import StorageConfig
+from emotiw.errors import StorageError
+from emotiw.storage import (
+    arrow_filesystem,
+    join_url,
+    list_videos,
+    read_bytes,
+    redact,
+    split_url,
+    video_id,
+    write_bytes,
+)
+
+
+def test_split_and_join(tmp_path: Path) -> None:
+    assert split_url("s3://bucket/a/b/") == ("s3", "bucket/a/b")
+    assert split_url("s3a://bucket/a") == ("s3", "bucket/a")
+    assert split_url(str(tmp_path)) == ("file", str(tmp_path))
+    assert split_url(f"file://{tmp_path}") == ("file", str(tmp_path))
+    assert join_url("s3://b/p/", "x", "y.mp4") == "s3://b/p/x/y.mp4"
+    assert join_url(str(tmp_path), "y.mp4") == str(tmp_path / "y.mp4")
+    with pytest.raises(StorageError, match="unsupported URL scheme"):
+        split_url("ftp://host/x")
+
+
+def test_video_id() -> None:
+    assert video_id("s3://b/dir/10_1.mp4") == "10_1"
+    assert video_id("/data/clip.final.mkv") == "clip.final"
+    assert video_id("10_2") == "10_2"
+
+
+def _tree(root: Path) -> None:
+    for rel in ["a.mp4", "b.MP4", "sub/c.mkv", "sub/deep/d.webm", "notes.txt", "sub/e.jpg"]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_list_videos_local(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    found = list_videos(str(tmp_path))
+    names = [p.removeprefix(str(tmp_path) + "/") for p in found]
+    assert names == ["a.mp4", "b.MP4", "sub/c.mkv", "sub/deep/d.webm"]
+    assert list_videos(str(tmp_path), extensions=(".mkv",)) == [str(tmp_path / "sub/c.mkv")]
+    assert list_videos(str(tmp_path / "a.mp4")) == [str(tmp_path / "a.mp4")]
+    assert list_videos(str(tmp_path / "notes.txt")) == []
+
+
+def test_list_missing_prefix(tmp_path: Path) -> None:
+    with pytest.raises(StorageError) as info:
+        list_videos(str(tmp_path / "missing"))
+    assert info.value.reason == "not_found"
+
+
+def test_list_videos_s3(s3_bucket: str, s3_storage: StorageConfig) -> None:
+    for rel in ["a.mp4", "b.MP4", "sub/c.mkv", "notes.txt"]:
+        write_bytes(f"{s3_bucket}/drop/{rel}", b"x", s3_storage)
+    found = list_videos(f"{s3_bucket}/drop", s3_storage)
+    assert found == [f"{s3_bucket}/drop/{r}" for r in ["a.mp4", "b.MP4", "sub/c.mkv"]]
+    # A new object appears in the next listing (no stale listing cache between runs).
+    write_bytes(f"{s3_bucket}/drop/z.mp4", b"x", s3_storage)
+    assert list_videos(f"{s3_bucket}/drop/", s3_storage)[-1] == f"{s3_bucket}/drop/z.mp4"
+    assert list_videos(f"{s3_bucket}/drop/a.mp4", s3_storage) == [f"{s3_bucket}/drop/a.mp4"]
+
+
+def test_s3_missing_prefix_and_bucket(s3_bucket: str, s3_storage: StorageConfig) -> None:
+    with pytest.raises(StorageError):
+        list_videos(f"{s3_bucket}/nothing-here", s3_storage)
+    with pytest.raises(StorageError) as info:
+        read_bytes("s3://no-such-bucket-emotiw/x.mp4", s3_storage)
+    assert TEST_SECRET not in str(info.value)
+
+
+def test_fsspec_and_arrow_filesystems_agree(s3_bucket: str, s3_storage: StorageConfig) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url = f"{s3_bucket}/tables/t.parquet"
+    fs, path = arrow_filesystem(url, s3_storage)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), path, filesystem=fs)
+    raw = read_bytes(url, s3_storage)  # through s3fs
+    assert raw[:4] == b"PAR1"
+    assert pq.read_table(path, filesystem=fs).column("x").to_pylist() == [1, 2, 3]
+
+
+def test_arrow_filesystem_local(tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_filesystem(f"file://{tmp_path}")
+    assert isinstance(fs, pafs.LocalFileSystem) and path == str(tmp_path)
+
+
+def test_credentials_and_endpoint_from_environment(
+    s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+    cfg = StorageConfig.from_env()
+    assert cfg.endpoint_url == s3_endpoint and cfg.key is None  # the SDK chain supplies keys
+    write_bytes(f"{s3_bucket}/env/a.mp4", b"x", cfg)
+    assert list_videos(f"{s3_bucket}/env", cfg) == [f"{s3_bucket}/env/a.mp4"]
+    fs, path = arrow_filesystem(f"{s3_bucket}/env/a.mp4", cfg)
+    assert fs.get_file_info(path).size == 1
+
+
+def test_secrets_never_in_repr_or_errors(s3_endpoint: str) -> None:
+    cfg = StorageConfig(endpoint_url=s3_endpoint, key=TEST_KEY, secret=TEST_SECRET, token="tok-123")
+    assert TEST_SECRET not in repr(cfg) and "tok-123" not in repr(cfg)
+    from emotiw.config import to_dict
+
+    assert TEST_SECRET not in str(to_dict(cfg))
+    assert redact(f"bad key {TEST_KEY} with {TEST_SECRET}", cfg) == "bad key *** with ***"
+    bad = StorageConfig(endpoint_url="http://127.0.0.1:9", key=TEST_KEY, secret=TEST_SECRET)
+    with pytest.raises(StorageError) as info:
+        read_bytes("s3://bucket/x.mp4", bad)
+    assert TEST_SECRET not in str(info.value)
+
+
+def test_storage_config_validation() -> None:
+    with pytest.raises(ValueError, match="endpoint_url"):
+        StorageConfig(endpoint_url="127.0.0.1:9000")
+    with pytest.raises(ValueError, match="together"):
+        StorageConfig(key="only-key")
