@@ -241,7 +241,7 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
     reformatter = av.video.reformatter.VideoReformatter()
     errors = 0
     video_done, audio_done = False, audio is None
-    chunks: list[np.ndarray] = []
+    chunks: list[list[np.ndarray]] = []  # per audio frame, one 1-D array per channel
     audio_rate_in: int | None = None
 
     packets = container.demux([video] if audio is None else [video, audio])
@@ -290,10 +290,12 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
             elif t is not None and t > cfg.max_duration_s:
                 audio_done = True
                 break
-            elif audio_rate_in in (None, frame.sample_rate):
+            elif audio_rate_in in (None, frame.sample_rate) and (
+                not chunks or frame.layout.nb_channels == len(chunks[0])
+            ):
                 audio_rate_in = frame.sample_rate
-                chunks.append(_mono_float(frame))
-            else:  # a mid-stream rate change (rare): keep the first rate's samples only
+                chunks.append(_channels(frame))
+            else:  # a mid-stream rate or layout change (rare): keep the first one's samples
                 errors += 1
 
     if not sampler.mask.any():
@@ -317,28 +319,53 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
     )
 
 
-_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+_INT_SCALE = {
+    np.dtype(np.int16): 2.0**15,
+    np.dtype(np.int32): 2.0**31,
+    np.dtype(np.int64): 2.0**63,
+}
+_SAMPLE_DTYPES = {
+    "u8": np.uint8,
+    "s16": np.int16,
+    "s32": np.int32,
+    "s64": np.int64,
+    "flt": np.float32,
+    "dbl": np.float64,
+}
 
 
-def _mono_float(frame: Any) -> np.ndarray:
-    """A decoded audio frame as float32 mono: the mean of its channels, as OpenL3 and
-    librosa downmix (FFmpeg's default rematrix would scale stereo by 0.707 per channel)."""
-    data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if not frame.format.is_planar:  # packed: one row of interleaved samples
-        data = data.reshape(-1, channels).T
+def _channels(frame: Any) -> list[np.ndarray]:
+    """A decoded audio frame as one 1-D array per channel, in its native sample type.
+
+    Reads the planes as numpy views: 12x cheaper than `AudioFrame.to_ndarray`, which matters
+    at ~200 audio frames per clip. The views keep their frame alive until concatenated.
+    """
+    fmt = frame.format
+    dtype = _SAMPLE_DTYPES.get(fmt.packed.name)
+    channels, n = frame.layout.nb_channels, frame.samples
+    if dtype is None:  # a sample format numpy has no type for: let PyAV convert
+        data = frame.to_ndarray()
+        return list(data if fmt.is_planar else data.reshape(-1, channels).T)
+    if fmt.is_planar:
+        return [np.frombuffer(p, dtype, count=n) for p in frame.planes[:channels]]
+    return list(np.frombuffer(frame.planes[0], dtype, count=n * channels).reshape(n, channels).T)
+
+
+def _resample(chunks: list[list[np.ndarray]], rate_in: int | None, rate_out: int) -> np.ndarray:
+    """Concatenate, downmix and resample the decoded audio once per clip.
+
+    The downmix is the mean of the channels, as OpenL3 and librosa do (FFmpeg's default
+    rematrix would scale stereo by 0.707 per channel); resampling is soxr's high quality
+    mode, librosa's default. Doing both on the whole clip costs less than per frame.
+    """
+    if not chunks or not rate_in:
+        return np.zeros(0, dtype=np.float32)
+    data = np.stack([np.concatenate(channel) for channel in zip(*chunks, strict=True)])
     if data.dtype == np.uint8:
         data = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype in _INT_SCALE:
         data = data.astype(np.float32) / _INT_SCALE[data.dtype]
-    return data.mean(axis=0, dtype=np.float32) if channels > 1 else data[0].astype(np.float32)
-
-
-def _resample(chunks: list[np.ndarray], rate_in: int | None, rate_out: int) -> np.ndarray:
-    """Concatenate mono chunks and resample once with soxr (high quality, librosa's default)."""
-    if not chunks or not rate_in:
-        return np.zeros(0, dtype=np.float32)
-    mono = np.concatenate(chunks)
+    mono = data.mean(axis=0, dtype=np.float32) if len(data) > 1 else data[0].astype(np.float32)
     if rate_in == rate_out:
         return mono
     import soxr
