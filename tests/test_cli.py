@@ -73,3 +73,16 @@ def test_benchmark_decode_prints_ratio(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "ratio media.decode / limit = " in proc.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_face_prints_split_and_recall(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), "face", "--n", "2", "--frames", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "detection" in proc.stdout and "FER" in proc.stdout
+    assert "recall<56px" in proc.stdout and "1.00x" in proc.stdout

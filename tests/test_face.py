@@ -234,7 +234,8 @@ def test_random_init_fer_is_deterministic_and_recorded(weights_cfg, sample_corpu
 
 
 def test_cnn_detector_is_selectable(weights_cfg, sample_corpus) -> None:
-    det = face.FaceDetector(face.Config(detector="cnn", upsample=0), weights_cfg)
+    cnn_cfg = face.Config(detector="cnn", upsample=0, detect_scale=1.0)
+    det = face.FaceDetector(cnn_cfg, weights_cfg)
     assert det.provenance.source.startswith("package:face_recognition_models/")
     assert det.provenance.sha256 == resolve("dlib-cnn-face-detector", weights_cfg).spec.sha256
     frame = decode(sample_corpus / "clip_0000.mp4").frames[0]
