@@ -121,15 +121,6 @@ def _known_face_frames(n: int, seed: int) -> tuple[list, list]:
     return frames, truth
 
 
-def _iou(a, b) -> float:
-    top, right = max(a[0], b[0]), min(a[1], b[1])
-    bottom, left = min(a[2], b[2]), max(a[3], b[3])
-    inter = max(bottom - top, 0) * max(right - left, 0)
-    area_a = (a[2] - a[0]) * (a[1] - a[3])
-    area_b = (b[2] - b[0]) * (b[1] - b[3])
-    return inter / max(area_a + area_b - inter, 1)
-
-
 def bench_face(args: argparse.Namespace) -> dict[str, float]:
     from emotiw.media import decode
     from emotiw.modalities import face
@@ -173,7 +164,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, float]:
         hit = hit_small = hit_tiny = 0
         for boxes, gt in zip(found, truth, strict=True):
             for g in gt:
-                if any(_iou(g, b) >= 0.3 for b in boxes):
+                if any(face.box_iou(g, b) >= 0.3 for b in boxes):
                     hit += 1
                     hit_small += g[2] - g[0] < 80
                     hit_tiny += g[2] - g[0] < 56

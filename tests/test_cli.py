@@ -63,26 +63,24 @@ def test_demo_prints_decode_table(tmp_path: Path) -> None:
     assert "already at" in again.stdout
 
 
-@pytest.mark.slow
-def test_benchmark_decode_prints_ratio(tmp_path: Path) -> None:
+def run_benchmark(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), "decode", "--n", "3", "--repeat", "1"],
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "ratio media.decode / limit = " in proc.stdout
+    return proc.stdout
 
 
 @pytest.mark.slow
-def test_benchmark_face_prints_split_and_recall(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), "face", "--n", "2", "--frames", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "detection" in proc.stdout and "FER" in proc.stdout
-    assert "recall<56px" in proc.stdout and "1.00x" in proc.stdout
+def test_benchmark_decode_prints_ratio() -> None:
+    assert "ratio media.decode / limit = " in run_benchmark("decode", "--n", "3", "--repeat", "1")
+
+
+@pytest.mark.slow
+def test_benchmark_face_prints_split_and_recall() -> None:
+    out = run_benchmark("face", "--n", "2", "--frames", "3")
+    assert "detection" in out and "FER" in out
+    assert "recall<56px" in out and "1.00x" in out

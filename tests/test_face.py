@@ -145,6 +145,13 @@ def test_frame_features_exact() -> None:
     assert face.FEATURE_COLUMNS[7 + 3] == "max_happy" and len(face.FEATURE_COLUMNS) == 22
 
 
+def test_box_iou() -> None:
+    a = np.array([0, 10, 10, 0])
+    assert face.box_iou(a, a) == 1.0
+    assert face.box_iou(a, np.array([0, 20, 10, 10])) == 0.0
+    assert face.box_iou(a, np.array([0, 15, 10, 5])) == pytest.approx(50 / 150)
+
+
 def test_filter_boxes_needs_width_and_height() -> None:
     boxes = np.array(
         [
@@ -251,15 +258,7 @@ def test_downscaled_detection_maps_boxes_back(weights_cfg) -> None:
     assert len(full) == len(half) == 1
     # Same face in full-frame pixels (dlib's window sizes are discrete, so sizes differ a bit;
     # boxes left in half-scale pixels would not overlap at all).
-    assert iou(full[0], half[0]) > 0.6
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    top, right = max(a[0], b[0]), min(a[1], b[1])
-    bottom, left = min(a[2], b[2]), max(a[3], b[3])
-    inter = max(bottom - top, 0) * max(right - left, 0)
-    area = lambda r: (r[2] - r[0]) * (r[1] - r[3])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    assert face.box_iou(full[0], half[0]) > 0.6
 
 
 def test_config_validation() -> None:

@@ -124,6 +124,16 @@ def filter_boxes(boxes: np.ndarray, min_px: int, max_faces: int) -> np.ndarray:
     return boxes[order]
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (top, right, bottom, left) boxes."""
+    top, right = max(a[0], b[0]), min(a[1], b[1])
+    bottom, left = min(a[2], b[2]), max(a[3], b[3])
+    inter = max(bottom - top, 0) * max(right - left, 0)
+    area_a = (a[2] - a[0]) * (a[1] - a[3])
+    area_b = (b[2] - b[0]) * (b[1] - b[3])
+    return float(inter / max(area_a + area_b - inter, 1))
+
+
 def frame_features(probs: list[np.ndarray], n_frames: int | None = None) -> np.ndarray:
     """Per-frame 22-d features from each frame's ``[F, 7]`` FER probabilities.
 
