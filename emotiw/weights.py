@@ -53,7 +53,10 @@ class WeightSpec:
     Attributes:
         name: registry key, e.g. ``fer-mini-xception``.
         filename: the file's name in a weights directory.
-        sha256: checksum of that file; a file that does not match is refused.
+        sha256: checksum of that file; a file that does not match is refused. May be a
+            prefix of at least 8 hex digits where that is all the publisher gives
+            (torchvision names its files with the first 8; torch.hub checks the same way).
+            Provenance always records the full digest of the file actually used.
         format: ``keras-hdf5``, ``safetensors``, ``torch`` or ``dlib-dat``.
         converter: ``module:function`` turning the file into a torch state dict, or None.
         package: (distribution, path inside it) of a copy shipped in a Python package.
@@ -144,6 +147,8 @@ REGISTRY: dict[str, WeightSpec] = {}
 
 def register(spec: WeightSpec) -> WeightSpec:
     """Add (or replace) a registry entry."""
+    if len(spec.sha256) < 8 or any(c not in "0123456789abcdef" for c in spec.sha256):
+        raise ValueError(f"{spec.name}: sha256 must be >= 8 lowercase hex digits")
     REGISTRY[spec.name] = spec
     return spec
 
@@ -186,9 +191,11 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
     entry = cfg.resolved_cache_dir() / spec.name / spec.sha256[:16]
     cached = entry / spec.filename
     record = entry / "provenance.json"
-    if cached.exists() and record.exists() and sha256_file(cached) == spec.sha256:
-        source = json.loads(record.read_text())["source"]
-        return Resolved(cached, Provenance(spec.name, source, spec.sha256), spec)
+    if cached.exists() and record.exists():
+        actual = sha256_file(cached)
+        if actual.startswith(spec.sha256):
+            source = json.loads(record.read_text())["source"]
+            return Resolved(cached, Provenance(spec.name, source, actual), spec)
 
     looked: list[str] = []
     for source, fetch in _sources(spec, cfg):
@@ -203,7 +210,7 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
                 looked.append(f"{source}: {type(exc).__name__}: {exc}")
                 continue
             actual = sha256_file(target)
-            if actual != spec.sha256:
+            if not actual.startswith(spec.sha256):
                 raise WeightsError(
                     "checksum_mismatch",
                     f"{spec.name}: {source} has sha256 {actual}, expected {spec.sha256}; "
@@ -212,7 +219,7 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
             entry.mkdir(parents=True, exist_ok=True)
             shutil.move(str(target), cached)
             record.write_text(json.dumps({"source": source, "sha256": actual}))
-            return Resolved(cached, Provenance(spec.name, source, spec.sha256), spec)
+            return Resolved(cached, Provenance(spec.name, source, actual), spec)
     raise WeightsError("missing_weights", _missing_message(spec, looked))
 
 
@@ -310,7 +317,7 @@ def load_state_dict(
     provenance = Provenance(
         spec.name,
         resolved.provenance.source,
-        spec.sha256,
+        resolved.provenance.sha256,
         converted_sha256=digest_file.read_text().strip(),
     )
     # Read into memory rather than memory-map: a cache file replaced or damaged later must
@@ -356,5 +363,29 @@ register(
         url=None,
         metadata={"detector": "dlib MMOD CNN"},
         license="CC0",
+    )
+)
+
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+
+register(
+    WeightSpec(
+        name="torchvision-keypointrcnn-coco",
+        filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        sha256="fc266e95",  # torchvision publishes the first 8 hex digits of the sha256
+        format="torch",
+        url="https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        metadata={
+            "architecture": "torchvision keypointrcnn_resnet50_fpn (COCO_V1)",
+            "keypoints": COCO_KEYPOINTS,
+            "num_classes": 2,  # background, person
+            "image_mean": (0.485, 0.456, 0.406),
+            "image_std": (0.229, 0.224, 0.225),
+        },
+        license="BSD-3-Clause (torchvision); COCO annotations CC BY 4.0",
     )
 )

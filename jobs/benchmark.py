@@ -3,6 +3,7 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
 
     python jobs/benchmark.py decode [--corpus DIR] [--n 16] [--repeat 5]
     python jobs/benchmark.py face [--corpus DIR] [--n 6] [--frames 24]
+    python jobs/benchmark.py pose [--sizes 160,240,320] [--people 6]
 
 decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
     mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
@@ -13,6 +14,12 @@ face: clips/s of the face extractor on decoded sample-corpus clips, split into d
     FER time; then detection settings (frame scale x dlib upsampling) on synthetic 480x320
     frames with real faces at known boxes (40-120 px), each as speed relative to the default
     (full frame, upsample 1) and face recall (IoU >= 0.3), overall and for faces < 80 px.
+
+pose: frames/s of Keypoint R-CNN on the 12 sampled 480x320 frames of a clip, for several
+    input sizes, with a fixed number of people per frame (random-init weights with the score
+    threshold at 0 and `max_people` = --people: the cost depends on the architecture and the
+    number of people, not on the weight values), and the per-clip cost as a multiple of the
+    decode and face stages measured in the same run.
 """
 
 from __future__ import annotations
@@ -184,6 +191,54 @@ def bench_face(args: argparse.Namespace) -> dict[str, float]:
     return {"clips_per_s": len(clips) / total, "detect_share": t_detect / total}
 
 
+def _per_clip_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def bench_pose(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from emotiw.media import decode
+    from emotiw.modalities import face, pose
+
+    data = _load_corpus(args.corpus, 2, args.seed)[0]
+    clip = decode(data)
+    t_decode = _per_clip_seconds(lambda: decode(data), 5)
+    face_extractor = face.Extractor(face.Config())
+    t_face = _per_clip_seconds(lambda: face_extractor(clip), 2)
+    print(
+        f"pose: Keypoint R-CNN (ResNet-50 FPN) on 12 frames 480x320, torch threads "
+        f"{torch.get_num_threads()}, random-init weights with {args.people} people per frame\n"
+        f"  same-run baselines per clip: decode {1000 * t_decode:.0f} ms, "
+        f"face extractor {1000 * t_face:.0f} ms"
+    )
+    print("    input  people  ms/clip  frames/s  x decode  x face")
+    results: dict[str, float] = {}
+    runs = [(size, args.people) for size in args.sizes] + [(args.sizes[-1], 1)]
+    for size, people in runs:
+        cfg = pose.Config(
+            weights="random-init",
+            input_size=size,
+            score_threshold=0.0,
+            keypoint_threshold=-1e9,
+            max_people=people,
+            device="cpu",
+        )
+        extractor = pose.Extractor(cfg)
+        seconds = _per_clip_seconds(lambda extractor=extractor: extractor(clip), args.repeat)
+        n_people = int(extractor(clip).features[:, -1].sum())
+        results[f"{size}x{people}"] = seconds
+        print(
+            f"    {size:5d}  {n_people / 12:6.1f}  {1000 * seconds:7.0f}  {12 / seconds:8.2f}"
+            f"  {seconds / t_decode:8.0f}  {seconds / t_face:6.1f}"
+        )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -200,6 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=24, help="synthetic frames with known faces")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_face)
+    p = sub.add_parser("pose", help="keypoint extraction speed vs input size")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument(
+        "--sizes",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[160, 240, 320],
+        help="input short sides to measure (comma-separated)",
+    )
+    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_pose)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

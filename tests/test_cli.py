@@ -84,3 +84,10 @@ def test_benchmark_face_prints_split_and_recall() -> None:
     out = run_benchmark("face", "--n", "2", "--frames", "3")
     assert "detection" in out and "FER" in out
     assert "recall<56px" in out and "1.00x" in out
+
+
+@pytest.mark.slow
+def test_benchmark_pose_prints_sizes_and_ratios() -> None:
+    out = run_benchmark("pose", "--sizes", "128", "--people", "1")
+    assert "random-init weights" in out and "x decode" in out
+    assert out.count("  128  ") == 2  # the size at --people, then at one person

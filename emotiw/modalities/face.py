@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from emotiw.config import CLASS_NAMES
 from emotiw.modalities.base import Extraction
+from emotiw.modalities.heads import BiLSTMHead
 from emotiw.schema import FACE_BOX_COLUMNS, FACE_PROB_COLUMNS
 from emotiw.weights import (
     FER_CLASSES,
@@ -35,8 +36,6 @@ from emotiw.weights import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from emotiw.media import Clip
 
 NAME = "face"
@@ -222,8 +221,6 @@ class FaceDetector:
 
 def load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """The mini-Xception FER network in eval mode, and the provenance of its weights."""
-    import torch
-
     from emotiw.modalities.mini_xception import MiniXception
 
     if cfg.fer_weights == RANDOM_INIT:
@@ -263,8 +260,6 @@ class Extractor:
 
     def classify(self, clip: Clip, boxes: list[np.ndarray]) -> np.ndarray:
         """FER probabilities ``[total_faces, 7]`` for all faces of the clip in one forward."""
-        import torch
-
         crops = [
             crop_faces(frame, b, size=self.input_size, margin=self.cfg.crop_margin)
             for frame, b in zip(clip.frames, boxes, strict=True)
@@ -302,50 +297,18 @@ class Extractor:
 # --- head ------------------------------------------------------------------------------------
 
 
-def _build_head_class() -> type:
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+class Head(BiLSTMHead):
+    """BiLSTM(32) -> FC(8, ReLU) -> FC(3) over ``[B, 12, 22]`` face features (paper 5.4)."""
 
-    class Head(nn.Module):
-        """BiLSTM(32) -> FC(8, ReLU) -> FC(3) over ``[B, 12, 22]`` face features (paper 5.4)."""
-
-        def __init__(self, cfg: Config | None = None) -> None:
-            super().__init__()
-            self.cfg = cfg or Config()
-            width = len(FEATURE_COLUMNS)
-            self.lstm = nn.LSTM(width, self.cfg.lstm_units, batch_first=True, bidirectional=True)
-            self.fc = nn.Linear(2 * self.cfg.lstm_units, self.cfg.fc_units)
-            self.out = nn.Linear(self.cfg.fc_units, len(CLASS_NAMES))
-            self.feature_dim = self.cfg.fc_units
-
-        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-            """``[B, T, 22]`` -> ``[B, fc_units]``: the layer fusion concatenates."""
-            _, (h, _) = self.lstm(x)
-            return F.relu(self.fc(torch.cat([h[0], h[1]], dim=-1)))
-
-        def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
-            return self.out(hidden)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """Class logits ``[B, 3]`` (positive, neutral, negative)."""
-            return self.forward_head(self.forward_features(x))
-
-    return Head
-
-
-def __getattr__(name: str) -> Any:
-    # `Head` subclasses torch.nn.Module; building it on first use keeps torch out of imports
-    # that only need the feature maths or the configuration.
-    if name == "Head":
-        head = _build_head_class()
-        globals()["Head"] = head
-        return head
-    raise AttributeError(name)
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg or Config()
+        super().__init__(
+            n_features=len(FEATURE_COLUMNS),
+            lstm_units=self.cfg.lstm_units,
+            fc_units=self.cfg.fc_units,
+        )
 
 
 def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
     """Adam at the paper's learning rate (0.005)."""
-    import torch
-
     return torch.optim.Adam(params, lr=(cfg or Config()).lr)

@@ -1,0 +1,339 @@
+"""Pose modality (paper 4.2, 5.2): multi-person 2D keypoints on the 12 sampled frames,
+summarised per frame as 27 numbers, classified by a BiLSTM.
+
+The paper used OpenPose, which cannot be installed here (it is a C++/Caffe build with weights
+downloaded at build time). torchvision's Keypoint R-CNN (ResNet-50 FPN, COCO 17 keypoints) is
+the default instead: a maintained multi-person model whose published COCO weights a user can
+stage, running on CPU and GPU through the same torch code. Its 17 COCO points are mapped onto
+the paper's 13 body joints (OpenPose BODY_25 order, face and feet dropped); COCO has no neck,
+so the neck is the shoulders' midpoint, present only when both shoulders are.
+
+Per-frame features (`FEATURE_COLUMNS`, 27 values): for each of the 13 joints the x and y
+position, normalised per person into [0, 1] by the extent of that person's detected joints
+(one scale for both axes, so relative distances are preserved), averaged over the frame's
+people that have the joint (undetected joints are ignored, not averaged in as zeros); then the
+person count. Frames without people, and padded frames, are zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from emotiw.modalities.base import Extraction
+from emotiw.modalities.heads import BiLSTMHead
+from emotiw.weights import (
+    COCO_KEYPOINTS,
+    PRETRAINED,
+    RANDOM_INIT,
+    Provenance,
+    WeightsConfig,
+    load_state_dict,
+    random_init,
+)
+
+if TYPE_CHECKING:
+    from emotiw.media import Clip
+
+NAME = "pose"
+WEIGHTS = "torchvision-keypointrcnn-coco"
+JOINTS: tuple[str, ...] = (
+    "neck",
+    "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle",
+    "left_hip", "left_knee", "left_ankle",
+)  # fmt: skip
+# COCO index of each joint; the neck is derived from both shoulders.
+COCO_FOR_JOINT: dict[str, int | tuple[int, int]] = {
+    "neck": (COCO_KEYPOINTS.index("left_shoulder"), COCO_KEYPOINTS.index("right_shoulder")),
+    **{j: COCO_KEYPOINTS.index(j) for j in JOINTS[1:]},
+}
+FEATURE_COLUMNS: tuple[str, ...] = (
+    *(f"{joint}_{axis}" for joint in JOINTS for axis in ("x", "y")),
+    "n_people",
+)
+DETAIL_COLUMNS: tuple[str, ...] = (
+    "slot", "frame_index", "x1", "y1", "x2", "y2", "score",
+    *(f"{joint}_{part}" for joint in JOINTS for part in ("x", "y", "score")),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """Pose modality settings.
+
+    Attributes:
+        weights: ``pretrained`` (the registry's COCO weights) or ``random-init`` (tests).
+        seed: seed of random-init weights.
+        input_size: the model's input short side in pixels (the speed knob; the sampled
+            frames are 480x320, so 320 is native resolution).
+        score_threshold: minimum person detection score.
+        keypoint_threshold: minimum keypoint score (Keypoint R-CNN heatmap logit) for a joint
+            to count as detected.
+        min_person_px: minimum person box height in frame pixels.
+        max_people: people kept per frame, highest scores first.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        placement: which actor pool of the pipeline runs the keypoint model: ``gpu`` (the
+            model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
+            extraction pool). See the pose benchmark for why ``gpu`` is the default.
+        n_frames: sequence length.
+        lstm_units: BiLSTM units of the head (paper's best: 64).
+        fc_units: width of the head's hidden layer (the one fusion concatenates).
+        lr: Adam learning rate (paper: 0.01).
+        weight_decay: L2 penalty (paper: 0.01 on each layer).
+    """
+
+    weights: str = PRETRAINED
+    seed: int = 0
+    input_size: int = 320
+    score_threshold: float = 0.7
+    keypoint_threshold: float = 2.0
+    min_person_px: int = 24
+    max_people: int = 20
+    device: str = "auto"
+    placement: str = "gpu"
+    n_frames: int = 12
+    lstm_units: int = 64
+    fc_units: int = 32
+    lr: float = 0.01
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.weights not in (PRETRAINED, RANDOM_INIT):
+            raise ValueError(f"weights must be {PRETRAINED!r} or {RANDOM_INIT!r}")
+        if not 64 <= self.input_size <= 1333:
+            raise ValueError(f"input_size must be in [64, 1333], got {self.input_size}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.min_person_px < 0 or self.max_people < 1:
+            raise ValueError("min_person_px must be >= 0 and max_people >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.placement not in ("cpu", "gpu"):
+            raise ValueError(f"placement must be 'cpu' or 'gpu', got {self.placement!r}")
+        if min(self.n_frames, self.lstm_units, self.fc_units) < 1 or self.lr <= 0:
+            raise ValueError("n_frames, lstm_units, fc_units and lr must be positive")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be >= 0")
+
+
+FEATURE_SHAPE: tuple[int, int] = (Config.n_frames, len(FEATURE_COLUMNS))
+
+
+# --- pure maths ------------------------------------------------------------------------------
+
+
+def coco_to_joints(keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCO ``[P, 17, 2]`` points and ``[P, 17]`` visibility -> the 13 joints ``[P, 13, 2]``
+    and their visibility ``[P, 13]``; the neck is the shoulders' midpoint when both are seen."""
+    keypoints = np.asarray(keypoints, dtype=np.float32).reshape(-1, len(COCO_KEYPOINTS), 2)
+    visible = np.asarray(visible, dtype=bool).reshape(-1, len(COCO_KEYPOINTS))
+    joints = np.zeros((len(keypoints), len(JOINTS), 2), dtype=np.float32)
+    seen = np.zeros((len(keypoints), len(JOINTS)), dtype=bool)
+    for j, joint in enumerate(JOINTS):
+        source = COCO_FOR_JOINT[joint]
+        if isinstance(source, tuple):
+            a, b = source
+            joints[:, j] = (keypoints[:, a] + keypoints[:, b]) / 2
+            seen[:, j] = visible[:, a] & visible[:, b]
+        else:
+            joints[:, j] = keypoints[:, source]
+            seen[:, j] = visible[:, source]
+    return joints, seen
+
+
+def normalise_person(joints: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """One person's ``[13, 2]`` joints into [0, 1]: minus the detected joints' top-left corner,
+    divided by the larger side of their extent (aspect kept). Undetected joints become 0."""
+    out = np.zeros_like(joints, dtype=np.float32)
+    if not seen.any():
+        return out
+    points = joints[seen]
+    low = points.min(axis=0)
+    scale = float((points.max(axis=0) - low).max())
+    out[seen] = (points - low) / scale if scale > 0 else 0.0
+    return out
+
+
+def frame_features(
+    people: list[tuple[np.ndarray, np.ndarray]], n_frames: int | None = None
+) -> np.ndarray:
+    """Per-frame 27-d features.
+
+    Args:
+        people: per frame, (joints ``[P, 13, 2]`` in pixels, detected ``[P, 13]``).
+        n_frames: output length; missing frames are zeros.
+
+    Returns:
+        float32 ``[n_frames, 27]``: per joint the mean normalised (x, y) over the people that
+        have it, then the person count P.
+    """
+    n_frames = len(people) if n_frames is None else n_frames
+    out = np.zeros((n_frames, len(FEATURE_COLUMNS)), dtype=np.float32)
+    for t, (joints, seen) in enumerate(people[:n_frames]):
+        if len(joints) == 0:
+            continue
+        norm = np.stack([normalise_person(j, s) for j, s in zip(joints, seen, strict=True)])
+        counts = seen.sum(axis=0)  # people having each joint
+        sums = (norm * seen[..., None]).sum(axis=0)
+        mean = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+        out[t, :-1] = mean.reshape(-1)
+        out[t, -1] = len(joints)
+    return out
+
+
+# --- front-end -------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
+    """Keypoint R-CNN in eval mode with registry weights (or explicit random init)."""
+    from emotiw.vision import import_torchvision
+
+    detection = import_torchvision().models.detection
+    kwargs = {
+        "weights": None,
+        "weights_backbone": None,
+        "num_classes": 2,
+        "num_keypoints": len(COCO_KEYPOINTS),
+        "min_size": cfg.input_size,
+        "max_size": math.ceil(cfg.input_size * 16 / 9),
+        "box_score_thresh": cfg.score_threshold,
+        "box_detections_per_img": cfg.max_people,
+    }
+    if cfg.weights == RANDOM_INIT:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = detection.keypointrcnn_resnet50_fpn(**kwargs)
+        provenance = random_init(WEIGHTS, cfg.seed)
+    else:
+        model = detection.keypointrcnn_resnet50_fpn(**kwargs)
+        state, provenance = load_state_dict(WEIGHTS, weights)
+        model.load_state_dict(state)
+    return model.eval(), provenance
+
+
+class Extractor:
+    """Decoded clip -> pose features ``[12, 27]`` plus per-person detail rows."""
+
+    def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
+        self.cfg = cfg or Config()
+        self.device = resolve_device(self.cfg.device)
+        model, provenance = build_model(self.cfg, weights)
+        self.model = model.to(self.device)
+        self.provenance: dict[str, Provenance] = {"pose": provenance}
+
+    def detect(self, frames: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Keypoint R-CNN on a batch of uint8 RGB frames ``[N, H, W, 3]`` in one forward."""
+        if len(frames) == 0:
+            return []
+        batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        images = list(batch.permute(0, 3, 1, 2).float().div_(255.0))
+        with torch.inference_mode():
+            outputs = self.model(images)
+        return [{k: v.cpu().numpy() for k, v in out.items()} for out in outputs]
+
+    def people(self, output: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One frame's kept people: score and size filters, highest scores first."""
+        cfg = self.cfg
+        boxes, scores = output["boxes"], output["scores"]
+        keep = (scores >= cfg.score_threshold) & (boxes[:, 3] - boxes[:, 1] >= cfg.min_person_px)
+        order = np.argsort(-scores[keep], kind="stable")[: cfg.max_people]
+        index = np.flatnonzero(keep)[order]
+        points = output["keypoints"][index, :, :2]
+        point_scores = output["keypoints_scores"][index]
+        joints, seen = coco_to_joints(points, point_scores >= cfg.keypoint_threshold)
+        return {"boxes": boxes[index], "scores": scores[index], "joints": joints,
+                "seen": seen, "joint_scores": _joint_scores(point_scores)}  # fmt: skip
+
+    def __call__(self, clip: Clip) -> Extraction:
+        slots = np.flatnonzero(clip.frame_mask)
+        outputs = self.detect(clip.frames[slots])
+        per_slot: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros((0, len(JOINTS), 2), np.float32), np.zeros((0, len(JOINTS)), bool))
+        ] * len(clip.frame_mask)
+        rows: list[tuple[int, dict[str, np.ndarray]]] = []
+        for slot, output in zip(slots, outputs, strict=True):
+            kept = self.people(output)
+            per_slot[slot] = (kept["joints"], kept["seen"])
+            rows.append((int(slot), kept))
+        features = frame_features(per_slot, self.cfg.n_frames)
+        counts = [len(p[0]) for p in per_slot]
+        return Extraction(
+            features=features,
+            details=_detail_columns(rows, clip.frame_indices),
+            stats={"n_people": int(sum(counts)), "frames_with_people": sum(c > 0 for c in counts)},
+        )
+
+
+def _joint_scores(point_scores: np.ndarray) -> np.ndarray:
+    """COCO keypoint scores ``[P, 17]`` -> per joint ``[P, 13]`` (neck: the weaker shoulder)."""
+    out = np.zeros((len(point_scores), len(JOINTS)), dtype=np.float32)
+    for j, joint in enumerate(JOINTS):
+        source = COCO_FOR_JOINT[joint]
+        if isinstance(source, tuple):
+            out[:, j] = np.minimum(point_scores[:, source[0]], point_scores[:, source[1]])
+        else:
+            out[:, j] = point_scores[:, source]
+    return out
+
+
+def _detail_columns(
+    rows: list[tuple[int, dict[str, np.ndarray]]], frame_indices: np.ndarray
+) -> dict[str, np.ndarray]:
+    slots = np.concatenate([np.full(len(r["scores"]), s) for s, r in rows] or [np.zeros(0)])
+    slots = slots.astype(np.int16)
+
+    def stack(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        parts = [r[key] for _, r in rows]
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), np.float32)
+
+    boxes = stack("boxes", (4,))
+    joints = stack("joints", (len(JOINTS), 2))
+    joint_scores = stack("joint_scores", (len(JOINTS),))
+    columns: dict[str, np.ndarray] = {
+        "slot": slots,
+        "frame_index": frame_indices[slots].astype(np.int32),
+    }
+    for k, name in enumerate(("x1", "y1", "x2", "y2")):
+        columns[name] = boxes[:, k].astype(np.float32)
+    columns["score"] = stack("scores", ()).astype(np.float32)
+    for j, joint in enumerate(JOINTS):
+        # Pixel positions as the model placed them; the score says whether the joint counted
+        # as detected (>= keypoint_threshold) in the features.
+        columns[f"{joint}_x"] = joints[:, j, 0].astype(np.float32)
+        columns[f"{joint}_y"] = joints[:, j, 1].astype(np.float32)
+        columns[f"{joint}_score"] = joint_scores[:, j].astype(np.float32)
+    return columns
+
+
+# --- head ------------------------------------------------------------------------------------
+
+
+class Head(BiLSTMHead):
+    """BiLSTM(64) -> FC(32, ReLU) -> FC(3) over ``[B, 12, 27]`` pose features (paper 5.2)."""
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg or Config()
+        super().__init__(
+            n_features=len(FEATURE_COLUMNS),
+            lstm_units=self.cfg.lstm_units,
+            fc_units=self.cfg.fc_units,
+        )
+
+
+def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
+    """Adam, lr 0.01, with L2 weight decay 0.01 (torch adds wd * w to the gradient: the
+    gradient of (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
+    cfg = cfg or Config()
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
