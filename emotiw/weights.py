@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,32 @@ class Provenance:
 def random_init(name: str, seed: int) -> Provenance:
     """Provenance of deterministic random weights the caller explicitly asked for."""
     return Provenance(name=name, source=RANDOM_INIT, seed=seed)
+
+
+def build_model(
+    factory: Callable[[], torch.nn.Module],
+    name: str,
+    *,
+    choice: str,
+    seed: int = 0,
+    cfg: WeightsConfig | None = None,
+) -> tuple[torch.nn.Module, Provenance]:
+    """Build a model in eval mode with the registry's weights `name`, or, when `choice` is
+    ``random-init``, with deterministic random weights from `seed` (the global RNG is left
+    untouched) and provenance that says so."""
+    import torch
+
+    if choice not in (PRETRAINED, RANDOM_INIT):
+        raise ValueError(f"weights choice must be {PRETRAINED!r} or {RANDOM_INIT!r}")
+    if choice == RANDOM_INIT:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = factory()
+        return model.eval(), random_init(name, seed)
+    model = factory()
+    state, provenance = load_state_dict(name, cfg)
+    model.load_state_dict(state)
+    return model.eval(), provenance
 
 
 @dataclass(frozen=True)

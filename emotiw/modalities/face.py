@@ -29,9 +29,8 @@ from emotiw.weights import (
     RANDOM_INIT,
     Provenance,
     WeightsConfig,
+    build_model,
     get_spec,
-    load_state_dict,
-    random_init,
     resolve,
 )
 
@@ -223,16 +222,9 @@ def load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Pr
     """The mini-Xception FER network in eval mode, and the provenance of its weights."""
     from emotiw.modalities.mini_xception import MiniXception
 
-    if cfg.fer_weights == RANDOM_INIT:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = MiniXception()
-        provenance = random_init(FER_WEIGHTS, cfg.seed)
-    else:
-        model = MiniXception()
-        state, provenance = load_state_dict(FER_WEIGHTS, weights)
-        model.load_state_dict(state)
-    return model.eval(), provenance
+    return build_model(
+        MiniXception, FER_WEIGHTS, choice=cfg.fer_weights, seed=cfg.seed, cfg=weights
+    )
 
 
 class Extractor:

@@ -32,8 +32,7 @@ from emotiw.weights import (
     RANDOM_INIT,
     Provenance,
     WeightsConfig,
-    load_state_dict,
-    random_init,
+    build_model,
 )
 
 if TYPE_CHECKING:
@@ -196,7 +195,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
+def keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """Keypoint R-CNN in eval mode with registry weights (or explicit random init)."""
     from emotiw.vision import import_torchvision
 
@@ -211,16 +210,13 @@ def build_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any,
         "box_score_thresh": cfg.score_threshold,
         "box_detections_per_img": cfg.max_people,
     }
-    if cfg.weights == RANDOM_INIT:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = detection.keypointrcnn_resnet50_fpn(**kwargs)
-        provenance = random_init(WEIGHTS, cfg.seed)
-    else:
-        model = detection.keypointrcnn_resnet50_fpn(**kwargs)
-        state, provenance = load_state_dict(WEIGHTS, weights)
-        model.load_state_dict(state)
-    return model.eval(), provenance
+    return build_model(
+        lambda: detection.keypointrcnn_resnet50_fpn(**kwargs),
+        WEIGHTS,
+        choice=cfg.weights,
+        seed=cfg.seed,
+        cfg=weights,
+    )
 
 
 class Extractor:
@@ -229,7 +225,7 @@ class Extractor:
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
         self.cfg = cfg or Config()
         self.device = resolve_device(self.cfg.device)
-        model, provenance = build_model(self.cfg, weights)
+        model, provenance = keypoint_model(self.cfg, weights)
         self.model = model.to(self.device)
         self.provenance: dict[str, Provenance] = {"pose": provenance}
 
