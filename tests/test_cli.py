@@ -91,3 +91,9 @@ def test_benchmark_pose_prints_sizes_and_ratios() -> None:
     out = run_benchmark("pose", "--sizes", "128", "--people", "1")
     assert "random-init weights" in out and "x decode" in out
     assert out.count("  128  ") == 2  # the size at --people, then at one person
+
+
+@pytest.mark.slow
+def test_benchmark_audio_prints_batches_and_logmel() -> None:
+    out = run_benchmark("audio", "--n", "2", "--batch", "1,2")
+    assert "speed vs 1/forward" in out and "logmel" in out and "random-init" in out

@@ -1,0 +1,261 @@
+"""Audio modality (paper 4.3, 5.3): per clip, 11 steps of audio features at hop 0.5 s, and a
+CNN-BiLSTM classifier.
+
+Features (`Config.features`):
+
+- ``openl3`` (default): the OpenL3 mel256 embedding (6144-d) of each 1 s window, windows taken
+  as OpenL3 does with ``center=True`` (11 for a 5 s clip), from the torch port in
+  `emotiw.modalities.openl3` with weights converted from the official Keras files;
+- ``logmel``: a weight-free alternative for users without OpenL3 weights: for each of the same
+  windows, the mean and standard deviation over time of a 64-band log-mel spectrogram (OpenL3's
+  decibel front-end), 128-d.
+
+Shorter audio is zero-padded with a mask. Features are normalised per sample (the clip's valid
+steps together: zero mean, unit variance), as in the paper. A clip without an audio track, or
+whose audio is silent (peak below `silence_peak`), gives all zeros and ``has_audio=False`` —
+never NaN — so fusion and the outputs can see the modality is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from emotiw.config import CLASS_NAMES
+from emotiw.modalities import openl3
+from emotiw.modalities.base import Extraction
+from emotiw.weights import PRETRAINED, RANDOM_INIT, Provenance, WeightsConfig, build_model
+
+if TYPE_CHECKING:
+    from emotiw.media import Clip
+
+NAME = "audio"
+FEATURE_KINDS = ("openl3", "logmel")
+LOGMEL_BANDS = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    """Audio modality settings.
+
+    Attributes:
+        features: ``openl3`` (6144-d embeddings) or ``logmel`` (128-d, no weights needed).
+        content_type: which OpenL3 model: ``music`` or ``env``.
+        weights: ``pretrained`` (registry) or ``random-init`` (tests; recorded as such).
+        seed: seed of random-init weights.
+        n_steps: windows per clip (paper: 11, 1 s windows at hop 0.5 s for 5 s clips).
+        hop_s: window hop in seconds.
+        silence_peak: audio whose absolute peak is below this counts as silent.
+        normalise: per-sample standardisation of the features (paper 4.3).
+        window_batch: windows per forward pass when embedding many clips; 0 = auto: 2 on CPU,
+            where `jobs/benchmark.py audio` measured 1-2 windows per forward fastest and 88
+            windows 43 % slower (the activations of a large batch do not stay in cache), and
+            64 on CUDA (not measured here: no GPU was available).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        conv_channels: the head's three 1-D convolutions over time (paper: 64, 512, 512).
+        lstm_units: units of each of the head's two bidirectional LSTM layers.
+        lr: Adam learning rate (paper: ~4e-5).
+        lr_decay: per-epoch factor of the exponential learning-rate schedule.
+    """
+
+    features: str = "openl3"
+    content_type: str = "music"
+    weights: str = PRETRAINED
+    seed: int = 0
+    n_steps: int = 11
+    hop_s: float = 0.5
+    silence_peak: float = 1e-4
+    normalise: bool = True
+    window_batch: int = 0
+    device: str = "auto"
+    conv_channels: tuple[int, int, int] = (64, 512, 512)
+    lstm_units: int = 128
+    lr: float = 4e-5
+    lr_decay: float = 0.96
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_KINDS:
+            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
+        if self.content_type not in ("music", "env"):
+            raise ValueError(f"content_type must be 'music' or 'env', got {self.content_type!r}")
+        if self.weights not in (PRETRAINED, RANDOM_INIT):
+            raise ValueError(f"weights must be {PRETRAINED!r} or {RANDOM_INIT!r}")
+        if self.n_steps < 1 or not 0.05 <= self.hop_s <= 5 or self.window_batch < 0:
+            raise ValueError("n_steps must be >= 1, window_batch >= 0, hop_s in [0.05, 5]")
+        if self.silence_peak < 0 or self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError("silence_peak must be >= 0, lr > 0 and lr_decay in (0, 1]")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if len(self.conv_channels) != 3 or min(self.conv_channels) < 1 or self.lstm_units < 1:
+            raise ValueError("conv_channels must be three positive widths; lstm_units >= 1")
+
+    @property
+    def feature_dim(self) -> int:
+        return openl3.EMBEDDING_DIM if self.features == "openl3" else 2 * LOGMEL_BANDS
+
+    @property
+    def weights_name(self) -> str:
+        return f"openl3-audio-mel256-{self.content_type}"
+
+
+def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
+    cfg = cfg or Config()
+    return (cfg.n_steps, cfg.feature_dim)
+
+
+FEATURE_SHAPE = feature_shape()
+
+
+# --- pure maths ------------------------------------------------------------------------------
+
+
+def is_silent(audio: np.ndarray, peak: float) -> bool:
+    return audio.size == 0 or float(np.abs(audio).max()) < peak
+
+
+def normalise_per_sample(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the clip's valid steps; padded steps stay zero."""
+    out = np.zeros_like(features, dtype=np.float32)
+    if not mask.any():
+        return out
+    valid = features[mask].astype(np.float64)
+    std = valid.std()
+    out[mask] = (valid - valid.mean()) / (std if std > 1e-12 else 1.0)
+    return out
+
+
+class LogMel(nn.Module):
+    """Weight-free features: per 1 s window, mean and std over time of a 64-band decibel mel
+    spectrogram (OpenL3's STFT and decibel front-end) -> ``[B, 128]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = openl3.MelFrontEnd(n_mels=LOGMEL_BANDS)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        db = self.frontend(windows)[:, 0]  # [B, 64, 199]
+        return torch.cat([db.mean(dim=-1), db.std(dim=-1)], dim=-1)
+
+
+# --- extractor -------------------------------------------------------------------------------
+
+
+class Extractor:
+    """Decoded clip(s) -> ``[11, D]`` audio features, with ``has_audio`` in the stats."""
+
+    def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
+        from emotiw.modalities.pose import resolve_device
+
+        self.cfg = cfg or Config()
+        self.device = resolve_device(self.cfg.device)
+        if self.cfg.features == "openl3":
+            model, provenance = build_model(
+                openl3.OpenL3Audio,
+                self.cfg.weights_name,
+                choice=self.cfg.weights,
+                seed=self.cfg.seed,
+                cfg=weights,
+            )
+            self.provenance: dict[str, Provenance] = {"audio": provenance}
+        else:
+            model = LogMel().eval()
+            self.provenance = {"audio": Provenance("logmel", "builtin:emotiw logmel (no weights)")}
+        self.model = model.to(self.device)
+        auto_batch = 64 if self.device.type == "cuda" else 2
+        self.window_batch = self.cfg.window_batch or auto_batch
+
+    def __call__(self, clip: Clip) -> Extraction:
+        return self.extract_many([clip])[0]
+
+    def extract_many(self, clips: list[Clip]) -> list[Extraction]:
+        """All windows of all `clips` through the model in batches of `window_batch`."""
+        cfg = self.cfg
+        prepared = []
+        for clip in clips:
+            audio = clip.audio if clip.audio_rate == openl3.SAMPLE_RATE else _resample(clip)
+            if not clip.meta.has_audio or is_silent(audio, cfg.silence_peak):
+                prepared.append(None)
+                continue
+            prepared.append(openl3.windows(audio, n_steps=cfg.n_steps, hop_s=cfg.hop_s))
+        batch = [w[m] for w, m in (p for p in prepared if p is not None)]
+        embedded = self._embed(np.concatenate(batch)) if batch else np.zeros((0, cfg.feature_dim))
+        results, start = [], 0
+        for item in prepared:
+            features = np.zeros(feature_shape(cfg), dtype=np.float32)
+            if item is None:
+                results.append(Extraction(features, stats={"has_audio": False, "audio_steps": 0}))
+                continue
+            _, mask = item
+            count = int(mask.sum())
+            features[mask] = embedded[start : start + count]
+            start += count
+            if cfg.normalise:
+                features = normalise_per_sample(features, mask)
+            results.append(Extraction(features, stats={"has_audio": True, "audio_steps": count}))
+        return results
+
+    def _embed(self, windows: np.ndarray) -> np.ndarray:
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(windows), self.window_batch):
+                chunk = torch.from_numpy(windows[start : start + self.window_batch])
+                parts.append(self.model(chunk.to(self.device)).float().cpu().numpy())
+        return np.concatenate(parts)
+
+
+def _resample(clip: Clip) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(clip.audio, clip.audio_rate, openl3.SAMPLE_RATE).astype(np.float32)
+
+
+# --- head ------------------------------------------------------------------------------------
+
+
+class Head(nn.Module):
+    """Three 1-D convolutions over time (64, 512, 512 maps) -> two BiLSTM layers -> FC(3)
+    over ``[B, 11, D]`` audio features (paper 5.3)."""
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or Config()
+        widths = (self.cfg.feature_dim, *self.cfg.conv_channels)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(cin, cout, 3, padding=1)
+            for cin, cout in itertools.pairwise(widths)
+        )
+        self.lstm = nn.LSTM(
+            widths[-1], self.cfg.lstm_units, num_layers=2, batch_first=True, bidirectional=True
+        )
+        self.out = nn.Linear(2 * self.cfg.lstm_units, len(CLASS_NAMES))
+        self.feature_dim = 2 * self.cfg.lstm_units
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` -> ``[B, 2 * lstm_units]``: the top BiLSTM layer's two final states."""
+        h = x.transpose(1, 2)
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        _, (state, _) = self.lstm(h.transpose(1, 2))
+        return torch.cat([state[-2], state[-1]], dim=-1)
+
+    def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
+    """Adam at the paper's learning rate (4e-5)."""
+    return torch.optim.Adam(params, lr=(cfg or Config()).lr)
+
+
+def scheduler(opt: torch.optim.Optimizer, cfg: Config | None = None) -> Any:
+    """Exponential learning-rate decay, stepped once per epoch."""
+    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(cfg or Config()).lr_decay)
