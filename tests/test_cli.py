@@ -97,3 +97,14 @@ def test_benchmark_pose_prints_sizes_and_ratios() -> None:
 def test_benchmark_audio_prints_batches_and_logmel() -> None:
     out = run_benchmark("audio", "--n", "2", "--batch", "1,2")
     assert "speed vs 1/forward" in out and "logmel" in out and "random-init" in out
+
+
+@pytest.mark.slow
+def test_benchmark_scene_prints_sizes_and_speeds() -> None:
+    out = run_benchmark(
+        "scene", "--backbones", "efficientnet-lite0", "--batch", "4", "--head-batch", "2",
+        "--repeat", "1",
+    )  # fmt: skip
+    assert "MB float16" in out and "the JPEG frames" in out
+    assert out.count("channels_last   inference") == 2 and "1.00x" in out
+    assert "ConvLSTM heads + FC" in out

@@ -4,7 +4,8 @@
 - ``Extractor(cfg)``: CPU side, decoded `Clip` -> `Extraction` (fixed-shape features plus
   detail rows), loading its front-end weights once through `emotiw.weights`;
 - ``Head(cfg)``: the temporal classifier, a `torch.nn.Module` with ``forward_features`` (the
-  layer fusion concatenates) and ``forward_head``;
+  layer fusion concatenates), ``forward_head`` and ``feature_dim``; the scene head also holds
+  its ImageNet backbone (``Head(cfg, weights)``) and takes ``(frames, frame_mask)``;
 - ``FEATURE_SHAPE`` and ``FEATURE_COLUMNS``: the per-clip feature layout.
 
 Modules are imported on demand so `import emotiw` stays light.

@@ -13,7 +13,9 @@ class Extraction:
     """One clip's output of a modality extractor.
 
     Attributes:
-        features: float32, the modality's fixed per-clip shape (e.g. face ``[12, 22]``).
+        features: the modality's fixed per-clip array: float32 (e.g. face ``[12, 22]``), or
+            for the scene the uint8 frames ``[12, 320, 480, 3]``, whose backbone is part of
+            the scene model.
         details: columnar detail rows (per face, per person), column name -> 1-D array; all
             arrays have the same length, possibly zero.
         stats: small per-clip numbers the outputs report (e.g. ``n_faces``).
