@@ -136,6 +136,141 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _print_decode_table(corpus, labels, StorageConfig())
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags choosing the modalities and their front-ends (shared by extract, train, score)."""
+    from emotiw.modalities import MODALITIES
+
+    p.add_argument(
+        "--modalities",
+        type=lambda text: tuple(text.split(",")),
+        default=MODALITIES,
+        help="comma-separated subset of scene,pose,audio,face (default: all)",
+    )
+    p.add_argument("--audio-features", choices=("openl3", "logmel"), default="openl3")
+    p.add_argument(
+        "--scene-backbone", choices=("resnet50", "efficientnet-lite0"), default="resnet50"
+    )
+    p.add_argument("--pose-input-size", type=int, default=320)
+    p.add_argument(
+        "--random-init",
+        default="",
+        help="comma-separated front-ends (scene,pose,audio,face) to run with deterministic "
+        "random weights instead of pretrained ones (tests, demos; recorded in every row)",
+    )
+    p.add_argument("--weights-dir", default=None, help="staged weights (default $EMOTIW_WEIGHTS)")
+    p.add_argument(
+        "--lr",
+        default="",
+        help="per-head Adam learning rates overriding the paper's, e.g. audio=1e-3,scene=1e-3",
+    )
+
+
+def modality_configs(args: argparse.Namespace) -> Any:
+    """`features.ModalityConfigs` from the `add_model_args` flags."""
+    from emotiw.features import ModalityConfigs
+    from emotiw.modalities import audio, face, pose, scene
+
+    random = {m for m in args.random_init.split(",") if m}
+    unknown = random - {"scene", "pose", "audio", "face"}
+    if unknown:
+        raise ValueError(f"--random-init: unknown front-ends {sorted(unknown)}")
+
+    def choice(name: str) -> str:
+        return "random-init" if name in random else "pretrained"
+
+    lrs: dict[str, float] = {}
+    for item in filter(None, getattr(args, "lr", "").split(",")):
+        name, _, value = item.partition("=")
+        if name not in ("scene", "pose", "audio", "face") or not value:
+            raise ValueError(f"--lr: expected modality=value, got {item!r}")
+        lrs[name] = float(value)
+
+    def extra(name: str) -> dict[str, float]:
+        return {"lr": lrs[name]} if name in lrs else {}
+
+    return ModalityConfigs(
+        modalities=args.modalities,
+        scene=scene.Config(backbone=args.scene_backbone, weights=choice("scene"), **extra("scene")),
+        pose=pose.Config(input_size=args.pose_input_size, weights=choice("pose"), **extra("pose")),
+        audio=audio.Config(features=args.audio_features, weights=choice("audio"), **extra("audio")),
+        face=face.Config(fer_weights=choice("face"), **extra("face")),
+    )
+
+
+def _weights(args: argparse.Namespace) -> Any:
+    from emotiw.weights import WeightsConfig
+
+    return WeightsConfig(weights_dir=args.weights_dir, storage=_storage(args))
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from emotiw.pipeline import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(
+        videos=args.videos,
+        output=args.output,
+        labels=args.labels,
+        configs=modality_configs(args),
+        weights=_weights(args),
+        storage=_storage(args),
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        skip_existing=not args.no_skip_existing,
+    )
+    summary = run_extract(cfg, args.address)
+    print(summary, flush=True)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from emotiw import fusion
+    from emotiw.training import TrainConfig, run_train
+
+    configs = modality_configs(args)
+    cfg = TrainConfig(
+        features=args.features,
+        val_features=args.val_features,
+        seed=args.seed,
+        configs=configs,
+        fusion=fusion.Config(method=args.fusion, modalities=configs.modalities),
+        ablation=not args.no_ablation,
+        epochs=args.epochs,
+        fusion_epochs=args.fusion_epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        use_gpu=args.use_gpu,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        model_name=args.model_name,
+        run_dir=args.run_dir,
+        storage=_storage(args),
+        weights=_weights(args),
+    )
+    result = run_train(cfg, args.address)
+    print(f"registered {result.model_uri} (package {result.package_dir}, run {result.run_id})")
+    print("validation accuracy: " + ", ".join(
+        f"{name} {s['accuracy']:.3f}" for name, s in result.scores.items()
+    ))  # fmt: skip
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from emotiw.evaluation import EvaluateConfig, run_evaluate
+
+    cfg = EvaluateConfig(
+        model=args.model,
+        features=args.features,
+        output=args.output,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        storage=_storage(args),
+    )
+    result = run_evaluate(cfg)
+    print(result.markdown)
+    print(f"written to {result.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emotiw", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -160,6 +295,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri", help="a video, a directory or an s3:// prefix")
     p.add_argument("--labels", default=None, help="VGAF label file to show each clip's label")
     p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("extract", help="extract every modality's features into the feature table")
+    p.add_argument("--videos", required=True, help="directory or s3:// prefix of videos")
+    p.add_argument("--labels", default=None, help="VGAF label file (path or s3://)")
+    p.add_argument("--output", required=True, help="feature table directory (path or s3://)")
+    p.add_argument("--actors", type=int, default=2, help="CPU actor pool size")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--no-skip-existing", action="store_true", help="re-extract every clip")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local/auto)")
+    add_model_args(p)
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("train", help="train each head and the fusion (Ray Train, MLflow)")
+    p.add_argument("--features", required=True, help="training feature table")
+    p.add_argument("--val-features", default=None, help="validation table (default: split)")
+    p.add_argument("--fusion", choices=("fc", "vae", "soft", "hard", "weighted"), default="fc")
+    p.add_argument("--no-ablation", action="store_true", help="skip the leave-one-out fusions")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--fusion-epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None, help="MLflow (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="emotiw")
+    p.add_argument("--model-name", default="emotiw", help="registered model name")
+    p.add_argument("--run-dir", default="runs/train")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local/auto)")
+    add_model_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics tables of a model on a feature table")
+    p.add_argument("--model", required=True, help="models:/name/version or a package dir")
+    p.add_argument("--features", required=True, help="labelled feature table")
+    p.add_argument("--output", default="runs/evaluate")
+    p.add_argument("--tracking-uri", default=None, help="MLflow (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="emotiw")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the main job on the embedded default (local files)")
     p.add_argument("--workdir", default="runs/demo")

@@ -96,9 +96,7 @@ def write_sample_corpus(
         data = render_clip(rng, scene=cues[0], audio=cues[1], face=cues[2], cfg=cfg)
         uri = join_url(out_dir, f"{name}.mp4")
         write_bytes(uri, data, storage)
-        clips.append(
-            SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]]))
-        )
+        clips.append(SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]])))
     names = {f"{c.name}.mp4": c.label for c in clips}
     write_labels(join_url(out_dir, "labels.txt"), names, storage)
     table = io.StringIO()
@@ -192,9 +190,7 @@ def _background(rng: np.random.Generator, cls: int, cfg: CorpusConfig) -> np.nda
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _disc_path(
-    rng: np.random.Generator, cls: int, n_video: int, cfg: CorpusConfig
-) -> np.ndarray:
+def _disc_path(rng: np.random.Generator, cls: int, n_video: int, cfg: CorpusConfig) -> np.ndarray:
     """Centre of the moving disc per frame, bouncing inside the frame."""
     speed = _SCENE[cls]["speed"] * rng.uniform(0.8, 1.2)
     angle = rng.uniform(0, 2 * np.pi)

@@ -41,9 +41,7 @@ def parse_labels(text: str, source: str = "<labels>") -> dict[str, int]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise LabelError(
-                f"{source}:{number}: expected '<name> <label>', got {line.strip()!r}"
-            )
+            raise LabelError(f"{source}:{number}: expected '<name> <label>', got {line.strip()!r}")
         name, raw = parts
         try:
             value = int(raw)
@@ -90,9 +88,7 @@ def format_labels(labels: Mapping[str, int]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_labels(
-    url: str, labels: Mapping[str, int], storage: StorageConfig | None = None
-) -> None:
+def write_labels(url: str, labels: Mapping[str, int], storage: StorageConfig | None = None) -> None:
     """Write ``{name: class_index}`` as a VGAF label file to a path or URL."""
     from emotiw.storage import write_bytes
 

@@ -104,7 +104,12 @@ class Config:
             raise ValueError("n_frames, lstm_units, fc_units and lr must be positive")
 
 
-FEATURE_SHAPE: tuple[int, int] = (Config.n_frames, len(FEATURE_COLUMNS))
+def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
+    """Per-clip features: ``[n_frames, 22]``, columns `FEATURE_COLUMNS`."""
+    return ((cfg or Config()).n_frames, len(FEATURE_COLUMNS))
+
+
+FEATURE_SHAPE: tuple[int, int] = feature_shape()
 
 
 # --- pure maths ------------------------------------------------------------------------------

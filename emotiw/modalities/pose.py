@@ -121,7 +121,12 @@ class Config:
             raise ValueError("weight_decay must be >= 0")
 
 
-FEATURE_SHAPE: tuple[int, int] = (Config.n_frames, len(FEATURE_COLUMNS))
+def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
+    """Per-clip features: ``[n_frames, 27]``, columns `FEATURE_COLUMNS`."""
+    return ((cfg or Config()).n_frames, len(FEATURE_COLUMNS))
+
+
+FEATURE_SHAPE: tuple[int, int] = feature_shape()
 
 
 # --- pure maths ------------------------------------------------------------------------------

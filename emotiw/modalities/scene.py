@@ -307,17 +307,18 @@ class Head(nn.Module):
             mask = torch.as_tensor(mask, device=maps.device)
         return torch.cat([head(maps, mask).flatten(1) for head in self.convlstms], dim=1)
 
-    def forward_features(
-        self, frames: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.forward_maps(self.maps(frames, mask), mask)
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 frames ``[B, T, H, W, 3]``, or float backbone maps ``[B, T, C, h, w]``
+        computed earlier with `maps` (training with a frozen backbone) -> ``[B, feature_dim]``."""
+        maps = self.maps(x, mask) if x.dtype == torch.uint8 else x
+        return self.forward_maps(maps, mask)
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.fc(hidden)
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits ``[B, 3]`` (positive, neutral, negative)."""
-        return self.forward_head(self.forward_features(frames, mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, 3]`` (positive, neutral, negative) of frames or maps."""
+        return self.forward_head(self.forward_features(x, mask))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters for `optimizer`, with the paper's L2 on the FC weights only.

@@ -1,0 +1,108 @@
+"""Evaluation: the paper's tables (1: each modality, 2: each fusion method, 3: the main fusion
+without each modality) with accuracy and macro precision / recall / F1, confusion matrices,
+written as Markdown and CSV and logged to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emotiw import metrics
+from emotiw.config import StorageConfig
+
+COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "cross_entropy", "n"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    model: str  # models:/name/version, runs:/..., or a package directory
+    features: str
+    output: str = "runs/evaluate"
+    tracking_uri: str | None = None
+    experiment: str = "emotiw"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass
+class Evaluation:
+    tables: dict[str, list[dict[str, Any]]]
+    markdown: str
+    output: Path
+
+
+def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
+    import os
+
+    import matplotlib.pyplot as plt
+
+    from emotiw.features import read_rows, to_feature_set
+    from emotiw.mlflow_model import resolve_model_dir
+    from emotiw.packaging import load_model
+    from emotiw.training import _mlflow, predict
+
+    tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    package = load_model(resolve_model_dir(cfg.model, tracking))
+    data = to_feature_set(read_rows(cfg.features, cfg.storage), package.configs)
+    if len(data) == 0:
+        raise ValueError(f"{cfg.features}: no labelled, successfully extracted clips")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, list[dict[str, Any]]] = {"modalities": [], "fusion": [], "ablation": []}
+    confusions = {}
+    for name, head in package.heads.items():
+        probs, preds = predict(head, data, name)
+        tables["modalities"].append({"model": name, **metrics.scores(data.labels, probs, preds)})
+        confusions[f"head-{name}"] = metrics.confusion(data.labels, preds)
+    main = package.default
+    for variant, model in package.fusions.items():
+        probs, preds = predict(model, data, None)
+        row = {"model": variant, **metrics.scores(data.labels, probs, preds)}
+        confusions[f"fusion-{variant}"] = metrics.confusion(data.labels, preds)
+        if variant.startswith(f"{main}-without-"):
+            tables["ablation"].append(row)
+        else:
+            tables["fusion"].append(row)
+            if variant == main:
+                tables["ablation"].insert(0, {**row, "model": f"{main} (all)"})
+    titles = {
+        "modalities": "Table 1: each modality's head",
+        "fusion": "Table 2: fusion methods",
+        "ablation": f"Table 3: {main} fusion without each modality",
+    }
+    parts = [f"# Evaluation of {cfg.model} on {cfg.features} ({len(data)} clips)"]
+    for key, rows in tables.items():
+        parts += [f"## {titles[key]}", metrics.markdown_table(rows, COLUMNS)]
+        with open(out / f"{key}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    markdown = "\n\n".join(parts) + "\n"
+    (out / "metrics.md").write_text(markdown)
+    for key, cm in confusions.items():
+        figure = metrics.confusion_figure(cm, key)
+        figure.savefig(out / f"confusion-{key}.png", dpi=100)
+        plt.close(figure)
+    if tracking:
+        from emotiw.training import TrainConfig
+
+        mlflow = _mlflow(
+            TrainConfig(
+                features=cfg.features,
+                tracking_uri=tracking,
+                experiment=cfg.experiment,
+                run_dir=str(out),
+            )
+        )
+        with mlflow.start_run(run_name="evaluate"):
+            mlflow.log_params({"model": cfg.model, "features": cfg.features, "n": len(data)})
+            for key, rows in tables.items():
+                for row in rows:
+                    name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", f"{key}.{row['model']}")
+                    mlflow.log_metrics(
+                        {f"{name}.{m}": row[m] for m in ("accuracy", "precision", "recall", "f1")}
+                    )
+            mlflow.log_artifacts(str(out), "evaluation")
+    return Evaluation(tables, markdown, out)

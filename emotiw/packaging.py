@@ -1,0 +1,163 @@
+"""The packaged model: self-describing, loadable without the training code's globals.
+
+A directory holding ``emotiw_model.json`` (every modality's config, every fusion variant's
+config, class order, weights provenance, metrics, code version) and safetensors state dicts:
+``heads/<modality>.safetensors`` (the scene head's includes its backbone) and
+``fusion/<variant>.safetensors`` (the fusion's own layers). `load_model` rebuilds every module
+from the JSON and loads the tensors; it never unpickles. MLflow logs and registers this
+directory (`emotiw.mlflow_model`), and scoring loads it from ``models:/name/version`` or a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from emotiw import __version__, fusion
+from emotiw.config import CLASS_NAMES
+from emotiw.features import ModalityConfigs
+from emotiw.modalities import get
+
+FORMAT = "emotiw-model/1"
+MANIFEST = "emotiw_model.json"
+
+
+@dataclass
+class PackagedModel:
+    """Heads, fusion variants and what describes them."""
+
+    configs: ModalityConfigs
+    heads: dict[str, nn.Module]
+    fusions: dict[str, fusion.Fusion]
+    default: str
+    provenance: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fusion(self) -> fusion.Fusion:
+        return self.fusions[self.default]
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """A frozen config dataclass from JSON values (lists back to tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return cls(**clean)
+
+
+def save_model(
+    path: str | Path,
+    model: PackagedModel,
+) -> Path:
+    """Write `model` as a package directory at `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    (path / "heads").mkdir(parents=True, exist_ok=True)
+    (path / "fusion").mkdir(parents=True, exist_ok=True)
+    for name, head in model.heads.items():
+        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(path / "heads" / f"{name}.safetensors"))
+    variants = {}
+    for variant, fused in model.fusions.items():
+        own = {
+            k: v.detach().cpu().contiguous()
+            for k, v in fused.state_dict().items()
+            if not k.startswith("heads.")
+        }
+        save_file(own, str(path / "fusion" / f"{variant}.safetensors"))
+        variants[variant] = _config_dict(fused.cfg)
+    manifest = {
+        "format": FORMAT,
+        "classes": list(CLASS_NAMES),
+        "modalities": list(model.configs.modalities),
+        "configs": {m: _config_dict(model.configs.of(m)) for m in model.configs.modalities},
+        "fusions": variants,
+        "default_fusion": model.default,
+        "provenance": model.provenance,
+        "meta": {"code_version": __version__, "saved_at": time.time(), **model.meta},
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return path
+
+
+def find_package(path: str | Path) -> Path:
+    """The package directory at or under `path` (MLflow nests it inside its artifacts)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    found = sorted(path.rglob(MANIFEST))
+    if not found:
+        raise FileNotFoundError(f"no {MANIFEST} at or under {path}")
+    return found[0].parent
+
+
+def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
+    """Rebuild a packaged model from its directory."""
+    from safetensors.torch import load_file
+
+    from emotiw.modalities import audio, face, pose, scene
+
+    root = find_package(path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{root}: not an {FORMAT} package (format {manifest.get('format')!r})")
+    if tuple(manifest["classes"]) != CLASS_NAMES:
+        raise ValueError(f"{root}: class order {manifest['classes']} != {CLASS_NAMES}")
+    classes = {
+        "scene": scene.Config,
+        "pose": pose.Config,
+        "audio": audio.Config,
+        "face": face.Config,
+    }
+    modalities = tuple(manifest["modalities"])
+    per = {m: _from_dict(classes[m], manifest["configs"][m]) for m in modalities}
+    configs = ModalityConfigs(modalities=modalities, **per)
+    heads: dict[str, nn.Module] = {}
+    for name in modalities:
+        cfg = per[name]
+        if name == "scene":  # its backbone's weights are in the package: no registry lookup
+            cfg = dataclasses.replace(cfg, weights="random-init")
+        head = get(name).Head(cfg)
+        head.load_state_dict(load_file(str(root / "heads" / f"{name}.safetensors")))
+        heads[name] = head.to(device).eval()
+    fusions = {}
+    for variant, values in manifest["fusions"].items():
+        fcfg = _from_dict(fusion.Config, values)
+        fused = fusion.build(heads, fcfg)
+        missing, unexpected = fused.load_state_dict(
+            load_file(str(root / "fusion" / f"{variant}.safetensors")), strict=False
+        )
+        if unexpected or any(not k.startswith("heads.") for k in missing):
+            raise ValueError(f"{root}: fusion {variant!r} does not match its state dict")
+        fusions[variant] = fused.to(device).eval()
+    return PackagedModel(
+        configs, heads, fusions, manifest["default_fusion"], manifest["provenance"],
+        manifest["meta"],
+    )  # fmt: skip
+
+
+def to_torch_inputs(
+    inputs: dict[str, Any], scene_mask: Any, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """FeatureSet-style numpy inputs -> the fusion models' input dict."""
+    out: dict[str, Any] = {}
+    for name, array in inputs.items():
+        tensor = torch.as_tensor(array, device=device)
+        if name == "scene":  # uint8 frames, or backbone maps (float16 to save memory)
+            tensor = tensor if tensor.dtype == torch.uint8 else tensor.float()
+            out[name] = (tensor, torch.as_tensor(scene_mask, device=device))
+        else:
+            out[name] = tensor.float()
+    return out

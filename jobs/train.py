@@ -1,0 +1,8 @@
+"""Ray job entrypoint: `emotiw train` (see `emotiw train --help`)."""
+
+import sys
+
+from emotiw.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
