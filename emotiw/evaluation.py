@@ -41,7 +41,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     from emotiw.features import read_rows, to_feature_set
     from emotiw.mlflow_model import resolve_model_dir
     from emotiw.packaging import load_model
-    from emotiw.training import _mlflow, predict
+    from emotiw.training import mlflow_client, predict
 
     tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     package = load_model(resolve_model_dir(cfg.model, tracking))
@@ -86,16 +86,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
         figure.savefig(out / f"confusion-{key}.png", dpi=100)
         plt.close(figure)
     if tracking:
-        from emotiw.training import TrainConfig
-
-        mlflow = _mlflow(
-            TrainConfig(
-                features=cfg.features,
-                tracking_uri=tracking,
-                experiment=cfg.experiment,
-                run_dir=str(out),
-            )
-        )
+        mlflow = mlflow_client(tracking, cfg.experiment, str(out))
         with mlflow.start_run(run_name="evaluate"):
             mlflow.log_params({"model": cfg.model, "features": cfg.features, "n": len(data)})
             for key, rows in tables.items():

@@ -45,6 +45,15 @@ class PackagedModel:
         return self.fusions[self.default]
 
 
+def head_for_state_dict(name: str, cfg: Any) -> nn.Module:
+    """Modality `name`'s head, to be filled from a state dict: the scene head's backbone is
+    built with random weights instead of looked up in the registry, since the state dict
+    (or, for training on precomputed maps, nothing at all) provides them."""
+    if name == "scene":
+        cfg = dataclasses.replace(cfg, weights="random-init")
+    return get(name).Head(cfg)
+
+
 def _config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -126,10 +135,7 @@ def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
     configs = ModalityConfigs(modalities=modalities, **per)
     heads: dict[str, nn.Module] = {}
     for name in modalities:
-        cfg = per[name]
-        if name == "scene":  # its backbone's weights are in the package: no registry lookup
-            cfg = dataclasses.replace(cfg, weights="random-init")
-        head = get(name).Head(cfg)
+        head = head_for_state_dict(name, per[name])
         head.load_state_dict(load_file(str(root / "heads" / f"{name}.safetensors")))
         heads[name] = head.to(device).eval()
     fusions = {}

@@ -30,7 +30,7 @@ from emotiw import fusion, metrics
 from emotiw.config import StorageConfig
 from emotiw.features import FeatureSet, ModalityConfigs
 from emotiw.modalities import get
-from emotiw.packaging import PackagedModel, to_torch_inputs
+from emotiw.packaging import PackagedModel, head_for_state_dict, to_torch_inputs
 from emotiw.weights import WeightsConfig
 
 
@@ -152,13 +152,18 @@ class Trainable(nn.Module):
         self.model = model
         self.modality = modality
 
+    def logits(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.modality is None:
+            return self.model(inputs, present)
+        x = inputs[self.modality]
+        return self.model(*x) if isinstance(x, tuple) else self.model(x)
+
     def forward(
         self, inputs: dict[str, Any], present: dict[str, torch.Tensor], target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.modality is None:
             return self.model.loss(inputs, present, target)
-        x = inputs[self.modality]
-        logits = self.model(*x) if isinstance(x, tuple) else self.model(x)
+        logits = self.logits(inputs, present)
         return F.cross_entropy(logits, target), logits
 
 
@@ -167,18 +172,13 @@ def build_module(spec: dict[str, Any]) -> Trainable:
     from safetensors.torch import load
 
     if spec["kind"] == "head":
-        name, cfg = spec["modality"], spec["cfg"]
-        if name == "scene":  # trains on precomputed maps: the backbone's weights are not used
-            cfg = dataclasses.replace(cfg, weights="random-init")
+        name = spec["modality"]  # the scene head trains on precomputed maps
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec["seed"])
-            return Trainable(get(name).Head(cfg), name)
+            return Trainable(head_for_state_dict(name, spec["cfg"]), name)
     heads = {}
     for name, state in spec["head_states"].items():
-        cfg = spec["configs"].of(name)
-        if name == "scene":
-            cfg = dataclasses.replace(cfg, weights="random-init")
-        head = get(name).Head(cfg)
+        head = head_for_state_dict(name, spec["configs"].of(name))
         head.load_state_dict(load(state))
         heads[name] = head
     with torch.random.fork_rng(devices=[]):
@@ -300,11 +300,7 @@ def _evaluate(
     with torch.no_grad():
         for i in range(0, len(index), batch_size):
             inputs, present, target = _batch(val, index[i : i + batch_size], device)
-            if trainable.modality is None:
-                logits = trainable.model(inputs, present)
-            else:
-                x = inputs[trainable.modality]
-                logits = trainable.model(*x) if isinstance(x, tuple) else trainable.model(x)
+            logits = trainable.logits(inputs, present)
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             correct += (logits.argmax(-1) == target).sum().item()
     return loss_sum, correct, float(len(index))
@@ -345,21 +341,19 @@ def _fit(
     return state, list(result.return_value or [])
 
 
-def _mlflow(cfg: TrainConfig) -> Any:
+def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> Any:
+    """`mlflow`, pointed at `tracking_uri` ($MLFLOW_TRACKING_URI, else a SQLite store under
+    `run_dir`) with `experiment` active (created with a local artifact root if needed)."""
     import mlflow
 
-    run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    uri = (
-        cfg.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{run_dir}/mlflow.db"
-    )
+    folder = Path(run_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        artifacts = None if uri.startswith("http") else (run_dir / "mlartifacts").as_uri()
-        mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
-    mlflow.set_experiment(cfg.experiment)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = None if uri.startswith("http") else (folder / "mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
     return mlflow
 
 
@@ -410,8 +404,7 @@ def predict(
             if modality is None:
                 p, y = model.predict(inputs, present)
             else:
-                x = inputs[modality]
-                p = (model(*x) if isinstance(x, tuple) else model(x)).softmax(-1)
+                p = Trainable(model, modality).logits(inputs, present).softmax(-1)
                 y = p.argmax(-1)
             probs.append(p.numpy())
             preds.append(y.numpy())
@@ -463,7 +456,7 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
         provenance.update(prov)
     ensure_ray(ray_address)
     data_ref = ray.put({"train": _arrays(train), "val": _arrays(val)})
-    mlflow = _mlflow(cfg)
+    mlflow = mlflow_client(cfg.tracking_uri, cfg.experiment, cfg.run_dir)
     heads: dict[str, nn.Module] = {}
     states: dict[str, bytes] = {}
     all_scores: dict[str, dict[str, float]] = {}
