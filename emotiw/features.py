@@ -45,12 +45,14 @@ class ModalityConfigs:
         return getattr(self, name)
 
 
-def presence(row: Mapping[str, Any], name: str) -> bool:
-    """Whether a clip has modality `name` (what fusion's presence masks are made of)."""
-    key = {"scene": "n_frames", "pose": "n_people", "face": "n_faces"}.get(name)
-    if name == "audio":
-        return bool(row.get("has_audio"))
-    return bool(row.get(key) or 0)
+# The feature-table column saying whether a clip has each modality (fusion's presence masks):
+# a real frame, a person, audio with sound, a face.
+PRESENCE_COLUMN = {"scene": "n_frames", "pose": "n_people", "audio": "has_audio", "face": "n_faces"}
+
+
+def presence(values: list[Any]) -> np.ndarray:
+    """A `PRESENCE_COLUMN` column -> bool per clip (null counts as absent)."""
+    return np.array([bool(v or 0) for v in values], dtype=bool)
 
 
 class ClipFeatureExtractor:
@@ -245,10 +247,7 @@ def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = T
             steps = get(name).feature_shape(configs.of(name))[0]
             inputs[name] = np.asarray(column, dtype=np.float32).reshape(n, steps, -1)
     table = rows.to_pydict()
-    present = {
-        name: np.array([presence({k: table[k][i] for k in table}, name) for i in range(n)], bool)
-        for name in configs.modalities
-    }
+    present = {name: presence(table[PRESENCE_COLUMN[name]]) for name in configs.modalities}
     return FeatureSet(
         np.asarray(table["video_id"], dtype=object),
         np.asarray(table["label"], dtype=np.int64),
