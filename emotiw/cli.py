@@ -254,6 +254,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from emotiw.pipeline import ScoreConfig, run_score
+
+    cfg = ScoreConfig(
+        input=args.input,
+        manifest=args.manifest,
+        output=args.output,
+        model=args.model,
+        tracking_uri=args.tracking_uri,
+        skip_existing=args.skip_existing,
+        retry_errors=args.retry_errors,
+        cpu_actors=args.cpu_actors,
+        model_actors=args.model_actors,
+        gpus_per_model_actor=args.gpus_per_model_actor,
+        model_batch_size=args.model_batch_size,
+        weights=_weights(args),
+        storage=_storage(args),
+    )
+    print(run_score(cfg, args.address), flush=True)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from emotiw.evaluation import EvaluateConfig, run_evaluate
 
@@ -325,6 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: local/auto)")
     add_model_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="score clips into the partitioned scores table (main job)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="directory or s3:// prefix of videos")
+    source.add_argument("--manifest", help="text file of video URLs, one per line")
+    p.add_argument("--output", required=True, help="scores table root (path or s3://)")
+    p.add_argument("--model", required=True, help="models:/name/version|latest or a package dir")
+    p.add_argument("--tracking-uri", default=None, help="MLflow (default $MLFLOW_TRACKING_URI)")
+    p.add_argument(
+        "--skip-existing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score only clips whose (id, etag) is not in the output yet (default: on)",
+    )
+    p.add_argument("--retry-errors", action="store_true", help="rescore earlier error rows")
+    p.add_argument("--cpu-actors", type=int, default=0, help="max extract actors (0: auto)")
+    p.add_argument("--model-actors", type=int, default=1)
+    p.add_argument(
+        "--gpus-per-model-actor", type=float, default=-1, help="-1: 1 if the cluster has GPUs"
+    )
+    p.add_argument("--model-batch-size", type=int, default=8)
+    p.add_argument("--weights-dir", default=None, help="staged weights (default $EMOTIW_WEIGHTS)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local/auto)")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("evaluate", help="metrics tables of a model on a feature table")
     p.add_argument("--model", required=True, help="models:/name/version or a package dir")

@@ -56,17 +56,28 @@ def presence(values: list[Any]) -> np.ndarray:
 
 
 class ClipFeatureExtractor:
-    """Bytes of one clip -> one feature-table row (a dict); any failure -> an error row."""
+    """Bytes of one clip -> one feature-table row (a dict); any failure -> an error row.
+
+    `deferred` modalities are not extracted here but later from the row's JPEG frames (the
+    scoring job runs pose's Keypoint R-CNN in its model stage, on the GPU where there is one):
+    their features stay null and ``scene_jpeg`` is always written.
+    """
 
     def __init__(
         self,
         configs: ModalityConfigs,
         media: MediaConfig | None = None,
         weights: WeightsConfig | None = None,
+        deferred: tuple[str, ...] = (),
     ) -> None:
         self.configs = configs
         self.media = media or MediaConfig()
-        self.extractors = {m: get(m).Extractor(configs.of(m), weights) for m in configs.modalities}
+        self.deferred = deferred
+        self.extractors = {
+            m: get(m).Extractor(configs.of(m), weights)
+            for m in configs.modalities
+            if m not in deferred
+        }
         self.provenance = {
             key: str(p) for ex in self.extractors.values() for key, p in ex.provenance.items()
         }
@@ -110,6 +121,10 @@ class ClipFeatureExtractor:
                     )
                 else:
                     row[name] = np.asarray(out.features, dtype=np.float32).reshape(-1)
+            if self.deferred and "scene_jpeg" not in row:
+                row["scene_jpeg"] = scene.encode_frames(
+                    clip.frames, clip.frame_mask, self.configs.scene.jpeg_quality
+                )
         except EmotiwError as exc:
             row.update(error=str(exc), error_reason=exc.reason)
         except Exception as exc:  # unexpected: still a row, with the type for the analyst
@@ -149,7 +164,7 @@ class FeatureSet:
 
     Attributes:
         video_ids: ``[N]``.
-        labels: int64 ``[N]`` class indices.
+        labels: int64 ``[N]`` class indices (-1 for unlabelled clips, when allowed).
         inputs: modality -> ``[N, ...]`` float32 features; scene -> uint8 frames
             ``[N, T, H, W, 3]``.
         scene_mask: bool ``[N, T]`` real frames.
@@ -250,7 +265,7 @@ def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = T
     present = {name: presence(table[PRESENCE_COLUMN[name]]) for name in configs.modalities}
     return FeatureSet(
         np.asarray(table["video_id"], dtype=object),
-        np.asarray(table["label"], dtype=np.int64),
+        np.asarray([-1 if v is None else v for v in table["label"]], dtype=np.int64),
         inputs,
         scene_mask,
         present,

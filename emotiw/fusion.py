@@ -300,6 +300,33 @@ class VotingFusion(Fusion):
         return fused, fused.argmax(dim=-1)
 
 
+class Precomputed(nn.Module):
+    """Stands in for a head whose `forward_features` were computed beforehand: training a
+    fusion over frozen heads then runs each head once, not once per epoch, and scoring
+    computes each head's hidden layer once for both its own probabilities and the fusion.
+    Its input is that hidden layer ``[B, feature_dim]``; `head` (optional) supplies
+    ``forward_head`` for voting. Fusion layers trained over it load into the same fusion over
+    the real heads (`fusion_state`)."""
+
+    def __init__(self, feature_dim: int, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.head = head
+
+    def forward_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise TypeError("no head given: voting over a precomputed hidden layer needs one")
+        return self.head.forward_head(hidden)
+
+
+def fusion_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The fusion's own layers (no heads): what a trained fusion adds to its heads."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("heads.")}
+
+
 def build(heads: Mapping[str, nn.Module], cfg: Config | None = None) -> Fusion:
     """The fusion model `cfg.method` over `heads` (name -> modality head)."""
     cfg = cfg or Config()

@@ -80,11 +80,7 @@ def save_model(
         save_file(state, str(path / "heads" / f"{name}.safetensors"))
     variants = {}
     for variant, fused in model.fusions.items():
-        own = {
-            k: v.detach().cpu().contiguous()
-            for k, v in fused.state_dict().items()
-            if not k.startswith("heads.")
-        }
+        own = {k: v.detach().cpu().contiguous() for k, v in fusion.fusion_state(fused).items()}
         save_file(own, str(path / "fusion" / f"{variant}.safetensors"))
         variants[variant] = _config_dict(fused.cfg)
     manifest = {
@@ -112,10 +108,9 @@ def find_package(path: str | Path) -> Path:
     return found[0].parent
 
 
-def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
-    """Rebuild a packaged model from its directory."""
-    from safetensors.torch import load_file
-
+def read_configs(path: str | Path) -> tuple[Path, dict[str, Any], ModalityConfigs]:
+    """The package directory, its manifest and its modality configs, without building any
+    module (what the scoring driver needs to set up the extractors)."""
     from emotiw.modalities import audio, face, pose, scene
 
     root = find_package(path)
@@ -132,7 +127,16 @@ def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
     }
     modalities = tuple(manifest["modalities"])
     per = {m: _from_dict(classes[m], manifest["configs"][m]) for m in modalities}
-    configs = ModalityConfigs(modalities=modalities, **per)
+    return root, manifest, ModalityConfigs(modalities=modalities, **per)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
+    """Rebuild a packaged model from its directory."""
+    from safetensors.torch import load_file
+
+    root, manifest, configs = read_configs(path)
+    modalities = configs.modalities
+    per = {m: configs.of(m) for m in modalities}
     heads: dict[str, nn.Module] = {}
     for name in modalities:
         head = head_for_state_dict(name, per[name])
@@ -157,11 +161,15 @@ def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
 def to_torch_inputs(
     inputs: dict[str, Any], scene_mask: Any, device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """FeatureSet-style numpy inputs -> the fusion models' input dict."""
+    """FeatureSet-style numpy inputs -> the fusion models' input dict. The scene input
+    becomes ``(frames or maps, mask)``; without a mask (precomputed hidden layers) every
+    input is a plain float tensor."""
     out: dict[str, Any] = {}
     for name, array in inputs.items():
         tensor = torch.as_tensor(array, device=device)
-        if name == "scene":  # uint8 frames, or backbone maps (float16 to save memory)
+        if (
+            name == "scene" and scene_mask is not None
+        ):  # uint8 frames, or backbone maps (float16 to save memory)
             tensor = tensor if tensor.dtype == torch.uint8 else tensor.float()
             out[name] = (tensor, torch.as_tensor(scene_mask, device=device))
         else:

@@ -91,26 +91,42 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 class ExtractActor:
-    """One CPU actor: holds the extractors and turns a batch of clip URIs into rows."""
+    """One CPU actor: holds the extractors and turns a batch of clip URIs into feature rows
+    (plus any listing columns the batch carries, e.g. the scoring job's etag)."""
 
-    def __init__(self, cfg: ExtractConfig, run_id: str) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        configs: ModalityConfigs,
+        media: MediaConfig,
+        weights: WeightsConfig,
+        storage: StorageConfig,
+        run_id: str,
+        deferred: tuple[str, ...] = (),
+    ) -> None:
+        self.storage = storage
         self.run_id = run_id
-        self.extractor = ClipFeatureExtractor(cfg.configs, cfg.media, cfg.weights)
+        self.extractor = ClipFeatureExtractor(configs, media, weights, deferred)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
         from emotiw.features import rows_to_table
         from emotiw.storage import read_bytes
 
         rows = []
-        for uri, vid, label in zip(batch["uri"], batch["video_id"], batch["label"], strict=True):
+        for i, (uri, vid) in enumerate(zip(batch["uri"], batch["video_id"], strict=True)):
             try:
-                data: bytes | Exception = read_bytes(str(uri), self.cfg.storage)
+                data: bytes | Exception = read_bytes(str(uri), self.storage)
             except Exception as exc:
                 data = exc
-            label_or_none = None if int(label) == NO_LABEL else int(label)
+            label = int(batch["label"][i]) if "label" in batch else NO_LABEL
+            label_or_none = None if label == NO_LABEL else label
             rows.append(self.extractor(str(uri), str(vid), data, label_or_none, self.run_id))
-        return rows_to_table(rows)
+        table = rows_to_table(rows)
+        for name in batch:  # carried through for the next stage
+            if name not in table.column_names and name != "label":
+                table = table.append_column(name, pa.array(list(batch[name])))
+        return table
 
 
 def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSummary:
@@ -143,7 +159,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             ExtractActor,
-            fn_constructor_kwargs={"cfg": cfg, "run_id": summary.run_id},
+            fn_constructor_args=(cfg.configs, cfg.media, cfg.weights, cfg.storage, summary.run_id),
             batch_size=cfg.clips_per_batch,
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             num_cpus=cfg.cpus_per_actor,
@@ -172,9 +188,262 @@ def _commit(fs: Any, staging: str, out_path: str, run_id: str) -> None:
         for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True))
         if info.type == pafs.FileType.File and info.path.endswith(".parquet")
     ]
+    fs.create_dir(out_path, recursive=True)
     for i, path in enumerate(sorted(files)):
         fs.move(path, f"{out_path.rstrip('/')}/part-{run_id}-{i:05d}.parquet")
     fs.delete_dir(staging)
     parent = staging.rsplit("/", 1)[0]
     if not fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
         fs.delete_dir(parent)
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The scoring job.
+
+    Attributes:
+        input: prefix (local or ``s3://``) listed recursively for videos; or None with
+            `manifest`.
+        output: the scores table's root (local or ``s3://``); rows land under
+            ``scored_date=YYYY-MM-DD/``.
+        model: ``models:/name/version`` (or ``/latest``) or a package directory.
+        manifest: a text file of video URLs, one per line, instead of listing `input`.
+        tracking_uri: MLflow tracking URI for ``models:/`` (None: $MLFLOW_TRACKING_URI).
+        skip_existing: score only clips whose (video_id, etag) is not in the output yet.
+        retry_errors: with `skip_existing`, also rescore clips whose earlier row is an error.
+        cpu_actors: maximum size of the decode/extract pool (0: the cluster's CPUs less those
+            the model pool reserves); it autoscales from 1.
+        cpus_per_actor: CPUs each extract actor reserves.
+        model_actors: size of the model pool (heads, fusion, deferred pose).
+        gpus_per_model_actor: GPUs each model actor reserves; -1: 1 when the cluster has
+            GPUs, else 0 (same code on CPU-only clusters).
+        cpus_per_model_actor: CPUs each model actor reserves.
+        model_batch_size: clips per model-stage call (one forward of every head).
+        device: the model stage's torch device (auto: CUDA when the actor sees one).
+    """
+
+    output: str
+    model: str
+    input: str | None = None
+    manifest: str | None = None
+    tracking_uri: str | None = None
+    skip_existing: bool = True
+    retry_errors: bool = False
+    cpu_actors: int = 0
+    cpus_per_actor: float = 1.0
+    model_actors: int = 1
+    gpus_per_model_actor: float = -1
+    cpus_per_model_actor: float = 1.0
+    model_batch_size: int = 8
+    device: str = "auto"
+    media: MediaConfig = field(default_factory=MediaConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        if (self.input is None) == (self.manifest is None):
+            raise ValueError("give exactly one of input (a prefix) and manifest (a URL list)")
+        if self.cpu_actors < 0 or self.model_actors < 1 or self.model_batch_size < 1:
+            raise ValueError("cpu_actors must be >= 0, model_actors and model_batch_size >= 1")
+        if self.cpus_per_actor <= 0 or self.cpus_per_model_actor < 0:
+            raise ValueError("cpus_per_actor must be > 0 and cpus_per_model_actor >= 0")
+
+
+@dataclass
+class ScoreSummary:
+    run_id: str
+    output: str = ""
+    listed: int = 0
+    skipped: int = 0
+    scored: int = 0
+    errors: int = 0
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+    placement: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.error_reasons.items())) or "-"
+        classes = ", ".join(f"{k} {v}" for k, v in self.classes.items()) or "-"
+        agree = ", ".join(f"{k} {v:.2f}" for k, v in self.agreement.items()) or "-"
+        where = ", ".join(f"{k} ({v} clips)" for k, v in self.placement.items()) or "-"
+        return (
+            f"run {self.run_id}: {self.listed} clips listed, {self.skipped} already scored, "
+            f"{self.scored} scored, {self.errors} errors ({reasons}), {self.seconds:.1f} s\n"
+            f"  predicted: {classes}\n"
+            f"  agreement of each modality's head with the fusion: {agree}\n"
+            f"  model stage ran on: {where}\n"
+            + (f"  written to {self.output}" if self.scored + self.errors else "  nothing new")
+        )
+
+
+class ModelActor:
+    """One model-stage actor: the packaged model (shipped as bytes through the object store,
+    so no actor needs the tracking server) scoring batches of feature rows."""
+
+    def __init__(self, files: Any, ref: Any, cfg: ScoreConfig, run_id: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        import ray
+
+        from emotiw.scoring import ClipScorer, pick_device, write_package
+
+        if isinstance(files, ray.ObjectRef):  # Ray Data passes constructor args as given
+            files = ray.get(files)
+        folder = write_package(files, Path(tempfile.mkdtemp(prefix="emotiw-model-")))
+        device = pick_device(cfg.device)
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        placement = str(device)
+        if gpus and device.type == "cpu":
+            placement = f"cpu (Ray GPU {','.join(gpus)} assigned, no CUDA device visible)"
+        elif gpus:
+            placement = f"{device} (Ray GPU {','.join(gpus)})"
+        self.scorer = ClipScorer(folder, ref, cfg.weights, str(device), placement)
+        self.run_id = run_id
+
+    def __call__(self, batch: Any) -> Any:
+        return self.scorer(batch, self.run_id)
+
+
+def _existing_keys(cfg: ScoreConfig) -> set[tuple[str, str]]:
+    """(video_id, etag) of the rows already in the output (errors too, unless retried)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from emotiw.storage import arrow_filesystem
+
+    fs, path = arrow_filesystem(cfg.output, cfg.storage)
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return set()
+    table = ds.dataset(
+        path, filesystem=fs, format="parquet", partitioning="hive",
+        ignore_prefixes=["_", "."], exclude_invalid_files=True,
+    ).to_table(columns=["video_id", "etag", "error"])  # fmt: skip
+    if cfg.retry_errors:
+        table = table.filter(pc.is_null(table["error"]))
+    return set(zip(table["video_id"].to_pylist(), table["etag"].to_pylist(), strict=True))
+
+
+def _listing(cfg: ScoreConfig) -> list[Any]:
+    from emotiw.storage import list_video_objects, read_bytes, stat_video
+
+    if cfg.input is not None:
+        return list_video_objects(cfg.input, cfg.storage)
+    text = read_bytes(cfg.manifest, cfg.storage).decode()  # type: ignore[arg-type]
+    urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    out = []
+    for url in urls:
+        try:
+            out.append(stat_video(url, cfg.storage))
+        except Exception:  # missing: still scored, so the row says why
+            from emotiw.storage import VideoObject
+
+            out.append(VideoObject(url, 0, "missing"))
+    return out
+
+
+def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
+    """Score every new clip under `cfg.input` (or in `cfg.manifest`) into `cfg.output`."""
+    import datetime
+
+    import ray
+
+    from emotiw.mlflow_model import resolve_model_dir
+    from emotiw.packaging import read_configs
+    from emotiw.schema import SCORE_PARTITION
+    from emotiw.scoring import deferred_modalities, model_ref, read_package
+    from emotiw.storage import arrow_filesystem, join_url, video_id
+
+    start = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    summary = ScoreSummary(run_id=run_id)
+    ref = model_ref(cfg.model, cfg.tracking_uri)
+    root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
+    objects = _listing(cfg)
+    summary.listed = len(objects)
+    done = _existing_keys(cfg) if cfg.skip_existing else set()
+    items = [
+        {"uri": o.uri, "video_id": video_id(o.uri), "etag": o.etag, "size_bytes": o.size}
+        for o in objects
+        if (video_id(o.uri), o.etag) not in done
+    ]
+    summary.skipped = len(objects) - len(items)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    partition = join_url(cfg.output, f"{SCORE_PARTITION}={date}")
+    summary.output = partition
+    if items:
+        ensure_ray(ray_address)
+        resources = ray.cluster_resources()
+        gpus = cfg.gpus_per_model_actor
+        if gpus < 0:
+            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+        cpu_actors = cfg.cpu_actors or max(
+            1,
+            int((resources.get("CPU", 1) - cfg.model_actors * cfg.cpus_per_model_actor)
+                // cfg.cpus_per_actor),
+        )  # fmt: skip
+        fs, out_path = arrow_filesystem(cfg.output, cfg.storage)
+        staging = f"{out_path.rstrip('/')}/_staging/{run_id}"
+        # One clip per block: the CPU stage balances clip by clip and the only data in flight
+        # is each clip's feature row (JPEG frames, ~0.3-0.5 MB), never decoded video; Ray
+        # Data's streaming executor bounds how many rows wait between the stages.
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            ExtractActor,
+            fn_constructor_args=(
+                configs, cfg.media, cfg.weights, cfg.storage, run_id, deferred_modalities(configs)
+            ),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpu_actors),
+            num_cpus=cfg.cpus_per_actor,
+        )  # fmt: skip
+        ds = ds.map_batches(
+            ModelActor,
+            fn_constructor_args=(ray.put(read_package(root)), ref, cfg, run_id),
+            batch_size=cfg.model_batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.model_actors),
+            num_gpus=gpus,
+            num_cpus=cfg.cpus_per_model_actor,
+        )
+        ds.write_parquet(staging, filesystem=fs, min_rows_per_file=1024)
+        written = _read_staged(fs, staging)
+        _commit(fs, staging, f"{out_path.rstrip('/')}/{SCORE_PARTITION}={date}", run_id)
+        _summarise(summary, written, configs.modalities)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _read_staged(fs: Any, staging: str) -> Any:
+    import pyarrow.dataset as ds
+
+    from emotiw.schema import score_schema
+
+    return ds.dataset(staging, filesystem=fs, format="parquet", schema=score_schema()).to_table()
+
+
+def _summarise(summary: ScoreSummary, rows: Any, modalities: tuple[str, ...]) -> None:
+    from emotiw.config import CLASS_NAMES
+
+    table = rows.to_pydict()
+    predicted = table["predicted"]
+    summary.errors = sum(e is not None for e in table["error"])
+    summary.scored = len(predicted) - summary.errors
+    for reason in table["error_reason"]:
+        if reason is not None:
+            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+    summary.classes = {c: predicted.count(c) for c in CLASS_NAMES}
+    for m in modalities:
+        pairs = [(a, b) for a, b in zip(table[f"{m}_predicted"], predicted, strict=True) if a]
+        if pairs:
+            summary.agreement[m] = sum(a == b for a, b in pairs) / len(pairs)
+    for where in table["model_device"]:
+        if where is not None:
+            summary.placement[where] = summary.placement.get(where, 0) + 1

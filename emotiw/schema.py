@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from emotiw.config import CLASS_NAMES
+from emotiw.modalities import MODALITIES
 from emotiw.weights import FER_CLASSES
 
 if TYPE_CHECKING:
@@ -85,3 +87,82 @@ def feature_schema() -> pa.Schema:
     if set(types) != set(FEATURE_COLUMNS_DOC):
         raise RuntimeError("feature_schema and FEATURE_COLUMNS_DOC disagree")
     return pa.schema([pa.field(name, types[name]) for name in FEATURE_COLUMNS_DOC])
+
+
+# The scores table (scoring job -> analytics): one row per input clip, Hive-partitioned by
+# `scored_date` (a directory level, not a column in the files).
+SCORE_PARTITION = "scored_date"
+SCORE_COLUMNS_DOC: dict[str, str] = {
+    "video_id": "file name without extension",
+    "uri": "where the clip was read from",
+    "etag": "content fingerprint from the listing (S3 ETag; locally size + mtime); with "
+    "video_id the key --skip-existing compares",
+    "content_sha256": "sha256 of the clip's bytes (null if they could not be read)",
+    "size_bytes": "object size from the listing",
+    **{f"prob_{c}": f"fused probability of {c}" for c in CLASS_NAMES},
+    "predicted": "fused class: positive, neutral or negative (null on error)",
+    **{
+        f"{m}_{what}": (
+            f"{m} head's probability of {what.removeprefix('prob_')}"
+            if what.startswith("prob_")
+            else f"{m} head's class"
+        )
+        + " (null when the clip lacks the modality or it is not in the model)"
+        for m in MODALITIES
+        for what in (*(f"prob_{c}" for c in CLASS_NAMES), "predicted")
+    },
+    "n_faces": "faces kept over the 12 sampled frames",
+    "n_people": "people kept over the 12 sampled frames",
+    "has_audio": "an audio track with sound",
+    "duration_s": "container duration in seconds",
+    "n_frames": "real sampled frames (of 12)",
+    "error": "null, or '<reason>: <message>' when the clip failed (scores then null)",
+    "error_reason": "machine-readable reason of `error` (empty, not_media, no_frames, ...)",
+    "model_uri": "the model as given (models:/name/version or a path)",
+    "model_name": "registered model name (or the package directory's name)",
+    "model_version": "registered model version (null for a local package)",
+    "fusion": "fusion variant that produced prob_* and predicted",
+    "weights": "JSON: front-end / head -> weights provenance (sha256 and source, or random-init)",
+    "model_device": "where the model stage ran (cpu, cuda:0; Ray GPU ids when assigned)",
+    "code_version": "emotiw version that scored the row",
+    "run_id": "scoring run that wrote the row",
+    "scored_at": "UTC time the row was made",
+}
+
+
+def score_schema() -> pa.Schema:
+    """Schema of the scores table's files (the `SCORE_PARTITION` column comes from the path)."""
+    import pyarrow as pa
+
+    types: dict[str, pa.DataType] = {
+        "video_id": pa.string(),
+        "uri": pa.string(),
+        "etag": pa.string(),
+        "content_sha256": pa.string(),
+        "size_bytes": pa.int64(),
+        "predicted": pa.string(),
+        "n_faces": pa.int32(),
+        "n_people": pa.int32(),
+        "has_audio": pa.bool_(),
+        "duration_s": pa.float32(),
+        "n_frames": pa.int16(),
+        "error": pa.string(),
+        "error_reason": pa.string(),
+        "model_uri": pa.string(),
+        "model_name": pa.string(),
+        "model_version": pa.string(),
+        "fusion": pa.string(),
+        "weights": pa.string(),
+        "model_device": pa.string(),
+        "code_version": pa.string(),
+        "run_id": pa.string(),
+        "scored_at": pa.timestamp("us", tz="UTC"),
+    }
+    for name in SCORE_COLUMNS_DOC:
+        if name.endswith("_predicted"):
+            types[name] = pa.string()
+        elif "prob_" in name:
+            types[name] = pa.float32()
+    if set(types) != set(SCORE_COLUMNS_DOC):
+        raise RuntimeError("score_schema and SCORE_COLUMNS_DOC disagree")
+    return pa.schema([pa.field(name, types[name]) for name in SCORE_COLUMNS_DOC])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from emotiw.config import VIDEO_EXTENSIONS, StorageConfig
@@ -130,15 +131,35 @@ def arrow_filesystem(
         raise _storage_error(exc, url, cfg) from None
 
 
-def list_videos(
+@dataclass(frozen=True)
+class VideoObject:
+    """A listed video: its URL, size and a fingerprint of its content from the listing
+    (the S3 ETag; locally size + modification time), so a rerun can tell a changed file
+    without reading it."""
+
+    uri: str
+    size: int
+    etag: str
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
+    return f"size{int(info.get('size') or 0)}-mtime{int(mtime * 1e9)}"
+
+
+def list_video_objects(
     prefix: str,
     cfg: StorageConfig | None = None,
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
-) -> list[str]:
-    """Every video under `prefix` (recursively), as sorted URLs of the same form as `prefix`.
+) -> list[VideoObject]:
+    """Every video under `prefix` (recursively) with size and fingerprint, sorted by URL.
 
     A `prefix` that is itself a video file lists just that file. Matching is by extension,
-    case-insensitive.
+    case-insensitive. URLs have the same form as `prefix` (local paths or ``s3://``).
 
     Raises:
         StorageError: the prefix does not exist or cannot be listed (secrets redacted).
@@ -148,18 +169,41 @@ def list_videos(
     exts = tuple(e.lower() for e in extensions)
     try:
         if fs.isfile(path):
-            found = [path] if path.lower().endswith(exts) else []
+            found = {path: fs.info(path)} if path.lower().endswith(exts) else {}
         elif fs.isdir(path):
-            found = [p for p in fs.find(path) if p.lower().endswith(exts)]
+            found = {
+                p: i for p, i in fs.find(path, detail=True).items() if p.lower().endswith(exts)
+            }
         else:
             raise FileNotFoundError(f"no such file or prefix: {path}")
     except StorageError:
         raise
     except Exception as exc:
         raise _storage_error(exc, prefix, cfg) from None
-    if protocol == "file":
-        return sorted(found)
-    return sorted(f"s3://{p}" for p in found)
+    return [
+        VideoObject(p if protocol == "file" else f"s3://{p}", int(i.get("size") or 0),
+                    _fingerprint(i))
+        for p, i in sorted(found.items())
+    ]  # fmt: skip
+
+
+def stat_video(url: str, cfg: StorageConfig | None = None) -> VideoObject:
+    """One video's size and fingerprint (for manifests, which list URLs only)."""
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        info = fs.info(path)
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None
+    return VideoObject(url, int(info.get("size") or 0), _fingerprint(info))
+
+
+def list_videos(
+    prefix: str,
+    cfg: StorageConfig | None = None,
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+) -> list[str]:
+    """Every video under `prefix` (recursively), as sorted URLs (see `list_video_objects`)."""
+    return [v.uri for v in list_video_objects(prefix, cfg, extensions)]
 
 
 @contextlib.contextmanager

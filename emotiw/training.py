@@ -54,6 +54,10 @@ class TrainConfig:
         experiment: MLflow experiment name.
         model_name: registered model name.
         run_dir: local folder for Ray Train results, the default MLflow store and the package.
+        poll_interval_s: how often Ray Train's controller polls its workers. Each
+            `ray.train.report` waits for a poll, and the default (2 s) made a small epoch of
+            the sample corpus cost 2.2 s instead of 0.3 s (train job 8.7 -> 2.3 min, same
+            results). Ignored when RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set.
     """
 
     features: str
@@ -72,6 +76,7 @@ class TrainConfig:
     experiment: str = "emotiw"
     model_name: str = "emotiw"
     run_dir: str = "runs/train"
+    poll_interval_s: float = 0.25
     storage: StorageConfig = field(default_factory=StorageConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
 
@@ -131,6 +136,38 @@ def scene_maps(
     return (np.concatenate(out) if out else empty), {k: str(v) for k, v in head.provenance.items()}
 
 
+def head_features(heads: dict[str, nn.Module], data: FeatureSet, batch: int = 32) -> dict[str, Any]:
+    """Every frozen head's hidden layer (`forward_features`) on every clip, computed once, as
+    worker arrays: a fusion over frozen heads trains on these (`fusion.Precomputed`)."""
+    arrays = _arrays(data)
+    hidden: dict[str, list[np.ndarray]] = {m: [] for m in heads}
+    with torch.inference_mode():
+        for i in range(0, len(data), batch):
+            inputs, _, _ = _batch(
+                arrays, np.arange(i, min(i + batch, len(data))), torch.device("cpu")
+            )
+            for name, head in heads.items():
+                x = inputs[name]
+                hidden[name].append(
+                    (
+                        head.forward_features(*x)
+                        if isinstance(x, tuple)
+                        else head.forward_features(x)
+                    )
+                    .float()
+                    .numpy()
+                )
+    return {
+        "inputs": {
+            m: np.concatenate(v) if v else np.zeros((0, int(heads[m].feature_dim)), np.float32)
+            for m, v in hidden.items()
+        },
+        "scene_mask": None,
+        "present": data.present,
+        "labels": data.labels,
+    }
+
+
 def _arrays(data: FeatureSet) -> dict[str, Any]:
     return {
         "inputs": data.inputs,
@@ -176,8 +213,10 @@ def build_module(spec: dict[str, Any]) -> Trainable:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec["seed"])
             return Trainable(head_for_state_dict(name, spec["cfg"]), name)
-    heads = {}
-    for name, state in spec["head_states"].items():
+    heads: dict[str, nn.Module] = {}
+    for name, dim in spec.get("precomputed", {}).items():
+        heads[name] = fusion.Precomputed(dim)
+    for name, state in spec.get("head_states", {}).items():
         head = head_for_state_dict(name, spec["configs"].of(name))
         head.load_state_dict(load(state))
         heads[name] = head
@@ -240,7 +279,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         mine = order[rank::world]
         # Every worker takes the same number of steps, or DDP's all-reduce would wait forever.
         steps = -(-len(order) // world // config["batch_size"]) if len(order) else 0
-        total, seen = 0.0, 0
+        total, seen, started = 0.0, 0, time.perf_counter()
         for step in range(steps):
             index = mine[step * config["batch_size"] : (step + 1) * config["batch_size"]]
             if len(index) == 0:
@@ -252,6 +291,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             total, seen = total + loss.item() * len(index), seen + len(index)
         if scheduler is not None:
             scheduler.step()
+        epoch_s = time.perf_counter() - started
         val_loss, val_correct, val_n = _evaluate(
             unwrapped, val, rank, world, device, config["batch_size"]
         )
@@ -266,6 +306,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             "train_loss": total / max(seen, 1),
             "val_loss": val_loss / max(val_n, 1),
             "val_accuracy": val_correct / max(val_n, 1),
+            "epoch_s": epoch_s,  # this worker's training steps (validation excluded)
         }
         history.append(row)
         if row["val_loss"] < best:
@@ -309,7 +350,7 @@ def _evaluate(
 # --- the job ---------------------------------------------------------------------------------
 
 
-def _fit(
+def fit(
     cfg: TrainConfig, name: str, spec: dict[str, Any], data_ref: Any, epochs: int
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """One TorchTrainer run; the best checkpoint's state dict and the per-epoch history."""
@@ -317,6 +358,9 @@ def _fit(
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
 
+    # Read by the Ray Train controller, which Ray Train gives the driver's RAY_TRAIN_* vars.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.poll_interval_s))
+    start = time.monotonic()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
@@ -338,7 +382,21 @@ def _fit(
     checkpoint = result.get_best_checkpoint(metric="val_loss", mode="min")
     with checkpoint.as_directory() as folder:
         state = load_file(os.path.join(folder, "model.safetensors"))
-    return state, list(result.return_value or [])
+    history = list(result.return_value or [])
+    for row in history:
+        print(
+            f"  {name} epoch {row['epoch'] + 1}/{epochs}: train_loss {row['train_loss']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.3f}",
+            flush=True,
+        )
+    best = min(history, key=lambda r: r["val_loss"]) if history else None
+    if best is not None:
+        print(
+            f"{name}: best val_loss {best['val_loss']:.4f} at epoch {best['epoch'] + 1} "
+            f"(val_accuracy {best['val_accuracy']:.3f}), {time.monotonic() - start:.0f} s",
+            flush=True,
+        )
+    return state, history
 
 
 def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> Any:
@@ -487,7 +545,7 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
             spec = {"kind": "head", "modality": name, "cfg": cfg.configs.of(name), "seed": cfg.seed}
             with mlflow.start_run(run_name=f"head:{name}", nested=True):
                 mlflow.log_params(flat_params(name, cfg.configs.of(name)))
-                state, history = _fit(cfg, f"head-{name}", spec, data_ref, cfg.epochs)
+                state, history = fit(cfg, f"head-{name}", spec, data_ref, cfg.epochs)
                 _log_history(mlflow, history)
                 head = build_module(spec).model
                 if name == "scene":  # the trained heads on top of the real backbone
@@ -507,20 +565,26 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
                 probs, preds = predict(head, val, name)
                 all_scores[name] = log_scores(mlflow, f"{name} head", val.labels, probs, preds)
         fusions: dict[str, fusion.Fusion] = {}
+        hidden_ref = None
+        if not cfg.fusion.train_heads:  # frozen heads: run each once, not once per epoch
+            hidden_ref = ray.put(
+                {"train": head_features(heads, train), "val": head_features(heads, val)}
+            )
         for variant, fcfg in fusion_variants(cfg).items():
             with mlflow.start_run(run_name=f"fusion:{variant}", nested=True):
                 mlflow.log_params(flat_params("fusion", fcfg))
                 model = fusion.build(heads, fcfg)
                 if fusion.optimizer(model) is not None:
-                    spec = {
-                        "kind": "fusion",
-                        "configs": cfg.configs,
-                        "fusion": fcfg,
-                        "seed": cfg.seed,
-                        "head_states": {m: states[m] for m in fcfg.modalities},
-                    }
-                    state, history = _fit(
-                        cfg, f"fusion-{variant}", spec, data_ref, cfg.fusion_epochs
+                    spec = {"kind": "fusion", "configs": cfg.configs, "fusion": fcfg}
+                    spec["seed"] = cfg.seed
+                    if hidden_ref is None:
+                        spec["head_states"] = {m: states[m] for m in fcfg.modalities}
+                    else:
+                        spec["precomputed"] = {
+                            m: int(heads[m].feature_dim) for m in fcfg.modalities
+                        }
+                    state, history = fit(
+                        cfg, f"fusion-{variant}", spec, hidden_ref or data_ref, cfg.fusion_epochs
                     )
                     _log_history(mlflow, history)
                     model.load_state_dict(

@@ -6,6 +6,7 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
     python jobs/benchmark.py pose [--sizes 160,240,320] [--people 6]
     python jobs/benchmark.py audio [--n 8] [--batch 1,2,8,88]
     python jobs/benchmark.py scene [--backbones resnet50,efficientnet-lite0] [--batch 1,4,12]
+    python jobs/benchmark.py train [--heads audio,face] [--workers 1,2] [--n 512]
 
 decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
     mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
@@ -35,6 +36,12 @@ scene: sizes first (what the feature table would store per clip: the 12 frames a
     forward, each against the plain NCHW / no_grad / one-clip configuration measured in the
     same run; then clips/s of the three ConvLSTM heads + FC on precomputed maps. On CUDA
     (when available) the same with bfloat16 autocast.
+
+train: training samples/s of each head under Ray Train's TorchTrainer (DDP over gloo) with 1
+    and 2 CPU workers, on synthetic features of the real shapes (the cost does not depend on
+    the values), from the median per-epoch training time (the workers' start-up is printed
+    separately), and 2 workers as a ratio of 1. Each worker gets one CPU, hence one torch
+    thread: the ratio shows what data parallelism buys on this machine.
 """
 
 from __future__ import annotations
@@ -402,6 +409,69 @@ def bench_scene(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def bench_train(args: argparse.Namespace) -> dict[str, float]:
+    """Ray Train samples/s of each head for 1 and 2 CPU workers on a synthetic feature set."""
+    import os
+
+    import ray
+
+    from emotiw.features import FeatureSet, ModalityConfigs
+    from emotiw.modalities import audio, get
+    from emotiw.pipeline import ensure_ray
+    from emotiw.training import TrainConfig, _arrays, fit
+
+    configs = ModalityConfigs(modalities=tuple(args.heads), audio=audio.Config(features="logmel"))
+    rng = np.random.default_rng(args.seed)
+    n = args.n
+    inputs = {
+        m: rng.standard_normal((n, *get(m).feature_shape(configs.of(m))), dtype=np.float32)
+        for m in args.heads
+    }
+    data = FeatureSet(
+        np.arange(n).astype(str).astype(object),
+        rng.integers(0, 3, n),
+        inputs,
+        None,
+        {m: np.ones(n, bool) for m in args.heads},
+    )
+    val = data.subset(np.arange(min(n, 32)))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ensure_ray()
+    ref = ray.put({"train": _arrays(data), "val": _arrays(val)})
+    results: dict[str, float] = {}
+    print(
+        f"{n} synthetic clips, batch {args.batch_size} per worker, {args.epochs} epochs; "
+        "samples/s from the median training time of epochs 2.. (start-up excluded)"
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        for name in args.heads:
+            rates = {}
+            for workers in args.workers:
+                cfg = TrainConfig(
+                    features="(synthetic)", configs=configs, workers=workers, epochs=args.epochs,
+                    batch_size=args.batch_size, run_dir=run_dir,
+                )  # fmt: skip
+                spec = {"kind": "head", "modality": name, "cfg": configs.of(name), "seed": 0}
+                start = time.perf_counter()
+                _, history = fit(cfg, f"bench-{name}-{workers}", spec, ref, args.epochs)
+                wall = time.perf_counter() - start
+                epoch_s = statistics.median(r["epoch_s"] for r in history[1:] or history)
+                rates[workers] = n / epoch_s
+                print(
+                    f"{name} head, {workers} worker(s): {rates[workers]:.0f} samples/s "
+                    f"(epoch {epoch_s:.2f} s; whole fit incl. start-up {wall:.1f} s)",
+                    flush=True,
+                )
+                results[f"{name}_{workers}"] = rates[workers]
+            base = rates[args.workers[0]]
+            for workers in args.workers[1:]:
+                print(
+                    f"{name} head: {workers} workers = {rates[workers] / base:.2f}x "
+                    f"{args.workers[0]} worker(s)"
+                )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -458,6 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_scene)
+    p = sub.add_parser("train", help="Ray Train samples/s of the heads, 1 vs 2 workers")
+    p.add_argument("--heads", type=lambda text: text.split(","), default=["audio", "face"])
+    p.add_argument("--workers", type=lambda text: [int(v) for v in text.split(",")], default=[1, 2])
+    p.add_argument("--n", type=int, default=512, help="synthetic training clips")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_train)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

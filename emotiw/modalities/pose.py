@@ -258,11 +258,20 @@ class Extractor:
                 "seen": seen, "joint_scores": _joint_scores(point_scores)}  # fmt: skip
 
     def __call__(self, clip: Clip) -> Extraction:
-        slots = np.flatnonzero(clip.frame_mask)
-        outputs = self.detect(clip.frames[slots])
+        return self.extract(clip.frames, clip.frame_mask, clip.frame_indices)
+
+    def extract(
+        self, frames: np.ndarray, frame_mask: np.ndarray, frame_indices: np.ndarray | None = None
+    ) -> Extraction:
+        """The sampled frames ``[T, H, W, 3]`` (real where `frame_mask`) -> features; what
+        the scoring job's model stage calls with the frames decoded from the row's JPEGs."""
+        if frame_indices is None:
+            frame_indices = np.where(frame_mask, np.arange(len(frame_mask)), -1).astype(np.int32)
+        slots = np.flatnonzero(frame_mask)
+        outputs = self.detect(frames[slots])
         per_slot: list[tuple[np.ndarray, np.ndarray]] = [
             (np.zeros((0, len(JOINTS), 2), np.float32), np.zeros((0, len(JOINTS)), bool))
-        ] * len(clip.frame_mask)
+        ] * len(frame_mask)
         rows: list[tuple[int, dict[str, np.ndarray]]] = []
         for slot, output in zip(slots, outputs, strict=True):
             kept = self.people(output)
@@ -272,7 +281,7 @@ class Extractor:
         counts = [len(p[0]) for p in per_slot]
         return Extraction(
             features=features,
-            details=_detail_columns(rows, clip.frame_indices),
+            details=_detail_columns(rows, frame_indices),
             stats={"n_people": int(sum(counts)), "frames_with_people": sum(c > 0 for c in counts)},
         )
 
