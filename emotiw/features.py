@@ -259,8 +259,8 @@ def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = T
                 np.stack([m for _, m in decoded]) if n else np.zeros((0, cfg.n_frames), bool)
             )
         else:
-            steps = get(name).feature_shape(configs.of(name))[0]
-            inputs[name] = np.asarray(column, dtype=np.float32).reshape(n, steps, -1)
+            shape = get(name).feature_shape(configs.of(name))
+            inputs[name] = np.asarray(column, dtype=np.float32).reshape(n, *shape)
     table = rows.to_pydict()
     present = {name: presence(table[PRESENCE_COLUMN[name]]) for name in configs.modalities}
     return FeatureSet(

@@ -188,7 +188,8 @@ def _commit(fs: Any, staging: str, out_path: str, run_id: str) -> None:
         for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True))
         if info.type == pafs.FileType.File and info.path.endswith(".parquet")
     ]
-    fs.create_dir(out_path, recursive=True)
+    if fs.type_name == "local":  # object stores have no directories (a marker would be read)
+        fs.create_dir(out_path, recursive=True)
     for i, path in enumerate(sorted(files)):
         fs.move(path, f"{out_path.rstrip('/')}/part-{run_id}-{i:05d}.parquet")
     fs.delete_dir(staging)

@@ -137,7 +137,13 @@ class ClipScorer:
         feature_rows = pa.Table.from_pylist(
             [{k: r.get(k) for k in names} for r in ok], schema=feature_schema()
         )
-        scored = self._score(to_feature_set(feature_rows, self.configs, require_labels=False))
+        try:
+            scored = self._score(to_feature_set(feature_rows, self.configs, require_labels=False))
+        except Exception as exc:  # the batch's clips become error rows; the job goes on
+            scored = {}
+            for row in ok:
+                row["error"] = f"model_failed: {type(exc).__name__}: {exc}"
+                row["error_reason"] = "model_failed"
         now = time.time()
         out = []
         for row in rows:

