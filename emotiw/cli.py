@@ -119,21 +119,11 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Until the scoring job exists: write the sample corpus, then decode it and print a table."""
-    import os
+    from emotiw.demo import DemoConfig, run_demo
 
-    from emotiw.corpus import write_sample_corpus
-    from emotiw.storage import join_url
-
-    corpus = join_url(args.workdir, "corpus")
-    labels = join_url(corpus, "labels.txt")
-    if not os.path.exists(labels) or args.force:
-        print(f"[1/2] writing {args.n} synthetic sample clips to {corpus} ...", flush=True)
-        write_sample_corpus(corpus, args.n, args.seed)
-    else:
-        print(f"[1/2] sample corpus already at {corpus} (use --force to rewrite)", flush=True)
-    print("[2/2] decoding every clip (12 frames of 480x320, mono 48 kHz audio):", flush=True)
-    return _print_decode_table(corpus, labels, StorageConfig())
+    return run_demo(
+        DemoConfig(workdir=args.workdir, n_train=args.n, n_drop=args.n_drop, seed=args.seed)
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -382,9 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the embedded default (local files)")
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--n", type=int, default=12)
+    p.add_argument("--n", type=int, default=18, help="training clips to write")
+    p.add_argument("--n-drop", type=int, default=8, help="new clips to score")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rewrite the sample corpus")
     p.set_defaults(func=_cmd_demo)
     return parser
 

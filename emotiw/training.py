@@ -383,7 +383,10 @@ def fit(
     with checkpoint.as_directory() as folder:
         state = load_file(os.path.join(folder, "model.safetensors"))
     history = list(result.return_value or [])
+    every = max(1, epochs // 10)  # at most ~10 progress lines per run
     for row in history:
+        if (row["epoch"] + 1) % every and row["epoch"] + 1 != epochs:
+            continue
         print(
             f"  {name} epoch {row['epoch'] + 1}/{epochs}: train_loss {row['train_loss']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.3f}",

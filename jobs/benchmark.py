@@ -7,6 +7,7 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
     python jobs/benchmark.py audio [--n 8] [--batch 1,2,8,88]
     python jobs/benchmark.py scene [--backbones resnet50,efficientnet-lite0] [--batch 1,4,12]
     python jobs/benchmark.py train [--heads audio,face] [--workers 1,2] [--n 512]
+    python jobs/benchmark.py score [--n 24] [--actors 1,2] [--batch 8]
 
 decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
     mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
@@ -42,6 +43,15 @@ train: training samples/s of each head under Ray Train's TorchTrainer (DDP over 
     the values), from the median per-epoch training time (the workers' start-up is printed
     separately), and 2 workers as a ratio of 1. Each worker gets one CPU, hence one torch
     thread: the ratio shows what data parallelism buys on this machine.
+
+score: the scoring job (local Ray: CPU extract pool -> one model actor -> Parquet) on the
+    sample corpus, against a bound computed from each stage's cost measured alone in the same
+    run (one thread, as one actor has): min(actors / CPU stage, 1 / model stage, cores / both).
+    Steady-state clips/s come from two runs (a quarter of the clips and all of them), so the
+    fixed start-up (Ray Data planning, actors loading models) is shown apart; pipeline
+    efficiency = steady state / bound (target >= 0.85). Peak RSS per actor kind is sampled
+    from /proc while the job runs. 1 vs 2 CPU actors. Model: random-init heads over
+    EfficientNet-Lite0 (scene), log-mel (audio) and face (cost does not depend on the values).
 """
 
 from __future__ import annotations
@@ -472,6 +482,149 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+class _ActorMemory:
+    """Samples the resident memory of this machine's Ray Data actors (process titles
+    ``ray::MapWorker(MapBatches(<Actor>))``) every 0.2 s: peak RSS per actor kind."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _ActorMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from pathlib import Path
+
+        while not self._stop.wait(0.2):
+            for proc in Path("/proc").iterdir():
+                try:
+                    if not proc.name.isdigit():
+                        continue
+                    title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+                    if "MapBatches(" not in title:
+                        continue
+                    kind = title.split("MapBatches(")[1].split(")")[0]
+                    status = (proc / "status").read_text()
+                    rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
+                    self.peak[kind] = max(self.peak.get(kind, 0), rss)
+                except (OSError, IndexError, ValueError):
+                    continue
+
+
+def bench_score(args: argparse.Namespace) -> dict[str, float]:
+    """End-to-end scoring clips/s vs the bound from each stage's cost in isolation."""
+    import os
+    import shutil
+
+    import pyarrow as pa
+    import torch
+
+    from emotiw import fusion
+    from emotiw.corpus import write_sample_corpus
+    from emotiw.features import ClipFeatureExtractor, ModalityConfigs, rows_to_table
+    from emotiw.modalities import audio, get, scene
+    from emotiw.packaging import PackagedModel, save_model
+    from emotiw.pipeline import ScoreConfig, ensure_ray, run_score
+    from emotiw.scoring import ClipScorer, ModelRef
+    from emotiw.storage import list_video_objects, read_bytes, video_id
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    configs = ModalityConfigs(
+        modalities=("scene", "audio", "face"),
+        scene=scene.Config(backbone="efficientnet-lite0"),
+        audio=audio.Config(features="logmel"),
+    )
+    work = tempfile.mkdtemp(prefix="emotiw-bench-score-")
+    corpus = f"{work}/clips"
+    print(f"writing {args.n} sample clips and a random-init-heads model to {work} ...")
+    write_sample_corpus(corpus, args.n, args.seed)
+    torch.manual_seed(0)
+    heads = {m: get(m).Head(configs.of(m)) for m in configs.modalities}
+    fc = fusion.build(heads, fusion.Config(modalities=configs.modalities))
+    package = save_model(
+        f"{work}/model",
+        PackagedModel(configs, heads, {"fc": fc}, "fc", {"heads": "random-init (benchmark)"}),
+    )
+    objects = list_video_objects(corpus)
+
+    # each stage alone, in this process (one core each, as one actor gets)
+    torch.set_num_threads(1)
+    extractor = ClipFeatureExtractor(configs)
+    start = time.perf_counter()
+    rows = []
+    for o in objects:
+        rows.append(extractor(o.uri, video_id(o.uri), read_bytes(o.uri), None, "bench"))
+    t_cpu = (time.perf_counter() - start) / len(objects)
+    table = rows_to_table(rows)
+    table = table.append_column("etag", pa.array([o.etag for o in objects]))
+    table = table.append_column("size_bytes", pa.array([o.size for o in objects]))
+    scorer = ClipScorer(package, ModelRef(str(package), "bench", None), device="cpu")
+    scorer(table.slice(0, args.batch), "warm-up")
+    start = time.perf_counter()
+    for i in range(0, table.num_rows, args.batch):
+        scorer(table.slice(i, args.batch), "bench")
+    t_model = (time.perf_counter() - start) / table.num_rows
+    cores = os.cpu_count() or 1
+    print(
+        f"in isolation (1 thread): CPU stage (read+decode+extract) {t_cpu * 1000:.0f} ms/clip, "
+        f"model stage (heads+fusion, batch {args.batch}) {t_model * 1000:.0f} ms/clip; "
+        f"{cores} cores"
+    )
+    torch.set_num_threads(cores)
+
+    ensure_ray()
+    results: dict[str, float] = {}
+    small = objects[: max(2, len(objects) // 4)]
+    for actors in args.actors:
+        timings = {}
+        for label, subset in (("small", small), ("all", objects)):
+            manifest = f"{work}/manifest-{label}.txt"
+            with open(manifest, "w") as f:
+                f.write("\n".join(o.uri for o in subset))
+            out = f"{work}/scores-{actors}-{label}"
+            cfg = ScoreConfig(
+                manifest=manifest, output=out, model=str(package), cpu_actors=actors,
+                model_batch_size=args.batch,
+            )  # fmt: skip
+            with _ActorMemory() as memory:
+                start = time.perf_counter()
+                summary = run_score(cfg)
+                timings[label] = time.perf_counter() - start
+            assert summary.scored == len(subset), summary
+            shutil.rmtree(out, ignore_errors=True)
+        # one model actor; `actors` CPU actors; all share `cores` cores
+        bound = min(actors / t_cpu, 1 / t_model, cores / (t_cpu + t_model))
+        overall = len(objects) / timings["all"]
+        marginal = (len(objects) - len(small)) / max(timings["all"] - timings["small"], 1e-9)
+        fixed = timings["small"] - len(small) / marginal
+        results[f"efficiency_{actors}"] = marginal / bound
+        peaks = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(memory.peak.items()))
+        print(
+            f"{actors} CPU actor(s) + 1 model actor: {len(objects)} clips in "
+            f"{timings['all']:.1f} s = {overall:.2f} clips/s overall; steady state "
+            f"{marginal:.2f} clips/s (from {len(small)} vs {len(objects)} clips; fixed start-up "
+            f"~{fixed:.0f} s); bound {bound:.2f} clips/s -> pipeline efficiency "
+            f"{marginal / bound:.2f}; peak RSS per actor: {peaks}",
+            flush=True,
+        )
+        results[f"clips_per_s_{actors}"] = marginal
+    if len(args.actors) > 1:
+        a, b = args.actors[0], args.actors[-1]
+        ratio = results[f"clips_per_s_{b}"] / results[f"clips_per_s_{a}"]
+        print(f"{b} CPU actors = {ratio:.2f}x {a} (steady state)")
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -536,6 +689,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_train)
+    p = sub.add_parser("score", help="scoring job clips/s vs the bound from its stages")
+    p.add_argument("--n", type=int, default=24, help="sample clips")
+    p.add_argument("--actors", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2])
+    p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_score)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,13 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [str(BIN / "emotiw"), *args], capture_output=True, text=True, timeout=300
-    )
+        [str(BIN / "emotiw"), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -56,11 +60,22 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "labels.txt:2: unknown label '7'" in proc.stderr
 
 
-def test_demo_prints_decode_table(tmp_path: Path) -> None:
-    proc = run("demo", "--workdir", str(tmp_path / "demo"), "--n", "3")
-    assert "12/12" in proc.stdout and "3 clips: 3 decoded, 0 failed" in proc.stdout
-    again = run("demo", "--workdir", str(tmp_path / "demo"), "--n", "3")
-    assert "already at" in again.stdout
+@pytest.mark.slow
+def test_demo_trains_registers_scores_and_reruns(tmp_path: Path) -> None:
+    """`make demo`'s command, smaller: corpus -> quick models registered in MLflow -> scoring
+    through local Ray -> Parquet -> summary; a second demo reuses the registered model."""
+    env = {"RAY_AUTH_MODE": "disabled"}
+    work = str(tmp_path / "demo")
+    proc = run("demo", "--workdir", work, "--n", "9", "--n-drop", "3", env=env, timeout=900)
+    out = proc.stdout
+    assert "no registered model yet" in out and "registered models:/emotiw-demo/1" in out
+    assert "5 clips listed, 0 already scored, 3 scored, 2 errors (empty 1, not_media 1)" in out
+    assert "5 clips listed, 5 already scored, 0 scored" in out  # the rerun
+    assert "error: not_media" in out and "agreement of each modality's head" in out
+    assert "head-scene epoch 8/8" in out  # progress lines
+    again = run("demo", "--workdir", work, "--n", "9", "--n-drop", "3", env=env, timeout=900)
+    assert "using the registered models:/emotiw-demo/1" in again.stdout
+    assert "5 already scored" in again.stdout
 
 
 def run_benchmark(*args: str) -> str:
