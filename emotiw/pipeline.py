@@ -315,12 +315,11 @@ def _existing_keys(cfg: ScoreConfig) -> set[tuple[str, str]]:
     """(video_id, etag) of the rows already in the output (errors too, unless retried)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
+    from pyarrow import fs as pafs
 
     from emotiw.storage import arrow_filesystem
 
     fs, path = arrow_filesystem(cfg.output, cfg.storage)
-    from pyarrow import fs as pafs
-
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return set()
     table = ds.dataset(

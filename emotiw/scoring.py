@@ -26,7 +26,7 @@ from emotiw.config import CLASS_NAMES
 from emotiw.features import ModalityConfigs
 from emotiw.weights import WeightsConfig
 
-# Where the scores table's partition value and the score rows' extra columns come from.
+# Columns the job's listing adds to each feature row; the scorer copies them to the score row.
 LISTING_COLUMNS = ("etag", "size_bytes")
 
 
@@ -40,19 +40,26 @@ class ModelRef:
 
 
 def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
-    """Resolve ``models:/name/version`` (or ``/latest``) to a concrete version; a local
-    package keeps its directory name and no version."""
-    match = re.fullmatch(r"models:/([^/@]+)/(\w+)", uri)
+    """Resolve ``models:/name/version``, ``models:/name/latest`` or ``models:/name@alias`` to
+    a concrete version, so every row of a run names the same one; a local package keeps its
+    directory name and no version."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\w+)|@([\w-]+))", uri)
     if not match:
+        if uri.startswith("models:/"):
+            raise ValueError(f"expected models:/name/version, /latest or @alias, got {uri!r}")
         return ModelRef(uri, Path(uri.rstrip("/")).name, None)
-    name, version = match.groups()
-    if version == "latest":
+    name, version, alias = match.groups()
+    if alias or version == "latest":
         from mlflow import MlflowClient
 
-        versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}'")
-        if not versions:
-            raise ValueError(f"no registered versions of model {name!r}")
-        version = str(max(int(v.version) for v in versions))
+        client = MlflowClient(tracking_uri)
+        if alias:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"no registered versions of model {name!r}")
+            version = str(max(int(v.version) for v in versions))
     return ModelRef(f"models:/{name}/{version}", name, version)
 
 

@@ -267,3 +267,23 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     assert out["pose_predicted"] in ("positive", "neutral", "negative")
     assert "random-init" in json.loads(out["weights"])["pose"]
     assert np.isclose(out["prob_positive"] + out["prob_neutral"] + out["prob_negative"], 1)
+
+
+def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
+    """Every row of a run names one concrete registered version, whatever the URI said."""
+    from mlflow import MlflowClient
+
+    from emotiw.scoring import ModelRef, model_ref
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    client.set_registered_model_alias("m", "champion", "1")
+    assert model_ref("models:/m/latest", uri) == ModelRef("models:/m/2", "m", "2")
+    assert model_ref("models:/m@champion", uri) == ModelRef("models:/m/1", "m", "1")
+    assert model_ref("models:/m/2", uri).version == "2"
+    assert model_ref(str(tmp_path / "pkg")) == ModelRef(str(tmp_path / "pkg"), "pkg", None)
+    with pytest.raises(ValueError, match="models:/name/version"):
+        model_ref("models:/m/1/extra")
