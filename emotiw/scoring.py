@@ -159,9 +159,8 @@ class ClipScorer:
                 {
                     "video_id": row["video_id"],
                     "uri": row["uri"],
-                    "etag": row.get("etag"),
                     "content_sha256": row["content_sha256"],
-                    "size_bytes": row.get("size_bytes"),
+                    **{c: row.get(c) for c in LISTING_COLUMNS},
                     **result,
                     "n_faces": row.get("n_faces"),
                     "n_people": row.get("n_people"),

@@ -263,6 +263,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
         make_package(tmp_path / "pkg", configs), ModelRef("pkg", "pkg", None), device="cpu"
     )
     out = scorer(table, "run-1").to_pylist()[0]
+    assert out["etag"] == "e1" and out["size_bytes"] == len(data)  # the listing's columns
     assert out["error"] is None and out["n_people"] > 0  # threshold 0: random boxes are kept
     assert out["pose_predicted"] in ("positive", "neutral", "negative")
     assert "random-init" in json.loads(out["weights"])["pose"]
