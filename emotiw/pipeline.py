@@ -145,6 +145,12 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     ids = [video_id(u) for u in uris]
     summary.listed = len(uris)
     summary.labels_without_video = len(set(labels) - set(ids))
+    if labels and ids and not set(labels) & set(ids):
+        raise ValueError(
+            f"the label file {cfg.labels} names {len(labels)} videos but none of the {len(ids)} "
+            f"under {cfg.videos} (e.g. label {sorted(labels)[0]!r}, video {ids[0]!r}): wrong "
+            "label file or prefix?"
+        )
     done = done_video_ids(cfg.output, cfg.storage) if cfg.skip_existing else set()
     items = [
         {"uri": u, "video_id": v, "label": labels.get(v, NO_LABEL)}

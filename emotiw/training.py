@@ -507,7 +507,9 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
         train, val = data.subset(train_idx), data.subset(val_idx)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
-            f"need labelled clips for training and validation: {len(train)} train, {len(val)} val"
+            f"need labelled clips for training and validation: {len(train)} train, {len(val)} val "
+            f"(the table {cfg.features} has {rows.num_rows} rows, of which {len(data)} are "
+            "successful and labelled)"
         )
     provenance = _table_provenance(rows)
     scene_cfg = cfg.configs.scene

@@ -214,3 +214,29 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     assert (out / "metrics.md").exists() and (out / "confusion-fusion-fc.png").exists()
     lines = (out / "modalities.csv").read_text().splitlines()
     assert lines[0].startswith("model,accuracy") and len(lines) == 4
+
+
+def test_bad_inputs_fail_fast_with_clear_messages(tmp_path: Path) -> None:
+    """A label file naming none of the videos, and a feature table without one usable row,
+    stop the jobs before any Ray work, saying what is wrong."""
+    import pyarrow.parquet as pq
+
+    from emotiw.pipeline import ExtractConfig, run_extract
+    from emotiw.training import TrainConfig, run_train
+
+    videos = tmp_path / "videos"
+    write_sample_corpus(str(videos), 2, seed=5)
+    (tmp_path / "other_labels.txt").write_text("Vid_name Label\nsomething_else 1\n")
+    cfg = ExtractConfig(
+        videos=str(videos), labels=str(tmp_path / "other_labels.txt"), output=str(tmp_path / "f")
+    )
+    with pytest.raises(ValueError, match="names 1 videos but none of the 2"):
+        run_extract(cfg)
+    table = tmp_path / "features"
+    table.mkdir()
+    row = feats.ClipFeatureExtractor(CONFIGS)(
+        "x.mp4", "x", b"", 0, "run"
+    )  # empty bytes: an error row
+    pq.write_table(feats.rows_to_table([row]), table / "part-0.parquet")
+    with pytest.raises(ValueError, match="has 1 rows, of which 0 are successful and labelled"):
+        run_train(TrainConfig(features=str(table), configs=CONFIGS, run_dir=str(tmp_path / "r")))
