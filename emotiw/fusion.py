@@ -135,6 +135,12 @@ def vote_winner(shares: torch.Tensor, probs: torch.Tensor, present: torch.Tensor
 # --- models ----------------------------------------------------------------------------------
 
 
+def call_head(head: nn.Module, x: Any, method: str = "forward") -> torch.Tensor:
+    """`head.<method>` on one modality's input: a tensor, or a tuple of arguments (the scene
+    head takes ``(frames or maps, frame_mask)``)."""
+    return getattr(head, method)(*(x if isinstance(x, tuple) else (x,)))
+
+
 class Fusion(nn.Module):
     """Shared plumbing: the fused heads, their hidden layers, presence masks."""
 
@@ -155,10 +161,8 @@ class Fusion(nn.Module):
         return self
 
     def _run(self, name: str, x: Any, method: str) -> torch.Tensor:
-        head = self.heads[name]
-        args = x if isinstance(x, tuple) else (x,)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_heads):
-            return getattr(head, method)(*args)
+            return call_head(self.heads[name], x, method)
 
     def presence(self, present: Present, batch: int, device: torch.device) -> torch.Tensor:
         """Bool ``[B, M]`` in `cfg.modalities` order (a missing key means present)."""

@@ -298,12 +298,13 @@ class ModelActor:
 
         import ray
 
-        from emotiw.scoring import ClipScorer, pick_device, write_package
+        from emotiw.modalities.base import resolve_device
+        from emotiw.scoring import ClipScorer, write_package
 
         if isinstance(files, ray.ObjectRef):  # Ray Data passes constructor args as given
             files = ray.get(files)
         folder = write_package(files, Path(tempfile.mkdtemp(prefix="emotiw-model-")))
-        device = pick_device(cfg.device)
+        device = resolve_device(cfg.device)
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         placement = str(device)
         if gpus and device.type == "cpu":

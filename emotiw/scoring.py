@@ -24,6 +24,7 @@ import torch
 from emotiw import __version__, fusion
 from emotiw.config import CLASS_NAMES
 from emotiw.features import ModalityConfigs
+from emotiw.modalities.base import resolve_device
 from emotiw.weights import WeightsConfig
 
 # Columns the job's listing adds to each feature row; the scorer copies them to the score row.
@@ -84,12 +85,6 @@ def write_package(files: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 class ClipScorer:
     """Holds a loaded package (and any deferred extractor) and scores batches of rows."""
 
@@ -103,7 +98,7 @@ class ClipScorer:
     ) -> None:
         from emotiw.packaging import load_model
 
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.package = load_model(package_dir, device=str(self.device))
         self.ref = ref
         self.configs = self.package.configs
@@ -208,10 +203,8 @@ class ClipScorer:
         hidden, per_modality = {}, {}
         with torch.inference_mode():
             for m in self.fused.cfg.modalities:
-                head, x = self.package.heads[m], inputs[m]
-                hidden[m] = (
-                    head.forward_features(*x) if isinstance(x, tuple) else head.forward_features(x)
-                )
+                head = self.package.heads[m]
+                hidden[m] = fusion.call_head(head, inputs[m], "forward_features")
                 per_modality[m] = head.forward_head(hidden[m]).softmax(-1).float().cpu().numpy()
             probs, preds = self.fused.predict(hidden, present)
         probs, preds = probs.float().cpu().numpy(), preds.cpu().numpy()

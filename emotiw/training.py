@@ -147,16 +147,8 @@ def head_features(heads: dict[str, nn.Module], data: FeatureSet, batch: int = 32
                 arrays, np.arange(i, min(i + batch, len(data))), torch.device("cpu")
             )
             for name, head in heads.items():
-                x = inputs[name]
-                hidden[name].append(
-                    (
-                        head.forward_features(*x)
-                        if isinstance(x, tuple)
-                        else head.forward_features(x)
-                    )
-                    .float()
-                    .numpy()
-                )
+                features = fusion.call_head(head, inputs[name], "forward_features")
+                hidden[name].append(features.float().numpy())
     return {
         "inputs": {
             m: np.concatenate(v) if v else np.zeros((0, int(heads[m].feature_dim)), np.float32)
@@ -192,8 +184,7 @@ class Trainable(nn.Module):
     def logits(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.modality is None:
             return self.model(inputs, present)
-        x = inputs[self.modality]
-        return self.model(*x) if isinstance(x, tuple) else self.model(x)
+        return fusion.call_head(self.model, inputs[self.modality])
 
     def forward(
         self, inputs: dict[str, Any], present: dict[str, torch.Tensor], target: torch.Tensor

@@ -625,6 +625,11 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def _ints(text: str) -> list[int]:
+    """A comma-separated list of integers (command-line values)."""
+    return [int(v) for v in text.split(",")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -645,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
     p.add_argument(
         "--sizes",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=_ints,
         default=[160, 240, 320],
         help="input short sides to measure (comma-separated)",
     )
@@ -658,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="clips to write when --corpus is not given")
     p.add_argument(
         "--batch",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=_ints,
         default=[1, 2, 8, 88],
         help="windows per forward pass to compare (comma-separated; the first is the baseline)",
     )
@@ -673,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--batch",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=_ints,
         default=[1, 4, 24],
         help="frames per backbone forward to compare with 12 (one clip)",
     )
@@ -683,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=bench_scene)
     p = sub.add_parser("train", help="Ray Train samples/s of the heads, 1 vs 2 workers")
     p.add_argument("--heads", type=lambda text: text.split(","), default=["audio", "face"])
-    p.add_argument("--workers", type=lambda text: [int(v) for v in text.split(",")], default=[1, 2])
+    p.add_argument("--workers", type=_ints, default=[1, 2])
     p.add_argument("--n", type=int, default=512, help="synthetic training clips")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
@@ -691,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=bench_train)
     p = sub.add_parser("score", help="scoring job clips/s vs the bound from its stages")
     p.add_argument("--n", type=int, default=24, help="sample clips")
-    p.add_argument("--actors", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2])
+    p.add_argument("--actors", type=_ints, default=[1, 2])
     p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_score)

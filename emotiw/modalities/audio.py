@@ -150,7 +150,7 @@ class Extractor:
     """Decoded clip(s) -> ``[11, D]`` audio features, with ``has_audio`` in the stats."""
 
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
-        from emotiw.modalities.pose import resolve_device
+        from emotiw.modalities.base import resolve_device
 
         self.cfg = cfg or Config()
         self.device = resolve_device(self.cfg.device)

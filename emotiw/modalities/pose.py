@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from emotiw.modalities.base import Extraction
+from emotiw.modalities.base import Extraction, resolve_device
 from emotiw.modalities.heads import BiLSTMHead
 from emotiw.weights import (
     COCO_KEYPOINTS,
@@ -192,12 +192,6 @@ def frame_features(
 
 
 # --- front-end -------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
