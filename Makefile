@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint benchmark clean
+.PHONY: install demo test test-fast lint benchmark clean
 
 install: $(STAMP)
 
@@ -27,13 +27,18 @@ demo: $(STAMP)
 	$(BIN)/emotiw demo --workdir runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check emotiw jobs tests
+	$(BIN)/ruff check emotiw jobs tests benchmarks
+	$(BIN)/ruff format --check emotiw jobs tests benchmarks
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The inner loop: everything but the end-to-end jobs and benchmarks (marked slow).
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
 benchmark: $(STAMP)
-	$(BIN)/python jobs/benchmark.py decode
+	$(BIN)/python -m benchmarks decode
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -43,6 +43,8 @@ class MediaConfig:
             reason `timeout` instead of stalling a worker.
         interpolation: swscale interpolation used for the resize (PyAV name). AREA (box
             averaging) is the right filter for downscaling and 2x cheaper than BILINEAR here.
+        jpeg_quality: quality of the sampled frames stored in the feature table (JPEG is
+            ~20x smaller than the scene backbone's maps; see `jobs/benchmark.py scene`).
     """
 
     frame_step: int = 10
@@ -54,6 +56,7 @@ class MediaConfig:
     decode_threads: int = 0
     timeout_s: float = 60.0
     interpolation: str = "AREA"
+    jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
         _require(self.frame_step >= 1, f"frame_step must be >= 1, got {self.frame_step}")
@@ -73,6 +76,9 @@ class MediaConfig:
         _require(
             self.interpolation in {"FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "LANCZOS"},
             f"unknown interpolation {self.interpolation!r}",
+        )
+        _require(
+            1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100]: {self.jpeg_quality}"
         )
 
     @property

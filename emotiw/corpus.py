@@ -51,8 +51,8 @@ _FACES = (
 )
 # The astronaut's face box (top, right, bottom, left) found by dlib's HOG detector, and the
 # share of a pasted crop that the face covers after adding a 15 % margin on each side.
-_ASTRONAUT_FACE = (76, 265, 166, 175)
-_FACE_MARGIN = 0.15
+ASTRONAUT_FACE = (76, 265, 166, 175)
+FACE_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -219,12 +219,12 @@ def _draw_disc(frame: np.ndarray, centre: np.ndarray, radius: int) -> None:
 
 
 @cache
-def _face_crop() -> np.ndarray:
+def face_crop() -> np.ndarray:
     """The astronaut's face with a margin (uint8 RGB), from scikit-image's bundled data."""
     from skimage import data
 
-    top, right, bottom, left = _ASTRONAUT_FACE
-    margin = round(_FACE_MARGIN * (bottom - top))
+    top, right, bottom, left = ASTRONAUT_FACE
+    margin = round(FACE_MARGIN * (bottom - top))
     return data.astronaut()[top - margin : bottom + margin, left - margin : right + margin].copy()
 
 
@@ -234,8 +234,8 @@ def _face_layout(
     """(patch, top-left, drift amplitude) for each face of the class's layout."""
     from PIL import Image
 
-    crop = _face_crop()
-    face_share = 1.0 / (1.0 + 2 * _FACE_MARGIN)
+    crop = face_crop()
+    face_share = 1.0 / (1.0 + 2 * FACE_MARGIN)
     layout = []
     for k, (fx, fy) in enumerate(_FACES[cls]):
         face_px = cfg.min_face_px * rng.uniform(1.0, 1.3)

@@ -8,10 +8,10 @@
    ``scored_date``; then a rerun, which finds nothing new;
 4. a summary read back from the Parquet with DuckDB.
 
-The demo model fuses scene (EfficientNet-Lite0, whose ImageNet weights ship offline), audio
-(log-mel) and face: OpenL3 and Keypoint R-CNN weights cannot be downloaded here, and pose on
-CPU costs ~10 s per clip (README, pose benchmark). The data is synthetic; the scores show the
-pipeline working, not accuracy on real video.
+The demo model uses the ``cpu-smoke`` preset: scene (EfficientNet-Lite0, whose ImageNet
+weights ship offline), audio (log-mel) and face: OpenL3 and Keypoint R-CNN weights cannot be
+downloaded here, and pose on CPU costs ~10 s per clip (README, pose benchmark). The data is
+synthetic; the scores show the pipeline working, not accuracy on real video.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ MODEL_NAME = "emotiw-demo"
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The demo.
+
+    Attributes:
+        workdir: folder for the corpus, the drop, MLflow's store and the scores table.
+        n_train: synthetic training clips to write.
+        n_drop: new clips to score (2 bad files are added).
+        seed: seed of the synthetic corpora.
+        epochs: epochs of each head.
+        fusion_epochs: epochs of each fusion variant.
+    """
+
     workdir: str = "runs/demo"
     n_train: int = 18
     n_drop: int = 8
@@ -33,24 +44,14 @@ class DemoConfig:
     fusion_epochs: int = 20
 
 
-def _registered(tracking_uri: str) -> str | None:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{MODEL_NAME}'")
-    except MlflowException:
-        return None
-    return f"models:/{MODEL_NAME}/{max(int(v.version) for v in versions)}" if versions else None
-
-
 def run_demo(cfg: DemoConfig) -> int:
     from emotiw import fusion
     from emotiw.corpus import write_sample_corpus
+    from emotiw.extract import ExtractConfig, run_extract
     from emotiw.features import ModalityConfigs
-    from emotiw.modalities import audio, scene
-    from emotiw.pipeline import ExtractConfig, ScoreConfig, run_extract, run_score
-    from emotiw.training import TrainConfig, run_train
+    from emotiw.score import ScoreConfig, run_score
+    from emotiw.tracking import latest_version
+    from emotiw.train import TrainConfig, run_train
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
     work = Path(cfg.workdir).resolve()
@@ -66,15 +67,11 @@ def run_demo(cfg: DemoConfig) -> int:
         (drop_dir / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
         (drop_dir / "empty.mp4").write_bytes(b"")
 
-    model = _registered(tracking)
+    model = latest_version(tracking, MODEL_NAME)
     if model:
         print(f"[2/4] using the registered {model} ({tracking})", flush=True)
     else:
-        configs = ModalityConfigs(
-            modalities=("scene", "audio", "face"),
-            scene=scene.Config(backbone="efficientnet-lite0", lr=1e-3),
-            audio=audio.Config(features="logmel", lr=1e-3),
-        )
+        configs = ModalityConfigs.preset("cpu-smoke")
         print("[2/4] no registered model yet: extracting features, then training", flush=True)
         summary = run_extract(
             ExtractConfig(

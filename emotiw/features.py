@@ -1,10 +1,11 @@
 """The feature table: one row per clip with every modality's features, written by the extract
-job and read by training and evaluation (pure compute; the Ray plumbing is in `pipeline`).
+job and read by training and evaluation (pure compute; the Ray plumbing is in `runtime`).
 
-Columns are defined once in `emotiw.schema.feature_schema`. Features are stored flattened
-(``list<float32>``; the scene's frames as ``list<binary>`` of JPEGs) and reshaped on reading
-with each modality's per-step width, so an OpenL3 or a log-mel audio table reads the same way.
-A clip that fails becomes a row with `error` set and null features.
+Columns are defined once in `emotiw.schema` (fixed ones) and by each modality
+(`Modality.columns`). Features are stored flattened (``list<float32>``; the sampled frames as
+``list<binary>`` of JPEGs) and reshaped on reading by each modality (`Modality.read_inputs`),
+so an OpenL3 or a log-mel audio table reads the same way. A clip that fails becomes a row
+with `error` set and null features.
 """
 
 from __future__ import annotations
@@ -13,54 +14,87 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from emotiw import __version__
+from emotiw import modalities as registry
 from emotiw.config import MediaConfig, StorageConfig
 from emotiw.errors import EmotiwError
-from emotiw.modalities import MODALITIES, audio, face, get, pose, scene
+from emotiw.modalities.base import MODEL_STAGE
 from emotiw.weights import WeightsConfig
 
 
 @dataclass(frozen=True)
 class ModalityConfigs:
-    """Which modalities to use and each one's settings (defaults: all four, paper settings)."""
+    """The chosen modalities and each one's Config, in canonical registry order.
 
-    modalities: tuple[str, ...] = MODALITIES
-    scene: scene.Config = field(default_factory=scene.Config)
-    pose: pose.Config = field(default_factory=pose.Config)
-    audio: audio.Config = field(default_factory=audio.Config)
-    face: face.Config = field(default_factory=face.Config)
+    Build with `create` (from Config instances) or `preset` (a named preset, e.g. ``paper``
+    or ``cpu-smoke``, optionally restricted to some modalities).
+    """
+
+    configs: Mapping[str, Any]
 
     def __post_init__(self) -> None:
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown or not self.modalities:
-            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}")
-        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in self.modalities))
+        order = registry.canonical(tuple(self.configs))
+        for name in order:
+            expected = registry.get(name).Config
+            if type(self.configs[name]) is not expected:
+                raise ValueError(f"{name}: expected a {expected.__qualname__}")
+        object.__setattr__(self, "configs", {n: self.configs[n] for n in order})
+
+    @classmethod
+    def create(cls, *configs: Any) -> ModalityConfigs:
+        """From Config instances; each one's type says which modality it configures."""
+        return cls({registry.for_config(c).name: c for c in configs})
+
+    @classmethod
+    def preset(cls, name: str = "paper", modalities: tuple[str, ...] = ()) -> ModalityConfigs:
+        """Every modality's `name` preset (those it leaves out are skipped unless listed in
+        `modalities`, which restricts the set)."""
+        known = sorted({p for spec in registry.specs() for p in spec.presets})
+        if name not in known:
+            raise ValueError(f"unknown preset {name!r}; the modalities define {known}")
+        chosen = registry.canonical(modalities) if modalities else registry.names()
+        configs = {}
+        for spec in registry.specs(chosen):
+            cfg = spec.presets.get(name, spec.Config())  # a plug-in without presets: defaults
+            if cfg is None and not modalities:
+                continue
+            configs[spec.name] = cfg if cfg is not None else spec.Config()
+        return cls(configs)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.configs)
 
     def of(self, name: str) -> Any:
-        return getattr(self, name)
+        return self.configs[name]
 
-
-# The feature-table column saying whether a clip has each modality (fusion's presence masks):
-# a real frame, a person, audio with sound, a face.
-PRESENCE_COLUMN = {"scene": "n_frames", "pose": "n_people", "audio": "has_audio", "face": "n_faces"}
+    def specs(self) -> tuple[Any, ...]:
+        return registry.specs(self.modalities)
 
 
 def presence(values: list[Any]) -> np.ndarray:
-    """A `PRESENCE_COLUMN` column -> bool per clip (null counts as absent)."""
+    """A presence column (count or bool) -> bool per clip (null counts as absent)."""
     return np.array([bool(v or 0) for v in values], dtype=bool)
+
+
+def feature_schema() -> Any:
+    """The feature table's schema for the registered modalities."""
+    from emotiw.schema import feature_schema as schema
+
+    return schema(registry.specs())
 
 
 class ClipFeatureExtractor:
     """Bytes of one clip -> one feature-table row (a dict); any failure -> an error row.
 
-    `deferred` modalities are not extracted here but later from the row's JPEG frames (the
-    scoring job runs pose's Keypoint R-CNN in its model stage, on the GPU where there is one):
-    their features stay null and ``scene_jpeg`` is always written.
+    Modalities whose stage is the model stage are not extracted here but later from the row's
+    JPEG frames (the scoring job runs pose's Keypoint R-CNN next to the heads, on the GPU
+    where there is one): their features stay null and the frames column is written.
     """
 
     def __init__(
@@ -68,16 +102,17 @@ class ClipFeatureExtractor:
         configs: ModalityConfigs,
         media: MediaConfig | None = None,
         weights: WeightsConfig | None = None,
-        deferred: tuple[str, ...] = (),
+        defer: bool = False,
     ) -> None:
         self.configs = configs
         self.media = media or MediaConfig()
-        self.deferred = deferred
-        self.extractors = {
-            m: get(m).Extractor(configs.of(m), weights)
-            for m in configs.modalities
-            if m not in deferred
-        }
+        specs = configs.specs()
+        self.deferred = tuple(
+            s.name for s in specs if defer and s.stage(configs.of(s.name)) == MODEL_STAGE
+        )
+        self.specs = [s for s in specs if s.name not in self.deferred]
+        self.extractors = {s.name: s.extractor(configs.of(s.name), weights) for s in self.specs}
+        self.keep_frames = any(s.needs_frames(configs.of(s.name)) for s in specs)
         self.provenance = {
             key: str(p) for ex in self.extractors.values() for key, p in ex.provenance.items()
         }
@@ -86,7 +121,9 @@ class ClipFeatureExtractor:
         self, uri: str, video_id: str, data: bytes | Exception, label: int | None, run_id: str
     ) -> dict[str, Any]:
         """`data` is the clip's bytes, or the exception reading them raised."""
+        from emotiw.frames import encode_frames
         from emotiw.media import decode
+        from emotiw.schema import FRAMES_COLUMN
 
         row: dict[str, Any] = {
             "video_id": video_id,
@@ -102,29 +139,20 @@ class ClipFeatureExtractor:
             if isinstance(data, Exception):
                 raise data
             clip = decode(data, self.media)
-            row.update(
-                duration_s=clip.meta.duration_s,
-                has_audio=clip.meta.has_audio,
-                n_frames=clip.n_valid_frames,
-            )
-            for name, extractor in self.extractors.items():
+            row.update(duration_s=clip.meta.duration_s, n_frames=clip.n_valid_frames)
+            for spec in self.specs:
                 try:
-                    out = extractor(clip)
+                    out = self.extractors[spec.name](clip)
                 except EmotiwError:
                     raise
                 except Exception as exc:  # a model failing on one clip must not stop the job
-                    raise EmotiwError(f"{name}_failed", f"{type(exc).__name__}: {exc}") from exc
-                row.update(_stats(name, out.stats))
-                if name == "scene":
-                    row["scene_jpeg"] = scene.encode_frames(
-                        out.features, clip.frame_mask, self.configs.scene.jpeg_quality
-                    )
-                else:
-                    row[name] = np.asarray(out.features, dtype=np.float32).reshape(-1)
-            if self.deferred and "scene_jpeg" not in row:
-                row["scene_jpeg"] = scene.encode_frames(
-                    clip.frames, clip.frame_mask, self.configs.scene.jpeg_quality
-                )
+                    raise EmotiwError(
+                        f"{spec.name}_failed", f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                row.update(spec.row_values(out, self.configs.of(spec.name)))
+            if self.keep_frames:
+                quality = self.media.jpeg_quality
+                row[FRAMES_COLUMN] = encode_frames(clip.frames, clip.frame_mask, quality)
         except EmotiwError as exc:
             row.update(error=str(exc), error_reason=exc.reason)
         except Exception as exc:  # unexpected: still a row, with the type for the analyst
@@ -132,21 +160,9 @@ class ClipFeatureExtractor:
         return row
 
 
-def _stats(name: str, stats: Mapping[str, Any]) -> dict[str, Any]:
-    if name == "audio":
-        return {"has_audio": bool(stats.get("has_audio"))}
-    if name == "face":
-        return {"n_faces": int(stats.get("n_faces", 0))}
-    if name == "pose":
-        return {"n_people": int(stats.get("n_people", 0))}
-    return {}
-
-
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:
-    """Feature rows -> a pyarrow Table with `schema.feature_schema()`."""
+    """Feature rows -> a pyarrow Table with the feature schema."""
     import pyarrow as pa
-
-    from emotiw.schema import feature_schema
 
     schema = feature_schema()
     columns = {}
@@ -164,17 +180,17 @@ class FeatureSet:
 
     Attributes:
         video_ids: ``[N]``.
+        uris: ``[N]`` where each clip was read from (the clip's identity).
         labels: int64 ``[N]`` class indices (-1 for unlabelled clips, when allowed).
-        inputs: modality -> ``[N, ...]`` float32 features; scene -> uint8 frames
-            ``[N, T, H, W, 3]``.
-        scene_mask: bool ``[N, T]`` real frames.
+        inputs: modality -> its head's input arrays, each ``[N, ...]`` (see
+            `emotiw.modalities.base.Modality.read_inputs`).
         present: modality -> bool ``[N]``.
     """
 
     video_ids: np.ndarray
+    uris: np.ndarray
     labels: np.ndarray
-    inputs: dict[str, np.ndarray]
-    scene_mask: np.ndarray | None
+    inputs: dict[str, tuple[np.ndarray, ...]]
     present: dict[str, np.ndarray]
 
     def __len__(self) -> int:
@@ -183,9 +199,9 @@ class FeatureSet:
     def subset(self, index: np.ndarray) -> FeatureSet:
         return FeatureSet(
             self.video_ids[index],
+            self.uris[index],
             self.labels[index],
-            {k: v[index] for k, v in self.inputs.items()},
-            None if self.scene_mask is None else self.scene_mask[index],
+            {k: tuple(a[index] for a in v) for k, v in self.inputs.items()},
             {k: v[index] for k, v in self.present.items()},
         )
 
@@ -196,7 +212,6 @@ def read_rows(uri: str, storage: StorageConfig | None = None) -> Any:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from emotiw.schema import feature_schema
     from emotiw.storage import arrow_filesystem
 
     fs, path = arrow_filesystem(uri, storage)
@@ -242,31 +257,15 @@ def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = T
     keep = pc.is_null(rows["error"])
     if require_labels:
         keep = pc.and_(keep, pc.is_valid(rows["label"]))
-    rows = rows.filter(keep)
-    inputs: dict[str, np.ndarray] = {}
-    scene_mask = None
-    n = rows.num_rows
-    for name in configs.modalities:
-        column = rows[name if name != "scene" else "scene_jpeg"].to_pylist()
-        if any(v is None for v in column):
-            raise ValueError(f"the feature table has no {name} features for some clips")
-        if name == "scene":
-            cfg = configs.scene
-            decoded = [scene.decode_frames(v, cfg.frame_height, cfg.frame_width) for v in column]
-            shape = (0, cfg.n_frames, cfg.frame_height, cfg.frame_width, 3)
-            inputs[name] = np.stack([f for f, _ in decoded]) if n else np.zeros(shape, np.uint8)
-            scene_mask = (
-                np.stack([m for _, m in decoded]) if n else np.zeros((0, cfg.n_frames), bool)
-            )
-        else:
-            shape = get(name).feature_shape(configs.of(name))
-            inputs[name] = np.asarray(column, dtype=np.float32).reshape(n, *shape)
-    table = rows.to_pydict()
-    present = {name: presence(table[PRESENCE_COLUMN[name]]) for name in configs.modalities}
+    table = rows.filter(keep).to_pydict()
+    inputs, present = {}, {}
+    for spec in configs.specs():
+        inputs[spec.name] = spec.read_inputs(table, configs.of(spec.name))
+        present[spec.name] = presence(table[spec.presence])
     return FeatureSet(
         np.asarray(table["video_id"], dtype=object),
+        np.asarray(table["uri"], dtype=object),
         np.asarray([-1 if v is None else v for v in table["label"]], dtype=np.int64),
         inputs,
-        scene_mask,
         present,
     )

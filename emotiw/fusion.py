@@ -4,8 +4,8 @@ fusion (a 20-d latent of the same concatenation, classified).
 
 Every model takes the same inputs so training, evaluation and scoring treat them alike:
 
-- ``inputs``: modality name -> that head's input (a tensor, or a tuple of arguments: the scene
-  head takes ``(frames, frame_mask)``);
+- ``inputs``: modality name -> that head's input, a tuple of tensors (``head(*inputs[m])``;
+  see `emotiw.modalities.base`);
 - ``present``: modality name -> bool ``[B]``, False where the clip lacks the modality (no audio
   track or silence, no face, no person, no frame). An absent modality gets no vote and
   contributes zeros plus its presence flag to the early-fusion input: explicit masks, so a
@@ -25,13 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from emotiw import modalities as registry
 from emotiw.config import CLASS_NAMES
-from emotiw.modalities import MODALITIES
 
 METHODS = ("fc", "vae", "soft", "hard", "weighted")
 VOTING = ("soft", "hard", "weighted")
-# The authors' later weights (scene .4, pose .1, audio .4, face .05).
-PAPER_VOTE_WEIGHTS: dict[str, float] = {"scene": 0.4, "pose": 0.1, "audio": 0.4, "face": 0.05}
 N_CLASSES = len(CLASS_NAMES)
 
 Inputs = Mapping[str, Any]
@@ -44,9 +42,10 @@ class Config:
 
     Attributes:
         method: ``fc`` (paper's best), ``vae``, ``soft``, ``hard`` or ``weighted``.
-        modalities: the fused subset, in `MODALITIES` order.
+        modalities: the fused subset (canonical registry order); default: every registered one.
         vote_weights: per-modality weights of ``weighted`` voting (``hard`` is a plain
-            majority, ``soft`` an unweighted mean, as in the paper).
+            majority, ``soft`` an unweighted mean, as in the paper); a modality not named
+            gets its registered ``vote_weight``.
         hidden_units: width of the Dense + ReLU layer of FC fusion, and of the VAE's encoder
             and decoder.
         train_heads: fine-tune the heads with the fusion; False keeps them frozen.
@@ -57,8 +56,8 @@ class Config:
     """
 
     method: str = "fc"
-    modalities: tuple[str, ...] = MODALITIES
-    vote_weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_VOTE_WEIGHTS))
+    modalities: tuple[str, ...] = field(default_factory=registry.names)
+    vote_weights: dict[str, float] = field(default_factory=dict)
     hidden_units: int = 64
     train_heads: bool = False
     latent_dim: int = 20
@@ -69,11 +68,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}")
         # Canonical order, so a model's layout does not depend on how the subset was spelt.
-        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in self.modalities))
+        chosen = registry.canonical(self.modalities)
+        object.__setattr__(self, "modalities", chosen)
+        weights = {s.name: s.vote_weight for s in registry.specs(chosen)}
+        object.__setattr__(self, "vote_weights", {**weights, **self.vote_weights})
         if any(self.vote_weights.get(m, 0.0) < 0 for m in self.modalities):
             raise ValueError("vote weights must be >= 0")
         if (
@@ -135,10 +134,9 @@ def vote_winner(shares: torch.Tensor, probs: torch.Tensor, present: torch.Tensor
 # --- models ----------------------------------------------------------------------------------
 
 
-def call_head(head: nn.Module, x: Any, method: str = "forward") -> torch.Tensor:
-    """`head.<method>` on one modality's input: a tensor, or a tuple of arguments (the scene
-    head takes ``(frames or maps, frame_mask)``)."""
-    return getattr(head, method)(*(x if isinstance(x, tuple) else (x,)))
+def call_head(head: nn.Module, x: tuple[Any, ...], method: str = "forward") -> torch.Tensor:
+    """`head.<method>` on one modality's input tuple."""
+    return getattr(head, method)(*x)
 
 
 class Fusion(nn.Module):

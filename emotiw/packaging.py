@@ -5,7 +5,7 @@ config, class order, weights provenance, metrics, code version) and safetensors 
 ``heads/<modality>.safetensors`` (the scene head's includes its backbone) and
 ``fusion/<variant>.safetensors`` (the fusion's own layers). `load_model` rebuilds every module
 from the JSON and loads the tensors; it never unpickles. MLflow logs and registers this
-directory (`emotiw.mlflow_model`), and scoring loads it from ``models:/name/version`` or a path.
+directory (`emotiw.tracking`), and scoring loads it from ``models:/name/version`` or a path.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from emotiw import __version__, fusion
+from emotiw import modalities as registry
 from emotiw.config import CLASS_NAMES
 from emotiw.features import ModalityConfigs
-from emotiw.modalities import get
 
 FORMAT = "emotiw-model/1"
 MANIFEST = "emotiw_model.json"
@@ -43,15 +42,6 @@ class PackagedModel:
     @property
     def fusion(self) -> fusion.Fusion:
         return self.fusions[self.default]
-
-
-def head_for_state_dict(name: str, cfg: Any) -> nn.Module:
-    """Modality `name`'s head, to be filled from a state dict: the scene head's backbone is
-    built with random weights instead of looked up in the registry, since the state dict
-    (or, for training on precomputed maps, nothing at all) provides them."""
-    if name == "scene":
-        cfg = dataclasses.replace(cfg, weights="random-init")
-    return get(name).Head(cfg)
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -87,6 +77,9 @@ def save_model(
         "format": FORMAT,
         "classes": list(CLASS_NAMES),
         "modalities": list(model.configs.modalities),
+        # Where each modality is defined: a process loading the package imports it first, so
+        # plug-in modalities load as the built-in ones do.
+        "modules": {s.name: type(s).__module__ for s in model.configs.specs()},
         "configs": {m: _config_dict(model.configs.of(m)) for m in model.configs.modalities},
         "fusions": variants,
         "default_fusion": model.default,
@@ -111,23 +104,18 @@ def find_package(path: str | Path) -> Path:
 def read_configs(path: str | Path) -> tuple[Path, dict[str, Any], ModalityConfigs]:
     """The package directory, its manifest and its modality configs, without building any
     module (what the scoring driver needs to set up the extractors)."""
-    from emotiw.modalities import audio, face, pose, scene
-
     root = find_package(path)
     manifest = json.loads((root / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{root}: not an {FORMAT} package (format {manifest.get('format')!r})")
     if tuple(manifest["classes"]) != CLASS_NAMES:
         raise ValueError(f"{root}: class order {manifest['classes']} != {CLASS_NAMES}")
-    classes = {
-        "scene": scene.Config,
-        "pose": pose.Config,
-        "audio": audio.Config,
-        "face": face.Config,
-    }
-    modalities = tuple(manifest["modalities"])
-    per = {m: _from_dict(classes[m], manifest["configs"][m]) for m in modalities}
-    return root, manifest, ModalityConfigs(modalities=modalities, **per)
+    modules = manifest.get("modules", {})
+    per = {}
+    for name in manifest["modalities"]:
+        spec = registry.get(name, modules.get(name))
+        per[name] = _from_dict(spec.Config, manifest["configs"][name])
+    return root, manifest, ModalityConfigs(per)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
@@ -135,11 +123,10 @@ def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
     from safetensors.torch import load_file
 
     root, manifest, configs = read_configs(path)
-    modalities = configs.modalities
-    per = {m: configs.of(m) for m in modalities}
     heads: dict[str, nn.Module] = {}
-    for name in modalities:
-        head = head_for_state_dict(name, per[name])
+    for spec in configs.specs():
+        name = spec.name
+        head = spec.head(configs.of(name))
         head.load_state_dict(load_file(str(root / "heads" / f"{name}.safetensors")))
         heads[name] = head.to(device).eval()
     fusions = {}
@@ -158,20 +145,18 @@ def load_model(path: str | Path, device: str = "cpu") -> PackagedModel:
     )  # fmt: skip
 
 
-def to_torch_inputs(
-    inputs: dict[str, Any], scene_mask: Any, device: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """FeatureSet-style numpy inputs -> the fusion models' input dict. The scene input
-    becomes ``(frames or maps, mask)``; without a mask (precomputed hidden layers) every
-    input is a plain float tensor."""
-    out: dict[str, Any] = {}
-    for name, array in inputs.items():
-        tensor = torch.as_tensor(array, device=device)
-        if (
-            name == "scene" and scene_mask is not None
-        ):  # uint8 frames, or backbone maps (float16 to save memory)
-            tensor = tensor if tensor.dtype == torch.uint8 else tensor.float()
-            out[name] = (tensor, torch.as_tensor(scene_mask, device=device))
-        else:
-            out[name] = tensor.float()
-    return out
+def read_package(path: Path) -> dict[str, bytes]:
+    """A package directory as relative path -> bytes (what the driver ships to the actors, so
+    no actor needs the tracking server or the driver's disk)."""
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def write_package(files: dict[str, bytes], folder: Path) -> Path:
+    """Inverse of `read_package`."""
+    for rel, data in files.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return folder

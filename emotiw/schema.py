@@ -1,57 +1,47 @@
 """Arrow schemas of the tables the system writes, defined once for writers, readers and tests.
 
-Functions rather than module constants so that importing this module does not import pyarrow.
+Each table has fixed columns (defined here) and the columns each registered modality declares
+(`emotiw.modalities.base.Modality.columns`); the functions take the modalities as an argument
+(anything with ``name`` and ``columns()``) so this layer does not import the registry:
+callers pass ``emotiw.modalities.specs()``. Functions rather than module constants so that
+importing this module does not import pyarrow.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from emotiw.config import CLASS_NAMES
-from emotiw.modalities import MODALITIES
-from emotiw.weights import FER_CLASSES
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Per-face detail rows (face modality): one row per kept face of a sampled frame.
-FACE_BOX_COLUMNS: tuple[str, ...] = ("top", "right", "bottom", "left")
-FACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in FER_CLASSES)
-FACE_DETAIL_COLUMNS: tuple[str, ...] = (
-    "slot",
-    "frame_index",
-    *FACE_BOX_COLUMNS,
-    *FACE_PROB_COLUMNS,
-)
+
+class HasColumns(Protocol):
+    """What the schemas need of a modality."""
+
+    name: str
+    stats: Sequence[Any]  # per-clip stat columns, also copied to the scores table
+
+    def columns(self) -> Sequence[Any]: ...  # items with name, doc and arrow_type()
 
 
-def face_detail_schema() -> pa.Schema:
-    """Schema of the per-face table (without the clip-identifying columns the job adds)."""
-    import pyarrow as pa
-
-    fields = [pa.field("slot", pa.int16()), pa.field("frame_index", pa.int32())]
-    fields += [pa.field(c, pa.int16()) for c in FACE_BOX_COLUMNS]
-    fields += [pa.field(c, pa.float32()) for c in FACE_PROB_COLUMNS]
-    return pa.schema(fields)
-
+# The sampled frames (JPEG), written when a modality needs them after the CPU stage: the
+# scene model takes them as input, a modality extracting in the model stage decodes them.
+FRAMES_COLUMN = "frames_jpeg"
 
 # The feature table (extract job -> training, evaluation): one row per clip.
 FEATURE_COLUMNS_DOC: dict[str, str] = {
-    "video_id": "file name without extension (the VGAF id)",
+    "video_id": "file name without extension (the VGAF id); a convenience, not a key",
     "uri": "where the clip was read from",
     "content_sha256": "sha256 of the clip's bytes",
     "label": "class index 0 positive, 1 neutral, 2 negative; null if unlabelled",
     "error": "null, or '<reason>: <message>' when the clip failed (features then null)",
     "error_reason": "machine-readable reason of `error`",
     "duration_s": "container duration",
-    "has_audio": "an audio track with sound (audio features are zeros otherwise)",
     "n_frames": "real sampled frames (of 12)",
-    "n_faces": "faces kept over the 12 frames",
-    "n_people": "people kept over the 12 frames",
-    "scene_jpeg": "the 12 frames as JPEG, b'' where padded",
-    "pose": "[12, 27] float32, flattened",
-    "audio": "[11, D] float32, flattened (D 6144 OpenL3 or 128 log-mel)",
-    "face": "[12, 22] float32, flattened",
+    FRAMES_COLUMN: "the 12 sampled frames as JPEG, b'' where padded",
     "weights": "JSON: front-end -> weights provenance (sha256 and source, or random-init)",
     "code_version": "emotiw version that wrote the row",
     "run_id": "extract run that wrote the row",
@@ -59,11 +49,10 @@ FEATURE_COLUMNS_DOC: dict[str, str] = {
 }
 
 
-def feature_schema() -> pa.Schema:
-    """Schema of the feature table."""
+def _feature_types() -> dict[str, pa.DataType]:
     import pyarrow as pa
 
-    types = {
+    return {
         "video_id": pa.string(),
         "uri": pa.string(),
         "content_sha256": pa.string(),
@@ -71,29 +60,44 @@ def feature_schema() -> pa.Schema:
         "error": pa.string(),
         "error_reason": pa.string(),
         "duration_s": pa.float32(),
-        "has_audio": pa.bool_(),
         "n_frames": pa.int16(),
-        "n_faces": pa.int32(),
-        "n_people": pa.int32(),
-        "scene_jpeg": pa.list_(pa.binary()),
-        "pose": pa.list_(pa.float32()),
-        "audio": pa.list_(pa.float32()),
-        "face": pa.list_(pa.float32()),
+        FRAMES_COLUMN: pa.list_(pa.binary()),
         "weights": pa.string(),
         "code_version": pa.string(),
         "run_id": pa.string(),
         "extracted_at": pa.timestamp("us", tz="UTC"),
     }
+
+
+def _modality_fields(modalities: Sequence[HasColumns]) -> list[pa.Field]:
+    import pyarrow as pa
+
+    return [pa.field(c.name, c.arrow_type()) for m in modalities for c in m.columns()]
+
+
+def feature_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+    """Every feature-table column and its meaning."""
+    docs = dict(FEATURE_COLUMNS_DOC)
+    docs.update({c.name: c.doc for m in modalities for c in m.columns()})
+    return docs
+
+
+def feature_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
+    """Schema of the feature table: fixed columns, then each modality's."""
+    import pyarrow as pa
+
+    types = _feature_types()
     if set(types) != set(FEATURE_COLUMNS_DOC):
         raise RuntimeError("feature_schema and FEATURE_COLUMNS_DOC disagree")
-    return pa.schema([pa.field(name, types[name]) for name in FEATURE_COLUMNS_DOC])
+    fields = [pa.field(name, types[name]) for name in FEATURE_COLUMNS_DOC]
+    return pa.schema(fields + _modality_fields(modalities))
 
 
 # The scores table (scoring job -> analytics): one row per input clip, Hive-partitioned by
 # `scored_date` (a directory level, not a column in the files).
 SCORE_PARTITION = "scored_date"
 SCORE_COLUMNS_DOC: dict[str, str] = {
-    "video_id": "file name without extension",
+    "video_id": "file name without extension (a convenience, not a key)",
     "uri": "where the clip was read from",
     "etag": "content fingerprint from the listing (S3 ETag; locally size + mtime); with "
     "video_id the key --skip-existing compares",
@@ -101,19 +105,6 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
     "size_bytes": "object size from the listing",
     **{f"prob_{c}": f"fused probability of {c}" for c in CLASS_NAMES},
     "predicted": "fused class: positive, neutral or negative (null on error)",
-    **{
-        f"{m}_{what}": (
-            f"{m} head's probability of {what.removeprefix('prob_')}"
-            if what.startswith("prob_")
-            else f"{m} head's class"
-        )
-        + " (null when the clip lacks the modality or it is not in the model)"
-        for m in MODALITIES
-        for what in (*(f"prob_{c}" for c in CLASS_NAMES), "predicted")
-    },
-    "n_faces": "faces kept over the 12 sampled frames",
-    "n_people": "people kept over the 12 sampled frames",
-    "has_audio": "an audio track with sound",
     "duration_s": "container duration in seconds",
     "n_frames": "real sampled frames (of 12)",
     "error": "null, or '<reason>: <message>' when the clip failed (scores then null)",
@@ -130,7 +121,25 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
 }
 
 
-def score_schema() -> pa.Schema:
+def _modality_score_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+    """Per modality: its head's probabilities and class, then its stat columns."""
+    docs: dict[str, str] = {}
+    absent = " (null when the clip lacks the modality or it is not in the model)"
+    for m in modalities:
+        for c in CLASS_NAMES:
+            docs[f"{m.name}_prob_{c}"] = f"{m.name} head's probability of {c}{absent}"
+        docs[f"{m.name}_predicted"] = f"{m.name} head's class{absent}"
+    for m in modalities:
+        docs.update({column.name: column.doc for column in m.stats})
+    return docs
+
+
+def score_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+    """Every scores-table column and its meaning."""
+    return {**SCORE_COLUMNS_DOC, **_modality_score_docs(modalities)}
+
+
+def score_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
     """Schema of the scores table's files (the `SCORE_PARTITION` column comes from the path)."""
     import pyarrow as pa
 
@@ -141,9 +150,6 @@ def score_schema() -> pa.Schema:
         "content_sha256": pa.string(),
         "size_bytes": pa.int64(),
         "predicted": pa.string(),
-        "n_faces": pa.int32(),
-        "n_people": pa.int32(),
-        "has_audio": pa.bool_(),
         "duration_s": pa.float32(),
         "n_frames": pa.int16(),
         "error": pa.string(),
@@ -157,12 +163,16 @@ def score_schema() -> pa.Schema:
         "code_version": pa.string(),
         "run_id": pa.string(),
         "scored_at": pa.timestamp("us", tz="UTC"),
+        **{f"prob_{c}": pa.float32() for c in CLASS_NAMES},
     }
-    for name in SCORE_COLUMNS_DOC:
-        if name.endswith("_predicted"):
-            types[name] = pa.string()
-        elif "prob_" in name:
-            types[name] = pa.float32()
     if set(types) != set(SCORE_COLUMNS_DOC):
         raise RuntimeError("score_schema and SCORE_COLUMNS_DOC disagree")
-    return pa.schema([pa.field(name, types[name]) for name in SCORE_COLUMNS_DOC])
+    stats = {c.name: c.arrow_type() for m in modalities for c in m.stats}
+    for name in _modality_score_docs(modalities):
+        if name in stats:
+            types[name] = stats[name]
+        elif name.endswith("_predicted"):
+            types[name] = pa.string()
+        else:
+            types[name] = pa.float32()
+    return pa.schema([pa.field(name, types[name]) for name in score_docs(modalities)])

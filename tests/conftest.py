@@ -1,88 +1,20 @@
-"""Shared fixtures: tiny media with known content, a real S3 endpoint on loopback, the corpus.
-
-Lossless clips (FFV1 in Matroska, RGB pixel format, PCM audio) make sampling exactly
-checkable: frame i is a flat colour with red = i % 256, green = 32 * (i // 256) and
-blue = 255 - i % 256, so the decoded pixel says which frame was sampled, and the audio is a
-pure tone of known frequency.
-"""
+"""Fixtures shared by the session: tiny media, real S3 and MLflow servers on loopback, the
+sample corpus, one Ray runtime for the in-process tests. Helpers are in `helpers`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from emotiw.config import StorageConfig
+from helpers import TEST_KEY, TEST_SECRET, free_port, serve, write_clip
 
-TEST_KEY = "emotiw-test-key"
-TEST_SECRET = "emotiw-test-secret-9f1c2e"
-
-
-def frame_colour(i: int) -> tuple[int, int, int]:
-    """The flat RGB colour painted into frame `i` of a fixture clip."""
-    return (i % 256, 32 * (i // 256), 255 - i % 256)
-
-
-def index_from_pixel(rgb: np.ndarray) -> int:
-    """Inverse of `frame_colour` for one decoded pixel."""
-    return int(rgb[0]) + 256 * (int(rgb[1]) // 32)
-
-
-def write_clip(
-    path: Path,
-    *,
-    n_frames: int = 150,
-    fps: int = 25,
-    size: tuple[int, int] = (480, 320),
-    tone_hz: float | None = 1000.0,
-    audio_rate: int = 48_000,
-    channels: int = 1,
-    audio_s: float | None = None,
-    video: bool = True,
-) -> Path:
-    """Write a lossless clip with numbered frames and (optionally) a pure tone."""
-    import av
-
-    width, height = size
-    with av.open(str(path), "w", format="matroska") as out:
-        vstream = None
-        if video:
-            vstream = out.add_stream("ffv1", rate=fps)
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "bgr0"
-        astream = None
-        if tone_hz is not None:
-            layout = "mono" if channels == 1 else "stereo"
-            astream = out.add_stream("pcm_s16le", rate=audio_rate, layout=layout)
-        if vstream is not None:
-            for i in range(n_frames):
-                frame = np.empty((height, width, 3), dtype=np.uint8)
-                frame[...] = frame_colour(i)
-                out.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            out.mux(vstream.encode(None))
-        if astream is not None:
-            seconds = audio_s if audio_s is not None else n_frames / fps
-            t = np.arange(round(seconds * audio_rate)) / audio_rate
-            mono = (0.5 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)
-            interleaved = np.repeat(mono[:, None], channels, axis=1).reshape(1, -1)
-            layout = "mono" if channels == 1 else "stereo"
-            for start in range(0, len(mono), 1024):
-                piece = interleaved[:, start * channels : (start + 1024) * channels]
-                piece = np.ascontiguousarray(piece)
-                aframe = av.AudioFrame.from_ndarray(piece, format="s16", layout=layout)
-                aframe.sample_rate, aframe.pts = audio_rate, start
-                out.mux(astream.encode(aframe))
-            out.mux(astream.encode(None))
-    return path
+TESTS = str(Path(__file__).resolve().parent)
 
 
 @pytest.fixture
@@ -105,43 +37,10 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(
-    args: list[str],
-    health_url: str,
-    name: str,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> Iterator[None]:
-    """Run a server process until `health_url` answers; stop it afterwards."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(health_url, timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not start") from None
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 protocol server (moto_server) on 127.0.0.1 for the whole session."""
-    port = _free_port()
+    port = free_port()
     server = Path(sys.executable).parent / "moto_server"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET}
     url = f"http://127.0.0.1:{port}"
@@ -154,7 +53,7 @@ def s3_endpoint() -> Iterator[str]:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (SQLite store, local artifact root) on 127.0.0.1."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [
         str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
@@ -189,3 +88,21 @@ def s3_bucket(s3_storage: StorageConfig) -> str:
     fs, _ = fsspec_filesystem(f"s3://{name}", s3_storage)
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray for a module's in-process jobs. Its workers get the tests folder on their
+    path, so modalities defined in a test module (registered on import) load there too. Module
+    scope: a Ray left running would hold the node agent's port that the `ray start` clusters of
+    other tests need."""
+    import ray
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p
+    )
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    yield
+    ray.shutdown()

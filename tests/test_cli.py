@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(
-    *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: int = 300
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(BIN / "emotiw"), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from helpers import ROOT
+from helpers import run_cli as run
 
 
 def test_sample_corpus_list_and_decode(tmp_path: Path) -> None:
@@ -40,7 +27,7 @@ def test_sample_corpus_list_and_decode(tmp_path: Path) -> None:
 
 
 def test_decode_on_s3(tmp_path: Path, s3_bucket: str, s3_storage, monkeypatch) -> None:
-    from conftest import TEST_KEY, TEST_SECRET
+    from helpers import TEST_KEY, TEST_SECRET
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
@@ -66,14 +53,14 @@ def test_demo_trains_registers_scores_and_reruns(tmp_path: Path) -> None:
     through local Ray -> Parquet -> summary; a second demo reuses the registered model."""
     env = {"RAY_AUTH_MODE": "disabled"}
     work = str(tmp_path / "demo")
-    proc = run("demo", "--workdir", work, "--n", "9", "--n-drop", "3", env=env, timeout=900)
+    proc = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
     out = proc.stdout
     assert "no registered model yet" in out and "registered models:/emotiw-demo/1" in out
     assert "5 clips listed, 0 already scored, 3 scored, 2 errors (empty 1, not_media 1)" in out
     assert "5 clips listed, 5 already scored, 0 scored" in out  # the rerun
     assert "error: not_media" in out and "agreement of each modality's head" in out
     assert "head-scene epoch 8/8" in out  # progress lines
-    again = run("demo", "--workdir", work, "--n", "9", "--n-drop", "3", env=env, timeout=900)
+    again = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
     assert "using the registered models:/emotiw-demo/1" in again.stdout
     assert "5 already scored" in again.stdout
 
@@ -123,3 +110,81 @@ def test_benchmark_scene_prints_sizes_and_speeds() -> None:
     assert "MB float16" in out and "the JPEG frames" in out
     assert out.count("channels_last   inference") == 2 and "1.00x" in out
     assert "ConvLSTM heads + FC" in out
+
+
+def _subparsers(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_flag_maps_to_a_config_field() -> None:
+    """Flags are generated from the config dataclasses: each one's destination names a field
+    (with the prefix of its config), except the few documented shorthands."""
+    import dataclasses
+
+    from emotiw import fusion, modalities
+    from emotiw.cli import build_parser
+    from emotiw.config import CorpusConfig, MediaConfig, StorageConfig
+    from emotiw.demo import DemoConfig
+    from emotiw.evaluate import EvaluateConfig
+    from emotiw.extract import ExtractConfig
+    from emotiw.score import ScoreConfig
+    from emotiw.train import TrainConfig
+    from emotiw.weights import WeightsConfig
+
+    def fields(cls: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    prefixed = {
+        "media__": MediaConfig, "weights__": WeightsConfig, "storage__": StorageConfig,
+        "fusion__": fusion.Config, "corpus__": CorpusConfig,
+        **{f"m_{s.name}__": s.Config for s in modalities.specs()},
+    }  # fmt: skip
+    jobs = {"extract": ExtractConfig, "train": TrainConfig, "score": ScoreConfig,
+            "evaluate": EvaluateConfig, "demo": DemoConfig}  # fmt: skip
+    shorthands = {"help", "preset", "modalities", "random_init", "address", "out", "n", "seed",
+                  "uri", "labels"}  # fmt: skip
+    parser = build_parser()
+    checked = 0
+    for command, sub in _subparsers(parser).items():
+        for action in sub._actions:
+            dest = action.dest
+            prefix = next((p for p in prefixed if dest.startswith(p)), None)
+            if prefix is not None:
+                assert dest.removeprefix(prefix) in fields(prefixed[prefix]), (command, dest)
+            elif command in jobs and dest in fields(jobs[command]):
+                pass
+            else:
+                assert dest in shorthands, (command, dest)
+            checked += 1
+    assert checked > 150
+
+
+def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
+    from emotiw import modalities
+    from emotiw.cli import build_parser, modality_configs
+    from emotiw.extract import ExtractConfig
+    from emotiw.features import ModalityConfigs
+
+    parser = build_parser()
+    args = parser.parse_args(["extract", "--videos", "v", "--output", "o"])
+    assert not hasattr(args, "actors")  # absent: the dataclass default applies
+    assert modality_configs(args) == ModalityConfigs.preset("paper")
+    assert ExtractConfig(videos="v", output="o").actors == 2
+    presets = {p for s in modalities.specs() for p in s.presets}
+    assert {"paper", "cpu-smoke"} <= presets
+    for preset in presets:
+        args = parser.parse_args(["train", "--features", "f", "--preset", preset])
+        assert modality_configs(args) == ModalityConfigs.preset(preset)
+    args = parser.parse_args(
+        ["train", "--features", "f", "--preset", "cpu-smoke", "--modalities", "audio,face",
+         "--audio-lr", "0.5", "--random-init", "face", "--fusion-method", "vae"]
+    )  # fmt: skip
+    configs = modality_configs(args)
+    assert configs.modalities == ("audio", "face") and configs.of("audio").lr == 0.5
+    assert configs.of("audio").features == "logmel" and configs.of("face").weights == "random-init"
+    assert args.fusion__method == "vae"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["score", "--output", "o", "--model", "m", "--cpu-actors", "x"])

@@ -8,36 +8,37 @@ import itertools
 import pytest
 import torch
 
-from emotiw import fusion
-from emotiw.modalities import MODALITIES, audio, face, pose, scene
+from emotiw import fusion, modalities
+from emotiw.modalities import audio, pose, scene
 
 B = 6
-SCENE = scene.Config(
-    backbone="efficientnet-lite0", weights="random-init", frame_height=96, frame_width=128
-)
-AUDIO = audio.Config(features="logmel")
+BUILTIN = modalities.BUILTIN
+SMALL = {  # small enough for quick forward passes; the rest are the paper's configs
+    "scene": scene.Config(
+        backbone="efficientnet-lite0", weights="random-init", frame_height=96, frame_width=128,
+        n_frames=3,
+    ),
+    "audio": audio.Config(features="logmel"),
+}  # fmt: skip
+
+
+def _cfg(name: str) -> object:
+    return SMALL.get(name) or modalities.get(name).Config()
 
 
 @pytest.fixture(scope="module")
 def heads() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return {
-        "scene": scene.Head(SCENE),
-        "pose": pose.Head(),
-        "audio": audio.Head(AUDIO),
-        "face": face.Head(),
-    }
+    return {m: modalities.get(m).head(_cfg(m)) for m in BUILTIN}
 
 
-def _inputs(seed: int = 0) -> dict[str, object]:
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.randint(0, 256, (B, 3, 96, 128, 3), generator=g, dtype=torch.uint8)
-    return {
-        "scene": (frames, torch.ones(B, 3, dtype=torch.bool)),
-        "pose": torch.randn(B, *pose.FEATURE_SHAPE, generator=g),
-        "audio": torch.randn(B, *audio.feature_shape(AUDIO), generator=g),
-        "face": torch.randn(B, *face.FEATURE_SHAPE, generator=g),
-    }
+def _inputs(seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
+    out = {}
+    for m in BUILTIN:
+        arrays = modalities.get(m).example_inputs(_cfg(m), B, seed)
+        tensors = (torch.as_tensor(a) for a in arrays)
+        out[m] = tuple(t if t.dtype in (torch.uint8, torch.bool) else t.float() for t in tensors)
+    return out
 
 
 def _p(*rows: tuple[float, float, float]) -> torch.Tensor:
@@ -88,7 +89,9 @@ def test_hard_voting_majority_and_ties() -> None:
 def test_config_validation_and_canonical_order() -> None:
     cfg = fusion.Config(modalities=("face", "scene"))
     assert cfg.modalities == ("scene", "face")
-    assert fusion.Config().vote_weights == {"scene": 0.4, "pose": 0.1, "audio": 0.4, "face": 0.05}
+    weights = fusion.Config(modalities=BUILTIN).vote_weights
+    assert weights == {"scene": 0.4, "pose": 0.1, "audio": 0.4, "face": 0.05}
+    assert fusion.Config().modalities == modalities.names()  # default: every registered one
     for bad in (
         {"method": "stacking"},
         {"modalities": ()},
@@ -103,7 +106,7 @@ def test_config_validation_and_canonical_order() -> None:
 
 @pytest.mark.parametrize("method", fusion.METHODS)
 def test_every_method_predicts_with_missing_modalities(heads, method: str) -> None:
-    model = fusion.build(heads, fusion.Config(method=method)).eval()
+    model = fusion.build(heads, fusion.Config(method=method, modalities=BUILTIN)).eval()
     present = {
         "audio": torch.tensor([True, False, True, False, True, False]),
         "face": torch.tensor([False] * B),
@@ -117,10 +120,10 @@ def test_every_method_predicts_with_missing_modalities(heads, method: str) -> No
 
 
 def test_absent_modality_features_do_not_matter(heads) -> None:
-    model = fusion.build(heads, fusion.Config(method="fc")).eval()
+    model = fusion.build(heads, fusion.Config(method="fc", modalities=BUILTIN)).eval()
     present = {"face": torch.tensor([True, False, True, False, True, False])}
     a, b = _inputs(0), _inputs(0)
-    b["face"] = b["face"] * 100 + 7
+    b["face"] = (b["face"][0] * 100 + 7,)
     with torch.no_grad():
         out_a, out_b = model(a, present), model(b, present)
     torch.testing.assert_close(out_a[1::2], out_b[1::2])  # face absent: same output
@@ -130,7 +133,7 @@ def test_absent_modality_features_do_not_matter(heads) -> None:
 @pytest.mark.parametrize("method", ["fc", "vae"])
 def test_trainable_fusion_loss_decreases_with_frozen_heads(heads, method: str) -> None:
     torch.manual_seed(0)
-    model = fusion.build(heads, fusion.Config(method=method, lr=1e-2)).train()
+    model = fusion.build(heads, fusion.Config(method=method, lr=1e-2, modalities=BUILTIN)).train()
     before = {k: v.clone() for k, v in model.heads.state_dict().items()}
     opt = fusion.optimizer(model)
     inputs, target = _inputs(1), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -157,11 +160,14 @@ def test_heads_fine_tune_when_asked(heads) -> None:
     loss.backward()
     head = model.heads["pose"]  # its own output layer is not part of forward_features
     assert all(p.grad is not None for p in [*head.lstm.parameters(), *head.fc.parameters()])
-    assert fusion.optimizer(fusion.build(heads, fusion.Config(method="soft"))) is None
+    assert (
+        fusion.optimizer(fusion.build(heads, fusion.Config(method="soft", modalities=BUILTIN)))
+        is None
+    )
 
 
 def test_vae_reconstruction_ignores_absent_modalities(heads) -> None:
-    model = fusion.build(heads, fusion.Config(method="vae")).eval()
+    model = fusion.build(heads, fusion.Config(method="vae", modalities=BUILTIN)).eval()
     present = {"pose": torch.tensor([False] * 3 + [True] * 3)}
     out = model.encode(_inputs(), present)
     pose_cols = slice(
@@ -172,7 +178,7 @@ def test_vae_reconstruction_ignores_absent_modalities(heads) -> None:
 
 
 def test_every_modality_subset_builds_and_trains_a_step(heads) -> None:
-    subsets = [c for r in range(1, 5) for c in itertools.combinations(MODALITIES, r)]
+    subsets = [c for r in range(1, 5) for c in itertools.combinations(BUILTIN, r)]
     assert len(subsets) == 15
     inputs, target = _inputs(2), torch.tensor([0, 1, 2, 0, 1, 2])
     for subset, method in itertools.product(subsets, fusion.METHODS):

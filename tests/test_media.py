@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import frame_colour, index_from_pixel
 
 from emotiw.config import MediaConfig
 from emotiw.errors import DecodeError, DecodeReason
 from emotiw.media import decode
+from helpers import frame_colour, index_from_pixel
 
 
 def dominant_hz(audio: np.ndarray, rate: int) -> float:

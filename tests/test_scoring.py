@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,45 +19,30 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from conftest import write_clip
 
-from emotiw import features as feats
-from emotiw import fusion
+from emotiw import modalities
 from emotiw.corpus import write_sample_corpus
-from emotiw.modalities import audio, face, get, pose, scene
-from emotiw.packaging import PackagedModel, save_model
-from emotiw.schema import SCORE_COLUMNS_DOC, SCORE_PARTITION, score_schema
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-CONFIGS = feats.ModalityConfigs(
-    modalities=("scene", "audio", "face"),
-    scene=scene.Config(backbone="efficientnet-lite0"),
-    audio=audio.Config(features="logmel"),
+from emotiw.features import ModalityConfigs
+from emotiw.modalities import face, pose
+from emotiw.schema import SCORE_PARTITION, score_docs, score_schema
+from helpers import (
+    BIN,
+    ENV,
+    ROOT,
+    make_package,
+    run_job,
+    smoke_configs,
+    write_bad_files,
+    write_clip,
 )
+
 BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
 
-
-def make_package(folder: Path, configs: feats.ModalityConfigs) -> Path:
-    torch.manual_seed(0)
-    heads = {m: get(m).Head(configs.of(m)) for m in configs.modalities}
-    fc = fusion.build(heads, fusion.Config(method="fc", modalities=configs.modalities))
-    provenance = {"heads": "random-init (test)"}
-    for head in heads.values():  # the scene backbone's (what training records too)
-        provenance.update({k: str(v) for k, v in getattr(head, "provenance", {}).items()})
-    package = PackagedModel(configs, heads, {"fc": fc}, "fc", provenance, {"note": "test"})
-    return save_model(folder, package)
+pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
 
 
 def run_score(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "score.py"), *args],
-        capture_output=True, text=True, timeout=900, env={**ENV, **(env or {})},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout
+    return run_job("score", *args, env=env).stdout
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +53,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("score") / "clips"
     write_sample_corpus(str(out), 5, seed=3)
     data = (out / "clip_0000.mp4").read_bytes()
-    (out / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
-    (out / "empty.mp4").write_bytes(b"")
+    write_bad_files(out)
     (out / "headonly.mp4").write_bytes(data[:3000])
     (out / "truncated.mp4").write_bytes(data[: len(data) // 3])
     write_clip(out / "silent_noface.mkv", n_frames=60, tone_hz=None)
@@ -79,12 +62,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_package(tmp_path_factory.mktemp("model") / "emotiw-test-model", CONFIGS)
+    return make_package(tmp_path_factory.mktemp("model") / "emotiw-test-model", smoke_configs())
 
 
 def test_score_schema_is_documented_and_typed() -> None:
-    schema = score_schema()
-    assert schema.names == list(SCORE_COLUMNS_DOC)
+    schema = score_schema(modalities.specs())
+    assert schema.names == list(score_docs(modalities.specs()))
     assert {"prob_positive", "face_predicted", "scene_prob_negative", "error"} <= set(schema.names)
 
 
@@ -181,9 +164,9 @@ def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_en
 def test_ray_job_submit_places_model_stage_on_logical_gpu(corpus, package, tmp_path) -> None:
     """`ray job submit --working-dir .` against `ray start --head --num-gpus=1` (a logical GPU
     on this CPU machine): the model stage reserves it and says so in every row."""
-    from conftest import _free_port
+    from helpers import free_port
 
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
     env = {**ENV, "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}
     ray = str(BIN / "ray")
@@ -243,18 +226,16 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     import pyarrow as pa
 
     from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.scoring import ClipScorer, ModelRef, deferred_modalities
+    from emotiw.inference import ClipScorer, ModelRef
 
-    configs = feats.ModalityConfigs(
-        modalities=("pose", "face"),
-        pose=pose.Config(weights="random-init", input_size=160, score_threshold=0.0),
-        face=face.Config(),
+    configs = ModalityConfigs.create(
+        pose.Config(weights="random-init", input_size=160, score_threshold=0.0), face.Config()
     )
-    assert deferred_modalities(configs) == ("pose",)
-    extractor = ClipFeatureExtractor(configs, deferred=deferred_modalities(configs))
+    extractor = ClipFeatureExtractor(configs, defer=True)
+    assert extractor.deferred == ("pose",)
     data = (corpus / "clip_0001.mp4").read_bytes()
     row = extractor(str(corpus / "clip_0001.mp4"), "clip_0001", data, None, "run")
-    assert row.get("pose") is None and len(row["scene_jpeg"]) == 12 and row.get("error") is None
+    assert row.get("pose") is None and len(row["frames_jpeg"]) == 12 and row.get("error") is None
     table = rows_to_table([row])
     table = table.append_column("etag", pa.array(["e1"])).append_column(
         "size_bytes", pa.array([len(data)])
@@ -274,7 +255,8 @@ def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
     """Every row of a run names one concrete registered version, whatever the URI said."""
     from mlflow import MlflowClient
 
-    from emotiw.scoring import ModelRef, model_ref
+    from emotiw.inference import ModelRef
+    from emotiw.tracking import model_ref
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TEST_KEY, TEST_SECRET
 
 from emotiw.config import StorageConfig
 from emotiw.errors import StorageError
@@ -20,6 +19,7 @@ from emotiw.storage import (
     video_id,
     write_bytes,
 )
+from helpers import TEST_KEY, TEST_SECRET
 
 
 def test_split_and_join(tmp_path: Path) -> None:

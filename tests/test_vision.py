@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw.vision import (
+from emotiw.modalities.nets.torchvision_ops import (
     _state,
     import_torchvision,
     native_ops,

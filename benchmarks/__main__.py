@@ -1,0 +1,95 @@
+"""``python -m benchmarks STAGE``: the benchmarks' command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from benchmarks import audio, decode, face, pose, scene, score, train
+from benchmarks.harness import ints
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="emotiw benchmarks: each figure as a ratio to a same-run baseline"
+    )
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("decode", help="media.decode vs the PyAV decode-only limit")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--n", type=int, default=16, help="clips to write when --corpus is not given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="decoder threads (0 = FFmpeg auto)")
+    p.set_defaults(func=decode.bench_decode)
+    p = sub.add_parser("face", help="face extractor: detection vs FER, detection settings")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--n", type=int, default=6, help="clips to write when --corpus is not given")
+    p.add_argument("--frames", type=int, default=24, help="synthetic frames with known faces")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=face.bench_face)
+    p = sub.add_parser("pose", help="keypoint extraction speed vs input size")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument(
+        "--sizes",
+        type=ints,
+        default=[160, 240, 320],
+        help="input short sides to measure (comma-separated)",
+    )
+    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=pose.bench_pose)
+    p = sub.add_parser("audio", help="audio embedding speed, batching windows of many clips")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--n", type=int, default=8, help="clips to write when --corpus is not given")
+    p.add_argument(
+        "--batch",
+        type=ints,
+        default=[1, 2, 8, 88],
+        help="windows per forward pass to compare (comma-separated; the first is the baseline)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=audio.bench_audio)
+    p = sub.add_parser("scene", help="scene backbone and heads speed; stored-feature sizes")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument(
+        "--backbones",
+        type=lambda text: text.split(","),
+        default=["resnet50", "efficientnet-lite0"],
+    )
+    p.add_argument(
+        "--batch",
+        type=ints,
+        default=[1, 4, 24],
+        help="frames per backbone forward to compare with 12 (one clip)",
+    )
+    p.add_argument("--head-batch", type=int, default=8, help="clips per heads forward")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=scene.bench_scene)
+    p = sub.add_parser("train", help="Ray Train samples/s of the heads, 1 vs 2 workers")
+    p.add_argument("--heads", type=lambda text: text.split(","), default=["audio", "face"])
+    p.add_argument("--workers", type=ints, default=[1, 2])
+    p.add_argument("--n", type=int, default=512, help="synthetic training clips")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=train.bench_train)
+    p = sub.add_parser("score", help="scoring job clips/s vs the bound from its stages")
+    p.add_argument("--n", type=int, default=24, help="sample clips")
+    p.add_argument("--actors", type=ints, default=[1, 2])
+    p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=score.bench_score)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

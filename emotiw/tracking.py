@@ -1,0 +1,174 @@
+"""Every MLflow call: the tracking client, parameters and metrics, the packaged model as a
+pyfunc model (logged, registered, resolved from ``models:/`` URIs). Imports mlflow inside the
+functions, so only code that tracks or loads registered models pays for it (~1.5-3 s)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emotiw import metrics
+from emotiw.inference import ModelRef
+
+ARTIFACT = "package"
+
+
+def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> Any:
+    """`mlflow`, pointed at `tracking_uri` ($MLFLOW_TRACKING_URI, else a SQLite store under
+    `run_dir`) with `experiment` active (created with a local artifact root if needed)."""
+    import mlflow
+
+    folder = Path(run_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = None if uri.startswith("http") else (folder / "mlartifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def flat_params(prefix: str, cfg: Any) -> dict[str, str]:
+    """A config dataclass (or dict) as flat MLflow params."""
+    values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and k not in ("vote_weights",):
+            out.update(flat_params(key, v))
+        elif k not in ("key", "secret", "token"):
+            out[key] = json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
+    return out
+
+
+def log_scores(
+    mlflow: Any,
+    title: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    predicted: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Final metrics and the confusion-matrix PNG into the active run."""
+    import matplotlib.pyplot as plt
+
+    result = metrics.scores(labels, probs, predicted)
+    mlflow.log_metrics({f"val_{k}": v for k, v in result.items()})
+    pred = probs.argmax(1) if predicted is None else predicted
+    figure = metrics.confusion_figure(metrics.confusion(labels, pred), title)
+    mlflow.log_figure(figure, "confusion_matrix.png")
+    plt.close(figure)
+    return result
+
+
+def log_history(mlflow: Any, history: list[dict[str, float]]) -> None:
+    """Per-epoch metrics of one training run."""
+    for row in history:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def log_tables(mlflow: Any, tables: dict[str, list[dict[str, Any]]]) -> None:
+    """Evaluation tables as metrics named ``<table>.<model>.<metric>``."""
+    for key, rows in tables.items():
+        for row in rows:
+            name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", f"{key}.{row['model']}")
+            mlflow.log_metrics(
+                {f"{name}.{m}": row[m] for m in ("accuracy", "precision", "recall", "f1")}
+            )
+
+
+def _pyfunc_class() -> type:
+    import mlflow.pyfunc
+
+    class EmotiwPyfunc(mlflow.pyfunc.PythonModel):
+        """``predict`` takes feature-table rows (a DataFrame) and returns the fused class
+        probabilities, the predicted class and the video id per successfully extracted row."""
+
+        def load_context(self, context: Any) -> None:
+            from emotiw.packaging import load_model
+
+            self.model = load_model(context.artifacts[ARTIFACT])
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+            import pyarrow as pa
+
+            from emotiw.config import CLASS_NAMES
+            from emotiw.features import feature_schema, to_feature_set
+            from emotiw.inference import predict
+
+            rows = pa.Table.from_pandas(model_input, schema=feature_schema(), preserve_index=False)
+            data = to_feature_set(rows, self.model.configs, require_labels=False)
+            probs, preds = predict(self.model.fusion, data, None)
+            out = pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASS_NAMES])
+            out.insert(0, "video_id", data.video_ids)
+            out["predicted"] = [CLASS_NAMES[i] for i in preds]
+            return out
+
+    return EmotiwPyfunc
+
+
+def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
+    """Log `package_dir` as a pyfunc model in the active run and register it; returns the
+    ``models:/name/version`` URI."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=_pyfunc_class()(),
+        artifacts={ARTIFACT: str(package_dir)},
+        registered_model_name=registered_name,
+    )
+    return f"models:/{registered_name}/{info.registered_model_version}"
+
+
+def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local package directory for `uri`: a path, or an MLflow ``models:/`` / ``runs:/``
+    URI (downloaded)."""
+    if not uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/", "s3://")):
+        return Path(uri.removeprefix("file://"))
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
+    """Resolve ``models:/name/version``, ``models:/name/latest`` or ``models:/name@alias`` to
+    a concrete version, so every row of a run names the same one; a local package keeps its
+    directory name and no version."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\w+)|@([\w-]+))", uri)
+    if not match:
+        if uri.startswith("models:/"):
+            raise ValueError(f"expected models:/name/version, /latest or @alias, got {uri!r}")
+        return ModelRef(uri, Path(uri.rstrip("/")).name, None)
+    name, version, alias = match.groups()
+    if alias or version == "latest":
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        if alias:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"no registered versions of model {name!r}")
+            version = str(max(int(v.version) for v in versions))
+    return ModelRef(f"models:/{name}/{version}", name, version)
+
+
+def latest_version(tracking_uri: str, name: str) -> str | None:
+    """``models:/name/N`` of the newest registered version, or None when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return f"models:/{name}/{max(int(v.version) for v in versions)}" if versions else None

@@ -1,0 +1,13 @@
+"""The train job: each modality head, then the fusion variants, with Ray Train's
+`TorchTrainer`, tracked in MLflow and registered as a packaged model.
+
+- `config`: the job's typed config and the fusion variants it trains;
+- `data`: the feature tables -> train / validation arrays (frozen front-ends run once);
+- `worker`: what one Ray Train worker runs (DDP over the arrays, checkpoint by val loss);
+- `driver`: one `TorchTrainer` per head and per fusion variant, MLflow, packaging.
+"""
+
+from emotiw.train.config import TrainConfig, TrainResult
+from emotiw.train.driver import run_train
+
+__all__ = ["TrainConfig", "TrainResult", "run_train"]

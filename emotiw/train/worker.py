@@ -1,0 +1,189 @@
+"""What one Ray Train worker runs: build the head or fusion a spec describes, train it with
+DDP on its shard of every epoch, report validation metrics every epoch and a checkpoint
+whenever the validation cross-entropy improves (the paper's model selection)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from emotiw import fusion
+from emotiw import modalities as registry
+from emotiw.features import ModalityConfigs
+from emotiw.inference import batch
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Train modality `modality`'s head with `cfg`."""
+
+    modality: str
+    cfg: Any
+    seed: int
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """Train a fusion over frozen heads: either their hidden layers precomputed (`precomputed`:
+    modality -> hidden width) or the heads themselves (`head_states`: safetensors bytes)."""
+
+    configs: ModalityConfigs
+    fusion: fusion.Config
+    seed: int
+    precomputed: dict[str, int] = field(default_factory=dict)
+    head_states: dict[str, bytes] = field(default_factory=dict)
+
+
+class Trainable(nn.Module):
+    """A head or a fusion behind one forward: ``(inputs, present, target) -> (loss, logits)``,
+    so DDP's forward hook sees every step."""
+
+    def __init__(self, model: nn.Module, modality: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.modality = modality
+
+    def logits(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.modality is None:
+            return self.model(inputs, present)
+        return fusion.call_head(self.model, inputs[self.modality])
+
+    def forward(
+        self, inputs: dict[str, Any], present: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.modality is None:
+            return self.model.loss(inputs, present, target)
+        logits = self.logits(inputs, present)
+        return F.cross_entropy(logits, target), logits
+
+
+def build_module(spec: HeadSpec | FusionSpec) -> Trainable:
+    """The module a spec describes (specs are picklable and travel to the workers)."""
+    from safetensors.torch import load
+
+    if isinstance(spec, HeadSpec):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            return Trainable(registry.get(spec.modality).head(spec.cfg), spec.modality)
+    heads: dict[str, nn.Module] = {}
+    for name, dim in spec.precomputed.items():
+        heads[name] = fusion.Precomputed(dim)
+    for name, state in spec.head_states.items():
+        head = registry.get(name).head(spec.configs.of(name))
+        head.load_state_dict(load(state))
+        heads[name] = head
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return Trainable(fusion.build(heads, spec.fusion), None)
+
+
+def optimizer(trainable: Trainable, spec: HeadSpec | FusionSpec) -> tuple[Any, Any]:
+    """The optimiser and the per-epoch schedule (or None) of what `trainable` holds."""
+    if not isinstance(spec, HeadSpec):
+        return fusion.optimizer(trainable.model), None
+    modality = registry.get(spec.modality)
+    opt = modality.optimizer(modality.parameter_groups(trainable.model, spec.cfg), spec.cfg)
+    return opt, modality.scheduler(opt, spec.cfg)
+
+
+def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
+    """Ray Train worker: train for `epochs`, report validation metrics every epoch and a
+    checkpoint whenever the validation cross-entropy improves. Returns the history."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import save_file
+
+    spec: HeadSpec | FusionSpec = config["spec"]
+    data = ray.get(config["data"])
+    train, val = data["train"], data["val"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.seed + rank)
+    trainable = build_module(spec)
+    opt, scheduler = optimizer(trainable, spec)
+    model = ray.train.torch.prepare_model(
+        trainable, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
+    unwrapped = model.module if hasattr(model, "module") else model
+    best, history = float("inf"), []
+    size = config["batch_size"]
+    for epoch in range(config["epochs"]):
+        model.train()
+        order = np.random.default_rng(spec.seed + epoch).permutation(len(train["labels"]))
+        mine = order[rank::world]
+        # Every worker takes the same number of steps, or DDP's all-reduce would wait forever.
+        steps = -(-len(order) // world // size) if len(order) else 0
+        total, seen, started = 0.0, 0, time.perf_counter()
+        for step in range(steps):
+            index = mine[step * size : (step + 1) * size]
+            if len(index) == 0:
+                index = mine[:1] if len(mine) else order[:1]
+            loss, _ = model(*batch(train, index, device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, seen = total + loss.item() * len(index), seen + len(index)
+        if scheduler is not None:
+            scheduler.step()
+        epoch_s = time.perf_counter() - started
+        val_loss, val_correct, val_n = evaluate(unwrapped, val, rank, world, device, size)
+        sums = torch.tensor([total, seen, val_loss, val_correct, val_n], dtype=torch.float64)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        total, seen, val_loss, val_correct, val_n = sums.tolist()
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(seen, 1),
+            "val_loss": val_loss / max(val_n, 1),
+            "val_accuracy": val_correct / max(val_n, 1),
+            "epoch_s": epoch_s,  # this worker's training steps (validation excluded)
+        }
+        history.append(row)
+        if row["val_loss"] < best:
+            best = row["val_loss"]
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    state = {
+                        k: v.detach().cpu().contiguous()
+                        for k, v in unwrapped.model.state_dict().items()
+                    }
+                    save_file(state, os.path.join(tmp, "model.safetensors"))
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(row, checkpoint=checkpoint)
+        else:
+            ray.train.report(row)
+    return history
+
+
+def evaluate(
+    trainable: Trainable,
+    val: dict[str, Any],
+    rank: int,
+    world: int,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[float, float, float]:
+    """Sums of validation cross-entropy and correct predictions over this worker's shard."""
+    trainable.eval()
+    index = np.arange(len(val["labels"]))[rank::world]
+    loss_sum = correct = 0.0
+    with torch.no_grad():
+        for i in range(0, len(index), batch_size):
+            inputs, present, target = batch(val, index[i : i + batch_size], device)
+            logits = trainable.logits(inputs, present)
+            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(-1) == target).sum().item()
+    return loss_sum, correct, float(len(index))

@@ -1,0 +1,179 @@
+"""Test helpers shared by the test modules (fixtures live in `conftest`): tiny media with
+known content, test servers, running the jobs as a user would, model packages.
+
+Lossless clips (FFV1 in Matroska, RGB pixel format, PCM audio) make sampling exactly
+checkable: frame i is a flat colour with red = i % 256, green = 32 * (i // 256) and
+blue = 255 - i % 256, so the decoded pixel says which frame was sampled, and the audio is a
+pure tone of known frequency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TEST_KEY = "emotiw-test-key"
+TEST_SECRET = "emotiw-test-secret-9f1c2e"
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# What every job subprocess gets: a local Ray without token auth, unbuffered output.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+# The CPU / offline modality set (scene on EfficientNet-Lite0, log-mel audio, faces) as flags.
+SMOKE_ARGS = ["--preset", "cpu-smoke"]
+
+
+def frame_colour(i: int) -> tuple[int, int, int]:
+    """The flat RGB colour painted into frame `i` of a fixture clip."""
+    return (i % 256, 32 * (i // 256), 255 - i % 256)
+
+
+def index_from_pixel(rgb: np.ndarray) -> int:
+    """Inverse of `frame_colour` for one decoded pixel."""
+    return int(rgb[0]) + 256 * (int(rgb[1]) // 32)
+
+
+def write_clip(
+    path: Path,
+    *,
+    n_frames: int = 150,
+    fps: int = 25,
+    size: tuple[int, int] = (480, 320),
+    tone_hz: float | None = 1000.0,
+    audio_rate: int = 48_000,
+    channels: int = 1,
+    audio_s: float | None = None,
+    video: bool = True,
+) -> Path:
+    """Write a lossless clip with numbered frames and (optionally) a pure tone."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w", format="matroska") as out:
+        vstream = None
+        if video:
+            vstream = out.add_stream("ffv1", rate=fps)
+            vstream.width, vstream.height, vstream.pix_fmt = width, height, "bgr0"
+        astream = None
+        if tone_hz is not None:
+            layout = "mono" if channels == 1 else "stereo"
+            astream = out.add_stream("pcm_s16le", rate=audio_rate, layout=layout)
+        if vstream is not None:
+            for i in range(n_frames):
+                frame = np.empty((height, width, 3), dtype=np.uint8)
+                frame[...] = frame_colour(i)
+                out.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            out.mux(vstream.encode(None))
+        if astream is not None:
+            seconds = audio_s if audio_s is not None else n_frames / fps
+            t = np.arange(round(seconds * audio_rate)) / audio_rate
+            mono = (0.5 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)
+            interleaved = np.repeat(mono[:, None], channels, axis=1).reshape(1, -1)
+            layout = "mono" if channels == 1 else "stereo"
+            for start in range(0, len(mono), 1024):
+                piece = interleaved[:, start * channels : (start + 1024) * channels]
+                piece = np.ascontiguousarray(piece)
+                aframe = av.AudioFrame.from_ndarray(piece, format="s16", layout=layout)
+                aframe.sample_rate, aframe.pts = audio_rate, start
+                out.mux(astream.encode(aframe))
+            out.mux(astream.encode(None))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(
+    args: list[str],
+    health_url: str,
+    name: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Iterator[None]:
+    """Run a server process until `health_url` answers; stop it afterwards."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(health_url, timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def run_job(
+    job: str, *args: str, timeout: int = 900, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``python jobs/<job>.py ARGS`` as a user would run it; asserts success unless told not."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})},
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """The installed `emotiw` console script."""
+    proc = subprocess.run(
+        [str(BIN / "emotiw"), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def smoke_configs() -> Any:
+    """The `cpu-smoke` preset's modality configs (what tests, benchmarks and the demo use)."""
+    from emotiw.features import ModalityConfigs
+
+    return ModalityConfigs.preset("cpu-smoke")
+
+
+def make_package(folder: Path, configs: Any, seed: int = 0) -> Path:
+    """A packaged model of seeded random-init heads and an FC fusion over `configs`."""
+    import torch
+
+    from emotiw import fusion
+    from emotiw.packaging import PackagedModel, save_model
+
+    torch.manual_seed(seed)
+    heads, provenance = {}, {"heads": "random-init (test)"}
+    for spec in configs.specs():  # as training does: pretrained front-ends put back
+        cfg = configs.of(spec.name)
+        heads[spec.name] = spec.head_with_frontend(cfg, spec.head(cfg).state_dict())
+        provenance.update({k: str(v) for k, v in spec.provenance(heads[spec.name]).items()})
+    fc = fusion.build(heads, fusion.Config(method="fc", modalities=configs.modalities))
+    package = PackagedModel(configs, heads, {"fc": fc}, "fc", provenance, {"note": "test"})
+    return save_model(folder, package)
+
+
+def write_bad_files(folder: Path) -> None:
+    """A corrupt and an empty "video" next to good ones."""
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
+    (folder / "empty.mp4").write_bytes(b"")

@@ -1,0 +1,186 @@
+"""The package's shape: imports point down the layers only (function-level imports included,
+which is where cycles hide), no module outside `emotiw.modalities` names a modality, modules
+stay small, and the compute layers work without Ray or MLflow installed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT
+
+PACKAGE = ROOT / "emotiw"
+# Lower layers never import higher ones (README "Architecture"). Same-layer imports are allowed
+# as long as they form no cycle.
+LAYERS: dict[str, int] = {
+    "emotiw": 0, "emotiw.config": 0, "emotiw.errors": 0,
+    "emotiw.media": 1, "emotiw.storage": 1, "emotiw.labels": 1, "emotiw.weights": 1,
+    "emotiw.schema": 1, "emotiw.metrics": 1, "emotiw.flags": 1, "emotiw.corpus": 1,
+    "emotiw.frames": 1,
+    "emotiw.modalities": 2,
+    "emotiw.fusion": 3,
+    "emotiw.features": 4,
+    "emotiw.inference": 5, "emotiw.packaging": 5,
+    "emotiw.tracking": 6, "emotiw.runtime": 6,
+    "emotiw.extract": 7, "emotiw.score": 7, "emotiw.evaluate": 7, "emotiw.train": 7,
+    "emotiw.demo": 7,
+    "emotiw.cli": 8, "emotiw.__main__": 8,
+}  # fmt: skip
+MAX_LINES = 420  # "~400": one screenful of structure per module
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(name: str) -> int:
+    while name not in LAYERS:
+        name = name.rsplit(".", 1)[0]
+    return LAYERS[name]
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in ast.walk(node):
+                lines.add(getattr(child, "lineno", -1))
+    return lines
+
+
+def imports(name: str) -> set[str]:
+    """The emotiw modules `name` imports anywhere in its body (not under TYPE_CHECKING)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in MODULES else base)
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in MODULES:
+        layer(name)  # raises KeyError for a module nobody placed
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, targets in GRAPH.items()
+        for b in targets
+        if layer(b) > layer(a)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles() -> None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            visit(node)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_cycle_check_can_fail() -> None:
+    """The checker itself: a two-module cycle is reported."""
+    global GRAPH
+    saved = GRAPH
+    GRAPH = {**saved, "emotiw.config": {*saved["emotiw.config"], "emotiw.errors"}}
+    GRAPH["emotiw.errors"] = {*saved["emotiw.errors"], "emotiw.config"}
+    try:
+        with pytest.raises(AssertionError, match=r"emotiw\.config -> emotiw\.errors"):
+            test_no_import_cycles()
+    finally:
+        GRAPH = saved
+
+
+def test_no_module_outside_modalities_names_a_modality() -> None:
+    """No modality name as a string and no import of a modality module (`clip.audio`, the
+    decoded samples, is media, not the modality)."""
+    names = ("scene", "pose", "audio", "face")
+    offenders = []
+    for name, path in MODULES.items():
+        if name.startswith("emotiw.modalities"):
+            continue
+        offenders += [f"{name} imports {m}" for m in GRAPH[name] if m.split(".")[-1] in names]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value in names:
+                    offenders.append(f"{name}:{node.lineno} {node.value!r}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "emotiw.modalities":
+                offenders += [
+                    f"{name}:{node.lineno} {a.name}" for a in node.names if a.name in names
+                ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_modules_stay_small() -> None:
+    big = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
+    assert all(v <= MAX_LINES for v in big.values()), {n: v for n, v in big.items() if v > 400}
+
+
+def test_compute_layers_import_and_run_without_ray_or_mlflow() -> None:
+    """What an actor or a notebook uses needs neither Ray nor MLflow (each is imported only
+    where it is used)."""
+    code = """
+import sys
+sys.modules["ray"] = None  # makes `import ray` fail
+sys.modules["mlflow"] = None
+import numpy as np, torch
+from emotiw import features, fusion, inference, packaging, modalities, schema, metrics
+import emotiw.extract, emotiw.score, emotiw.evaluate, emotiw.train, emotiw.tracking
+configs = features.ModalityConfigs.preset("cpu-smoke", ("pose", "face"))
+heads = {s.name: s.head(configs.of(s.name)) for s in configs.specs()}
+model = fusion.build(heads, fusion.Config(modalities=configs.modalities))
+inputs = {s.name: tuple(torch.as_tensor(a) for a in s.example_inputs(configs.of(s.name), 2))
+          for s in configs.specs()}
+probs, _ = model.predict(inputs, {})
+assert probs.shape == (2, 3)
+assert "ray" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
