@@ -52,19 +52,17 @@ class ModalityConfigs:
 
     @classmethod
     def preset(cls, name: str = "paper", modalities: tuple[str, ...] = ()) -> ModalityConfigs:
-        """Every modality's `name` preset (those it leaves out are skipped unless listed in
-        `modalities`, which restricts the set)."""
+        """The modalities whose `presets` give a Config for `name`, with that Config. With
+        `modalities`, exactly those: a modality the preset leaves out (None, or a plug-in that
+        does not name it) then gets its dataclass defaults."""
         known = sorted({p for spec in registry.specs() for p in spec.presets})
         if name not in known:
             raise ValueError(f"unknown preset {name!r}; the modalities define {known}")
-        chosen = registry.canonical(modalities) if modalities else registry.names()
-        configs = {}
-        for spec in registry.specs(chosen):
-            cfg = spec.presets.get(name, spec.Config())  # a plug-in without presets: defaults
-            if cfg is None and not modalities:
-                continue
-            configs[spec.name] = cfg if cfg is not None else spec.Config()
-        return cls(configs)
+        if not modalities:
+            specs = [s for s in registry.specs() if s.presets.get(name) is not None]
+            return cls({s.name: s.presets[name] for s in specs})
+        specs = list(registry.specs(registry.canonical(modalities)))
+        return cls({s.name: s.presets.get(name) or s.Config() for s in specs})
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -14,7 +14,6 @@ Head inputs are always a tuple of tensors (``head(*inputs)``): most modalities h
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -95,7 +94,8 @@ class Modality:
         stats: the per-clip stat columns the extractor reports (name -> `Column`).
         vote_weight: weight in weighted voting.
         weight_specs: the pretrained weight files this modality registers.
-        presets: preset name -> Config, or None where the preset leaves the modality out.
+        presets: preset name -> Config, or None where the preset leaves the modality out (a
+            preset not named here leaves it out too).
     """
 
     name: ClassVar[str]
@@ -197,15 +197,6 @@ class Modality:
     def scheduler(self, opt: torch.optim.Optimizer, cfg: Any) -> Any | None:
         """A per-epoch learning-rate schedule, or None."""
         return None
-
-    # --- configs -------------------------------------------------------------------------------
-
-    def config(self, preset: str | None = None, **overrides: Any) -> Any:
-        """The Config of `preset` (None: the dataclass defaults) with `overrides` applied."""
-        base = self.Config() if preset is None else self.presets.get(preset, self.Config())
-        if base is None:
-            base = self.Config()
-        return dataclasses.replace(base, **overrides) if overrides else base
 
     def __repr__(self) -> str:
         return f"<modality {self.name}>"
