@@ -135,7 +135,8 @@ def modality_configs(args: argparse.Namespace) -> Any:
     from emotiw.features import ModalityConfigs
 
     random = tuple(m for m in args.random_init.split(",") if m)
-    modalities.canonical(random) if random else None  # unknown names fail clearly
+    if random:
+        modalities.canonical(random)  # unknown names fail clearly
     base = ModalityConfigs.preset(args.preset, args.modalities)
     configs = {}
     for name, cfg in base.configs.items():

@@ -157,10 +157,3 @@ def given(args: argparse.Namespace, cls: type, dest_prefix: str = "") -> dict[st
         if hasattr(args, key):
             out[f.name] = getattr(args, key)
     return out
-
-
-def field_flags(cls: type, prefix: str = "") -> set[str]:
-    """The flags `add_fields` generates for `cls` (what the CLI test checks against)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_fields(parser, cls, prefix)
-    return {a.option_strings[0] for a in parser._actions}

@@ -35,10 +35,17 @@ def encode_frames(frames: np.ndarray, mask: np.ndarray, quality: int = 90) -> li
     return out
 
 
-def decode_frames(blobs: list[bytes], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `encode_frames`: uint8 frames ``[T, H, W, 3]`` and the bool mask ``[T]``."""
+def decode_frames(
+    blobs: list[bytes], height: int | None = None, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `encode_frames`: uint8 frames ``[T, H, W, 3]`` and the bool mask ``[T]``.
+    Without `height` and `width` the first stored frame's size is used (every frame must
+    have it); with them, a frame of another size is an error."""
     from PIL import Image
 
+    if height is None or width is None:
+        first = next((b for b in blobs if b), None)
+        width, height = Image.open(io.BytesIO(first)).size if first else (1, 1)
     frames = np.zeros((len(blobs), height, width, 3), dtype=np.uint8)
     mask = np.zeros(len(blobs), dtype=bool)
     for t, blob in enumerate(blobs):

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from emotiw import __version__, fusion
+from emotiw import modalities as registry
 from emotiw.config import CLASS_NAMES
 from emotiw.features import FeatureSet
 from emotiw.modalities.base import MODEL_STAGE, resolve_device
+from emotiw.schema import score_schema
 from emotiw.weights import WeightsConfig
 
 # Columns the job's listing adds to each feature row; the scorer copies them to the score row.
@@ -145,6 +147,9 @@ class ClipScorer:
                 )
         self.provenance = provenance
         self.specs = {s.name: s for s in self.configs.specs()}
+        # Output columns of every registered modality (those not in the model stay null).
+        self.schema = score_schema(registry.specs())
+        self.stat_columns = [c.name for s in registry.specs() for c in s.stats]
         main = self.package.fusion
         # Each head's hidden layer is computed once and feeds both its own probabilities and
         # the fusion (over `Precomputed` stand-ins holding the real heads' classifiers).
@@ -159,9 +164,7 @@ class ClipScorer:
         """Feature rows (feature schema + `LISTING_COLUMNS`) -> score rows (pyarrow)."""
         import pyarrow as pa
 
-        from emotiw import modalities as registry
         from emotiw.features import feature_schema, to_feature_set
-        from emotiw.schema import score_schema
 
         rows = table.to_pylist()
         for row in rows:
@@ -180,7 +183,6 @@ class ClipScorer:
                 row["error"] = f"model_failed: {type(exc).__name__}: {exc}"
                 row["error_reason"] = "model_failed"
         now = time.time()
-        stats = [c.name for s in registry.specs() for c in s.stats]
         out = []
         for row in rows:
             result = scored.get(row["uri"], {}) if row["error"] is None else {}
@@ -191,7 +193,7 @@ class ClipScorer:
                     "content_sha256": row["content_sha256"],
                     **{c: row.get(c) for c in LISTING_COLUMNS},
                     **result,
-                    **{c: row.get(c) for c in stats},
+                    **{c: row.get(c) for c in self.stat_columns},
                     "duration_s": row.get("duration_s"),
                     "n_frames": row.get("n_frames"),
                     "error": row["error"],
@@ -209,22 +211,19 @@ class ClipScorer:
                     "scored_at": int(now * 1_000_000),
                 }
             )
-        return pa.Table.from_pylist(out, schema=score_schema(registry.specs()))
+        return pa.Table.from_pylist(out, schema=self.schema)
 
     def _extract_deferred(self, row: dict[str, Any]) -> None:
-        """Model-stage extractors on the frames decoded from the row's JPEGs."""
+        """Model-stage extractors on the frames decoded (once) from the row's JPEGs."""
         from emotiw.frames import clip_from_frames, decode_frames
         from emotiw.schema import FRAMES_COLUMN
 
+        clip = None
         for name, extractor in self.extractors.items():
             try:
-                cfg = self.configs.of(name)
-                blobs = row[FRAMES_COLUMN]
-                first = next((b for b in blobs if b), None)
-                height, width = _jpeg_size(first) if first else (16, 16)
-                frames, mask = decode_frames(blobs, height, width)
-                out = extractor(clip_from_frames(frames, mask))
-                row.update(self.specs[name].row_values(out, cfg))
+                clip = clip or clip_from_frames(*decode_frames(row[FRAMES_COLUMN]))
+                out = extractor(clip)
+                row.update(self.specs[name].row_values(out, self.configs.of(name)))
             except Exception as exc:  # one clip's failure is that clip's error row
                 row["error"] = f"{name}_failed: {type(exc).__name__}: {exc}"
                 row["error_reason"] = f"{name}_failed"
@@ -259,12 +258,3 @@ class ClipScorer:
                     cols[f"{m}_predicted"] = CLASS_NAMES[int(p[i].argmax())]
             out[str(uri)] = cols
         return out
-
-
-def _jpeg_size(blob: bytes) -> tuple[int, int]:
-    import io
-
-    from PIL import Image
-
-    width, height = Image.open(io.BytesIO(blob)).size
-    return height, width

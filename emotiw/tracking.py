@@ -164,11 +164,9 @@ def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
 
 def latest_version(tracking_uri: str, name: str) -> str | None:
     """``models:/name/N`` of the newest registered version, or None when there is none."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}'")
-    except MlflowException:
+        return model_ref(f"models:/{name}/latest", tracking_uri).uri
+    except (MlflowException, ValueError):  # no such model, or no version of it
         return None
-    return f"models:/{name}/{max(int(v.version) for v in versions)}" if versions else None

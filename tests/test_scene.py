@@ -214,6 +214,8 @@ def test_jpeg_frames_round_trip_and_padding(make_clip) -> None:
     assert [bool(b) for b in blobs] == clip.frame_mask.tolist()
     assert sum(len(b) for b in blobs) < clip.frames[clip.frame_mask].nbytes / 10
     frames, mask = decode_frames(blobs, 320, 480)
+    inferred, inferred_mask = decode_frames(blobs)  # size read from the first stored frame
+    assert np.array_equal(inferred, frames) and np.array_equal(inferred_mask, mask)
     assert (mask == clip.frame_mask).all() and frames.dtype == np.uint8
     err = np.abs(frames.astype(int) - clip.frames.astype(int))
     assert err[mask].mean() < 3 and err[~mask].max() == 0
