@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks import audio, decode, face, pose, scene, score, train
+from benchmarks import audio, commits, decode, face, pose, scene, score, train
 from benchmarks.harness import ints
 
 
@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=score.bench_score)
+    p = sub.add_parser("commits", help="chunked commits vs one commit (no-op stages)")
+    p.add_argument("--n", type=int, default=20_000, help="clips (synthetic score rows)")
+    p.add_argument("--commit-every", type=int, default=1000)
+    p.add_argument("--targets", type=lambda t: t.split(","), default=["local", "s3"])
+    p.set_defaults(func=commits.bench_commits)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -22,7 +22,6 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
     import os
     import shutil
 
-    import pyarrow as pa
     import torch
 
     from emotiw import fusion
@@ -55,11 +54,10 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
     start = time.perf_counter()
     rows = []
     for o in objects:
-        rows.append(extractor(o.uri, video_id(o.uri), read_bytes(o.uri), None, "bench"))
+        row = extractor(o.uri, video_id(o.uri), read_bytes(o.uri), None, "bench")
+        rows.append({**row, "etag": o.etag, "size_bytes": o.size})  # the listing's columns
     t_cpu = (time.perf_counter() - start) / len(objects)
     table = rows_to_table(rows)
-    table = table.append_column("etag", pa.array([o.etag for o in objects]))
-    table = table.append_column("size_bytes", pa.array([o.size for o in objects]))
     scorer = ClipScorer(package, ModelRef(str(package), "bench", None), device="cpu")
     scorer(table.slice(0, args.batch), "warm-up")
     start = time.perf_counter()

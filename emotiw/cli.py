@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from emotiw import flags
-from emotiw.config import CLASS_NAMES, CorpusConfig, MediaConfig, StorageConfig
-from emotiw.errors import EmotiwError
+from emotiw.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
+from emotiw.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
 
 def decode_summary(
@@ -196,9 +196,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         media=_media(args),
         weights=_weights(args),
         storage=_storage(args),
+        job=_job(args),
     )
-    print(run_extract(cfg, args.address), flush=True)
-    return 0
+    summary = run_extract(cfg, args.address)
+    print(summary, flush=True)
+    return _exit_code("extract", summary.committed, cfg.job)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -232,9 +234,29 @@ def _cmd_score(args: argparse.Namespace) -> int:
         media=_media(args),
         weights=_weights(args),
         storage=_storage(args),
+        job=_job(args),
     )
-    print(run_score(cfg, args.address), flush=True)
-    return 0
+    summary = run_score(cfg, args.address)
+    print(summary, flush=True)
+    return _exit_code("score", summary.committed, cfg.job)
+
+
+def _job(args: argparse.Namespace) -> JobConfig:
+    return JobConfig(**flags.given(args, JobConfig, "job__"))
+
+
+def _exit_code(command: str, committed: Any, job: JobConfig) -> int:
+    """`ExitCode.ERROR_RATE` when too many of the run's clips ended as errors (so a scheduler
+    alerts), after everything was committed and the summary printed."""
+    if committed.error_rate > job.max_error_rate:
+        print(
+            f"emotiw {command}: error: {committed.errors} of {committed.rows} clips "
+            f"({committed.error_rate:.0%}) ended as errors, more than --max-error-rate "
+            f"{job.max_error_rate:g} (exit code {int(ExitCode.ERROR_RATE)})",
+            file=sys.stderr,
+        )
+        return ExitCode.ERROR_RATE
+    return ExitCode.OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -274,6 +296,15 @@ def _add_runtime(p: argparse.ArgumentParser, media: bool = True) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: local/auto)")
 
 
+def _add_job(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "commits, lease and retries",
+        "exit codes: 0 ok, 1 unexpected failure, 2 bad arguments or input, 3 more errors than "
+        "--max-error-rate (everything else committed), 75 another run holds the output",
+    )
+    flags.add_fields(group, JobConfig, dest_prefix="job__")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from emotiw import fusion
     from emotiw.demo import DemoConfig
@@ -309,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "table", ExtractConfig, _cmd_extract)  # fmt: skip
     add_model_args(p)
     _add_runtime(p)
+    _add_job(p)
 
     p = _job_parser(sub, "train", "train each head and the fusion (Ray Train, MLflow)",
                     TrainConfig, _cmd_train)  # fmt: skip
@@ -320,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _job_parser(sub, "score", "score clips into the partitioned scores table (main job)",
                     ScoreConfig, _cmd_score)  # fmt: skip
     _add_runtime(p)
+    _add_job(p)
 
     _job_parser(sub, "evaluate", "metrics tables of a model on a feature table", EvaluateConfig,
                 _cmd_evaluate)  # fmt: skip
@@ -332,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except (LeaseHeld, LeaseLost) as exc:
+        print(f"emotiw {args.command}: {exc.message}", file=sys.stderr)
+        return ExitCode.LEASE_HELD
     except (EmotiwError, ValueError) as exc:
         print(f"emotiw {args.command}: error: {exc}", file=sys.stderr)
         return 2

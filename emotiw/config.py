@@ -145,6 +145,52 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class JobConfig:
+    """How a batch job (extract, score) commits its output table, shares it with other runs
+    and rides out transient faults (see docs/exactly-once.md).
+
+    Attributes:
+        commit_every: rows per committed chunk. Each chunk is one Parquet file, staged under
+            ``_staging/<run>/`` and moved into the table when complete, so a crash loses at
+            most the chunk in flight and the next run resumes after the committed ones.
+        commit_interval_s: also commit a chunk this many seconds after its first row, so a
+            slow run shows progress (and risks less) even before `commit_every` rows.
+        wait: when another live run holds the output's lease, wait for it to finish instead
+            of exiting with code 75.
+        wait_timeout_s: with `wait`, give up (exit 75) after this many seconds; 0: no limit.
+        lease_ttl_s: a lease not renewed for this long is a dead run's and is taken over; the
+            holder renews it every ttl/4. A holder on this host whose process is gone is dead
+            at once.
+        attempts: tries per clip within a run for transient failures (io, timeout,
+            model_failed, out_of_memory, internal), and per storage call of the driver
+            (commits, the lease, reading the table's keys). Still failing: the row is written
+            with `retryable` set and the next run tries it again.
+        backoff_s: wait before the first retry, doubled after each (capped at 30 s); the
+            default rides out an endpoint that is gone for ~15 s.
+        max_error_rate: the job exits with code 3 (after committing and printing its summary)
+            when more than this fraction of the clips it processed ended as error rows.
+    """
+
+    commit_every: int = 1000
+    commit_interval_s: float = 600.0
+    wait: bool = False
+    wait_timeout_s: float = 0.0
+    lease_ttl_s: float = 60.0
+    attempts: int = 5
+    backoff_s: float = 1.0
+    max_error_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        _require(self.commit_every >= 1, f"commit_every must be >= 1, got {self.commit_every}")
+        _require(self.commit_interval_s > 0, "commit_interval_s must be > 0")
+        _require(self.wait_timeout_s >= 0, "wait_timeout_s must be >= 0")
+        _require(self.lease_ttl_s >= 4, f"lease_ttl_s must be >= 4, got {self.lease_ttl_s}")
+        _require(self.attempts >= 1, f"attempts must be >= 1, got {self.attempts}")
+        _require(self.backoff_s >= 0, f"backoff_s must be >= 0, got {self.backoff_s}")
+        _require(0 <= self.max_error_rate <= 1, "max_error_rate must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
     """The synthetic sample corpus (see `emotiw.corpus`): 5 s H.264 + AAC clips with cues.
 

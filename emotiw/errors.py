@@ -6,7 +6,7 @@ never crash on bad input and analysts can group failures by reason.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class EmotiwError(Exception):
@@ -51,3 +51,46 @@ class LabelError(EmotiwError):
 
     def __init__(self, message: str) -> None:
         super().__init__("labels", message)
+
+
+# Reasons a later try may not share: the clip is fine, the infrastructure was not. A row with
+# one of these is retried within the run (`JobConfig.attempts`), then written with
+# `retryable` set and picked up again by the next run. Every other reason (empty, not_media,
+# no_video_stream, no_frames, not_found, <modality>_failed, ...) is a property of the clip's
+# bytes and is final until the clip changes (a new ETag).
+TRANSIENT_REASONS = frozenset({"io", "timeout", "model_failed", "out_of_memory", "internal"})
+
+
+def is_transient(reason: str | None) -> bool:
+    """Whether an error row with `reason` should be tried again (None: not an error)."""
+    return reason in TRANSIENT_REASONS
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Host or CUDA out-of-memory: transient (retried; a smaller batch may fit), unlike a
+    model failing on the clip itself."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of the command line (documented in the README for schedulers)."""
+
+    OK = 0
+    FAILED = 1  # an unexpected failure (traceback printed)
+    USAGE = 2  # bad flags, config or input named on the command line
+    ERROR_RATE = 3  # the run finished and committed, but too many clips ended as errors
+    LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
+
+
+class LeaseHeld(EmotiwError):
+    """Another live run holds the output table's lease."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("lease_held", message)
+
+
+class LeaseLost(EmotiwError):
+    """This run's lease was taken over (it was not renewed in time): stop committing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("lease_lost", message)

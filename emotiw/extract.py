@@ -1,9 +1,9 @@
-"""The extract job: list the videos under a prefix, join the labels, skip clips already
-extracted, then a CPU actor pool reads each clip's bytes, decodes it and runs every modality's
-extractor (`features.ClipFeatureExtractor`), and the rows are written as Parquet into the
-feature table that training and evaluation read. Rows are written under ``_staging/<run_id>/``
-and moved into the table only when the whole run succeeded, so readers never see a partial
-run (they ignore ``_``-prefixed paths).
+"""The extract job: list the videos under a prefix, join the labels, skip clips the feature
+table already has a final row for (same URI and etag), then a CPU actor pool reads each clip's
+bytes, decodes it and runs every modality's extractor (`features.ClipFeatureExtractor`); the
+rows stream back to the driver and are committed in chunks (`table.ChunkWriter`) into the
+feature table that training and evaluation read, while the run holds the table's lease. A
+crashed run loses at most its open chunk; leftover staging is recovered by the next run.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from emotiw.config import MediaConfig, StorageConfig
+from emotiw.config import JobConfig, MediaConfig, StorageConfig
 from emotiw.features import ModalityConfigs
-from emotiw.runtime import NO_LABEL, ExtractActor, commit, ensure_ray, new_run_id
+from emotiw.runtime import NO_LABEL, Committed, ExtractActor, ensure_ray, new_run_id
 from emotiw.weights import WeightsConfig
 
 
@@ -30,7 +30,8 @@ class ExtractConfig:
         cpus_per_actor, gpus_per_actor: resources each actor reserves; with a GPU the
             extractors run their models on it (pose's Keypoint R-CNN benefits most).
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
-        skip_existing: skip clips that already have a successful row (resumable reruns).
+        skip_existing: skip clips (URI and etag) that already have a final row: a success or
+            a permanent error (resumable reruns; transient errors are retried).
     """
 
     videos: str
@@ -45,6 +46,7 @@ class ExtractConfig:
     gpus_per_actor: float = 0.0
     clips_per_batch: int = 1
     skip_existing: bool = True
+    job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
         if self.actors < 1 or self.clips_per_batch < 1:
@@ -62,34 +64,42 @@ class ExtractSummary:
     errors: int = 0
     unlabelled: int = 0
     labels_without_video: int = 0
-    error_reasons: dict[str, int] = field(default_factory=dict)
+    committed: Committed = field(default_factory=Committed)
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.error_reasons.items())) or "-"
         return (
             f"run {self.run_id}: {self.listed} clips listed, {self.skipped} already done, "
-            f"{self.extracted} extracted, {self.errors} errors ({reasons}), "
+            f"{self.extracted} extracted, {self.errors} errors ({self.committed.reasons}), "
             f"{self.unlabelled} without a label, {self.labels_without_video} labels without a "
-            f"video, {self.seconds:.1f} s"
+            f"video, {self.seconds:.1f} s\n{self.committed.lines()}"
         )
 
 
 def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSummary:
-    """Extract features for every new clip under `cfg.videos` into `cfg.output`."""
-    import pyarrow.compute as pc
+    """Extract features for every new clip under `cfg.videos` into `cfg.output`.
+
+    Raises:
+        LeaseHeld: another live run is writing `cfg.output` (and `cfg.job.wait` is off).
+    """
     import ray
 
-    from emotiw.features import done_video_ids, read_rows
+    from emotiw import retry
+    from emotiw.features import feature_schema
     from emotiw.labels import read_labels
-    from emotiw.storage import arrow_filesystem, join_url, list_videos, video_id
+    from emotiw.runtime import exclusive_output, write_stream
+    from emotiw.storage import list_video_objects, video_id
+    from emotiw.table import ChunkWriter, done_keys, is_done
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())
-    uris = list_videos(cfg.videos, cfg.storage)
+    job = cfg.job
+    objects = retry.call(
+        lambda: list_video_objects(cfg.videos, cfg.storage), job.attempts, job.backoff_s
+    )
     labels = read_labels(cfg.labels, cfg.storage) if cfg.labels else {}
-    ids = [video_id(u) for u in uris]
-    summary.listed = len(uris)
+    ids = [video_id(o.uri) for o in objects]
+    summary.listed = len(objects)
     summary.labels_without_video = len(set(labels) - set(ids))
     if labels and ids and not set(labels) & set(ids):
         raise ValueError(
@@ -97,35 +107,48 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
             f"under {cfg.videos} (e.g. label {sorted(labels)[0]!r}, video {ids[0]!r}): wrong "
             "label file or prefix?"
         )
-    done = done_video_ids(cfg.output, cfg.storage) if cfg.skip_existing else set()
-    items = [
-        {"uri": u, "video_id": v, "label": labels.get(v, NO_LABEL)}
-        for u, v in zip(uris, ids, strict=True)
-        if v not in done
-    ]
-    summary.skipped = len(uris) - len(items)
-    if items:
-        ensure_ray(ray_address)
-        fs, out_path = arrow_filesystem(cfg.output, cfg.storage)
-        staging = f"{out_path.rstrip('/')}/_staging/{summary.run_id}"
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            ExtractActor,
-            fn_constructor_args=(cfg.configs, cfg.media, cfg.weights, cfg.storage, summary.run_id),
-            batch_size=cfg.clips_per_batch,
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=cfg.gpus_per_actor,
-        )
-        # A few files per run, not one per clip: readers open fewer objects.
-        ds.write_parquet(staging, filesystem=fs, min_rows_per_file=256)
-        written = read_rows(join_url(cfg.output, "_staging", summary.run_id), cfg.storage)
-        commit(fs, staging, out_path, summary.run_id)
-        errors = written.filter(pc.is_valid(written["error"]))
-        summary.extracted = written.num_rows - errors.num_rows
-        summary.errors = errors.num_rows
-        summary.unlabelled = written.filter(pc.is_null(written["label"])).num_rows
-        for reason in errors["error_reason"].to_pylist():
-            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+    schema = feature_schema()
+    with exclusive_output(cfg.output, cfg.storage, job, summary.run_id, summary.committed) as (
+        fs, root, lease,
+    ):  # fmt: skip
+        done: set[tuple[str, str | None]] = set()
+        if cfg.skip_existing:
+            done = retry.call(lambda: done_keys(fs, root, schema), job.attempts, job.backoff_s)
+        items = [
+            {"uri": o.uri, "video_id": v, "etag": o.etag, "size_bytes": o.size,
+             "label": labels.get(v, NO_LABEL)}
+            for o, v in zip(objects, ids, strict=True)
+            if not is_done(done, o.uri, o.etag)
+        ]  # fmt: skip
+        summary.skipped = len(objects) - len(items)
+        if items:
+            ensure_ray(ray_address)
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map_batches(
+                ExtractActor,
+                fn_constructor_args=(
+                    cfg.configs,
+                    cfg.media,
+                    cfg.weights,
+                    cfg.storage,
+                    summary.run_id,
+                    job,
+                ),
+                batch_size=cfg.clips_per_batch,
+                compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                num_cpus=cfg.cpus_per_actor,
+                num_gpus=cfg.gpus_per_actor,
+            )
+            writer = ChunkWriter(
+                fs, root, summary.run_id, schema, job.commit_every, job.commit_interval_s,
+                before_commit=lease.check, attempts=job.attempts, backoff_s=job.backoff_s,
+            )  # fmt: skip
+
+            def count(rows: object) -> None:
+                summary.unlabelled += rows.filter(rows["label"].is_null()).num_rows  # type: ignore[attr-defined]
+
+            write_stream(ds, writer, summary.committed, count)
+    summary.errors = summary.committed.errors
+    summary.extracted = summary.committed.rows - summary.errors
     summary.seconds = time.monotonic() - start
     return summary

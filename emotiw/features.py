@@ -22,7 +22,7 @@ import numpy as np
 from emotiw import __version__
 from emotiw import modalities as registry
 from emotiw.config import MediaConfig, StorageConfig
-from emotiw.errors import EmotiwError
+from emotiw.errors import EmotiwError, is_out_of_memory
 from emotiw.modalities.base import MODEL_STAGE
 from emotiw.weights import WeightsConfig
 
@@ -144,9 +144,8 @@ class ClipFeatureExtractor:
                 except EmotiwError:
                     raise
                 except Exception as exc:  # a model failing on one clip must not stop the job
-                    raise EmotiwError(
-                        f"{spec.name}_failed", f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                    reason = "out_of_memory" if is_out_of_memory(exc) else f"{spec.name}_failed"
+                    raise EmotiwError(reason, f"{spec.name}: {type(exc).__name__}: {exc}") from exc
                 row.update(spec.row_values(out, self.configs.of(spec.name)))
             if self.keep_frames:
                 quality = self.media.jpeg_quality
@@ -156,6 +155,38 @@ class ClipFeatureExtractor:
         except Exception as exc:  # unexpected: still a row, with the type for the analyst
             row.update(error=f"internal: {type(exc).__name__}: {exc}", error_reason="internal")
         return row
+
+
+def extract_item(
+    extractor: ClipFeatureExtractor,
+    item: Mapping[str, Any],
+    storage: StorageConfig | None,
+    run_id: str,
+    attempts: int = 1,
+    backoff_s: float = 0.0,
+) -> dict[str, Any]:
+    """One listed clip (uri, video_id, etag, size_bytes, label) -> its feature row, reading
+    and extracting again while the failure is transient (io, timeout, out_of_memory,
+    internal); the row says how many tries it took and whether a later run should retry."""
+    from emotiw.errors import is_transient
+    from emotiw.retry import delays
+    from emotiw.storage import read_bytes
+
+    label = item.get("label")
+    tries = 0
+    for wait in [*delays(attempts, backoff_s), None]:
+        tries += 1
+        try:
+            data: bytes | Exception = read_bytes(str(item["uri"]), storage)
+        except Exception as exc:
+            data = exc
+        row = extractor(str(item["uri"]), str(item["video_id"]), data, label, run_id)
+        if wait is None or not is_transient(row.get("error_reason")):
+            break
+        time.sleep(wait)
+    row.update(etag=item.get("etag"), size_bytes=item.get("size_bytes"), attempts=tries)
+    row["retryable"] = is_transient(row.get("error_reason")) if row.get("error") else None
+    return row
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:
@@ -205,46 +236,21 @@ class FeatureSet:
 
 
 def read_rows(uri: str, storage: StorageConfig | None = None) -> Any:
-    """Every committed row of the feature table at `uri` (pyarrow Table), one per clip: the
-    newest successful row of each video id, or its newest error row if it never succeeded."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
+    """Every committed row of the feature table at `uri` (pyarrow Table), one per clip (URI):
+    its newest successful row, or its newest error row if it never succeeded."""
     from emotiw.storage import arrow_filesystem
+    from emotiw.table import read
 
     fs, path = arrow_filesystem(uri, storage)
-    table = ds.dataset(
-        path, filesystem=fs, format="parquet", schema=feature_schema(), exclude_invalid_files=True,
-        ignore_prefixes=["_", "."],
-    ).to_table()  # fmt: skip
+    table = read(fs, path, feature_schema())
     if table.num_rows == 0:
         return table
-    ok = pc.is_null(table["error"]).to_numpy(zero_copy_only=False)
+    ok = table["error"].is_null().to_numpy(zero_copy_only=False)
     when = table["extracted_at"].cast("int64").to_numpy(zero_copy_only=False)
-    ids = table["video_id"].to_numpy(zero_copy_only=False)
-    order = np.lexsort((when, ok, ids))  # per id: errors first, then successes, oldest first
-    last = np.r_[ids[order][1:] != ids[order][:-1], True]
+    uris = table["uri"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((when, ok, uris))  # per uri: errors first, then successes, oldest first
+    last = np.r_[uris[order][1:] != uris[order][:-1], True]
     return table.take(order[last])
-
-
-def done_video_ids(uri: str, storage: StorageConfig | None = None) -> set[str]:
-    """Video ids that already have a successful row (a rerun skips them)."""
-    import pyarrow.compute as pc
-
-    from emotiw.errors import StorageError
-    from emotiw.storage import fsspec_filesystem, split_url
-
-    fs, _ = fsspec_filesystem(uri, storage)
-    try:
-        if not fs.exists(split_url(uri)[1]):
-            return set()
-    except StorageError:
-        return set()
-    rows = read_rows(uri, storage)
-    if rows.num_rows == 0:
-        return set()
-    ok = rows.filter(pc.is_null(rows["error"]))
-    return set(ok["video_id"].to_pylist())
 
 
 def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = True) -> FeatureSet:

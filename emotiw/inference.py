@@ -23,12 +23,13 @@ from torch import nn
 from emotiw import __version__, fusion
 from emotiw import modalities as registry
 from emotiw.config import CLASS_NAMES
+from emotiw.errors import is_out_of_memory, is_transient
 from emotiw.features import FeatureSet
 from emotiw.modalities.base import MODEL_STAGE, resolve_device
 from emotiw.schema import score_schema
 from emotiw.weights import WeightsConfig
 
-# Columns the job's listing adds to each feature row; the scorer copies them to the score row.
+# Columns of the job's listing in each feature row that the scorer copies to the score row.
 LISTING_COLUMNS = ("etag", "size_bytes")
 
 
@@ -127,9 +128,12 @@ class ClipScorer:
         weights: WeightsConfig | None = None,
         device: str = "auto",
         placement: str | None = None,
+        attempts: int = 1,
+        backoff_s: float = 0.0,
     ) -> None:
         from emotiw.packaging import load_model
 
+        self.attempts, self.backoff_s = attempts, backoff_s
         self.device = resolve_device(device)
         self.package = load_model(package_dir, device=str(self.device))
         self.ref = ref
@@ -161,31 +165,19 @@ class ClipScorer:
         self.fused.load_state_dict(fusion.fusion_state(main), strict=False)
 
     def __call__(self, table: Any, run_id: str) -> Any:
-        """Feature rows (feature schema + `LISTING_COLUMNS`) -> score rows (pyarrow)."""
+        """Feature rows (the feature schema) -> score rows (pyarrow)."""
         import pyarrow as pa
-
-        from emotiw.features import feature_schema, to_feature_set
 
         rows = table.to_pylist()
         for row in rows:
             if row["error"] is None and self.extractors:
                 self._extract_deferred(row)
-        ok = [r for r in rows if r["error"] is None]
-        schema = feature_schema()
-        feature_rows = pa.Table.from_pylist(
-            [{k: r.get(k) for k in schema.names} for r in ok], schema=schema
-        )
-        try:
-            scored = self._score(to_feature_set(feature_rows, self.configs, require_labels=False))
-        except Exception as exc:  # the batch's clips become error rows; the job goes on
-            scored = {}
-            for row in ok:
-                row["error"] = f"model_failed: {type(exc).__name__}: {exc}"
-                row["error_reason"] = "model_failed"
+        scored, tries = self._score_rows([r for r in rows if r["error"] is None])
         now = time.time()
         out = []
         for row in rows:
             result = scored.get(row["uri"], {}) if row["error"] is None else {}
+            attempts = (row.get("attempts") or 1) + tries.get(row["uri"], 1) - 1
             out.append(
                 {
                     "video_id": row["video_id"],
@@ -198,6 +190,8 @@ class ClipScorer:
                     "n_frames": row.get("n_frames"),
                     "error": row["error"],
                     "error_reason": row["error_reason"],
+                    "retryable": is_transient(row["error_reason"]) if row["error"] else None,
+                    "attempts": attempts,
                     "model_uri": self.ref.uri,
                     "model_name": self.ref.name,
                     "model_version": self.ref.version,
@@ -213,6 +207,40 @@ class ClipScorer:
             )
         return pa.Table.from_pylist(out, schema=self.schema)
 
+    def _score_rows(
+        self, rows: list[dict[str, Any]], tries: int = 1
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+        """`_score` on feature rows that survives failures: a failing batch is halved (out of
+        memory, or one row breaking the batch) down to single rows, each tried `attempts`
+        times; a row still failing gets `model_failed` / `out_of_memory` set, so the next
+        run retries it. Returns uri -> score columns and uri -> tries (where more than 1)."""
+        import pyarrow as pa
+
+        from emotiw.features import feature_schema, to_feature_set
+        from emotiw.retry import delays
+
+        if not rows:
+            return {}, {}
+        schema = feature_schema()
+        table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema)
+        try:
+            return self._score(to_feature_set(table, self.configs, require_labels=False)), {}
+        except Exception as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(rows) > 1:
+                half = len(rows) // 2
+                first, first_tries = self._score_rows(rows[:half])
+                second, second_tries = self._score_rows(rows[half:])
+                return {**first, **second}, {**first_tries, **second_tries}
+            if tries < self.attempts:
+                time.sleep(delays(self.attempts, self.backoff_s)[tries - 1])
+                return self._score_rows(rows, tries + 1)
+            reason = "out_of_memory" if is_out_of_memory(exc) else "model_failed"
+            rows[0]["error"] = f"{reason}: {type(exc).__name__}: {exc}"
+            rows[0]["error_reason"] = reason
+            return {}, {rows[0]["uri"]: tries}
+
     def _extract_deferred(self, row: dict[str, Any]) -> None:
         """Model-stage extractors on the frames decoded (once) from the row's JPEGs."""
         from emotiw.frames import clip_from_frames, decode_frames
@@ -225,8 +253,9 @@ class ClipScorer:
                 out = extractor(clip)
                 row.update(self.specs[name].row_values(out, self.configs.of(name)))
             except Exception as exc:  # one clip's failure is that clip's error row
-                row["error"] = f"{name}_failed: {type(exc).__name__}: {exc}"
-                row["error_reason"] = f"{name}_failed"
+                reason = "out_of_memory" if is_out_of_memory(exc) else f"{name}_failed"
+                row["error"] = f"{reason}: {name}: {type(exc).__name__}: {exc}"
+                row["error_reason"] = reason
                 return
 
     def _score(self, data: FeatureSet) -> dict[str, dict[str, Any]]:

@@ -1,17 +1,22 @@
 """Ray plumbing shared by the jobs: starting or joining Ray, the actor classes of the Ray Data
-stages (a few lines each around the pure compute in `features` and `inference`), and staged
-commits of Parquet output."""
+stages (a few lines each around the pure compute in `features` and `inference`), and what the
+jobs share around them: holding the output's lease, streaming rows into committed chunks."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from emotiw.config import MediaConfig, StorageConfig
+from emotiw.config import JobConfig, MediaConfig, StorageConfig
 from emotiw.features import ClipFeatureExtractor, ModalityConfigs
+from emotiw.lease import Lease
+from emotiw.table import ChunkWriter
 from emotiw.weights import WeightsConfig
 
 NO_LABEL = -1
@@ -32,8 +37,8 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 class ExtractActor:
-    """One CPU actor: holds the extractors and turns a batch of clip URIs into feature rows
-    (plus any listing columns the batch carries, e.g. the scoring job's etag)."""
+    """One CPU actor: holds the extractors and turns a batch of listed clips (uri, video_id,
+    etag, size_bytes, optional label) into feature rows, retrying transient failures."""
 
     def __init__(
         self,
@@ -42,32 +47,26 @@ class ExtractActor:
         weights: WeightsConfig,
         storage: StorageConfig,
         run_id: str,
+        job: JobConfig,
         defer: bool = False,
     ) -> None:
-        self.storage = storage
-        self.run_id = run_id
+        self.storage, self.run_id, self.job = storage, run_id, job
         self.extractor = ClipFeatureExtractor(configs, media, weights, defer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        import pyarrow as pa
-
-        from emotiw.features import rows_to_table
-        from emotiw.storage import read_bytes
+        from emotiw.features import extract_item, rows_to_table
 
         rows = []
-        for i, (uri, vid) in enumerate(zip(batch["uri"], batch["video_id"], strict=True)):
-            try:
-                data: bytes | Exception = read_bytes(str(uri), self.storage)
-            except Exception as exc:
-                data = exc
-            label = int(batch["label"][i]) if "label" in batch else NO_LABEL
-            label_or_none = None if label == NO_LABEL else label
-            rows.append(self.extractor(str(uri), str(vid), data, label_or_none, self.run_id))
-        table = rows_to_table(rows)
-        for name in batch:  # carried through for the next stage
-            if name not in table.column_names and name != "label":
-                table = table.append_column(name, pa.array(list(batch[name])))
-        return table
+        for i in range(len(batch["uri"])):
+            item = {k: v[i].item() if hasattr(v[i], "item") else v[i] for k, v in batch.items()}
+            label = int(item.pop("label", NO_LABEL))
+            item["label"] = None if label == NO_LABEL else label
+            job = self.job
+            row = extract_item(
+                self.extractor, item, self.storage, self.run_id, job.attempts, job.backoff_s
+            )
+            rows.append(row)
+        return rows_to_table(rows)
 
 
 class ModelActor:
@@ -75,7 +74,13 @@ class ModelActor:
     so no actor needs the tracking server) scoring batches of feature rows."""
 
     def __init__(
-        self, files: Any, ref: Any, weights: WeightsConfig, device_name: str, run_id: str
+        self,
+        files: Any,
+        ref: Any,
+        weights: WeightsConfig,
+        device_name: str,
+        run_id: str,
+        job: JobConfig,
     ) -> None:
         import tempfile
         from pathlib import Path
@@ -96,27 +101,87 @@ class ModelActor:
             placement = f"cpu (Ray GPU {','.join(gpus)} assigned, no CUDA device visible)"
         elif gpus:
             placement = f"{device} (Ray GPU {','.join(gpus)})"
-        self.scorer = ClipScorer(folder, ref, weights, str(device), placement)
+        self.scorer = ClipScorer(
+            folder, ref, weights, str(device), placement, job.attempts, job.backoff_s
+        )
         self.run_id = run_id
 
     def __call__(self, batch: Any) -> Any:
         return self.scorer(batch, self.run_id)
 
 
-def commit(fs: Any, staging: str, out_path: str, run_id: str) -> None:
-    """Move a finished run's files from staging into the table, then drop the staging dir."""
-    from pyarrow import fs as pafs
+@dataclass
+class Committed:
+    """What a job committed (the part of a summary the extract and scoring jobs share)."""
 
-    files = [
-        info.path
-        for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True))
-        if info.type == pafs.FileType.File and info.path.endswith(".parquet")
-    ]
-    if fs.type_name == "local":  # object stores have no directories (a marker would be read)
-        fs.create_dir(out_path, recursive=True)
-    for i, path in enumerate(sorted(files)):
-        fs.move(path, f"{out_path.rstrip('/')}/part-{run_id}-{i:05d}.parquet")
-    fs.delete_dir(staging)
-    parent = staging.rsplit("/", 1)[0]
-    if not fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        fs.delete_dir(parent)
+    chunks: int = 0
+    rows: int = 0
+    errors: int = 0
+    retryable: int = 0  # errors a later run retries
+    retried: int = 0  # clips that needed more than one try this run
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    recovery: str = ""
+    lease: str = ""
+
+    def add(self, rows: Any) -> None:
+        """Count a batch of written rows (feature or score rows, pyarrow)."""
+        import pyarrow.compute as pc
+
+        self.rows += rows.num_rows
+        reasons = rows["error_reason"].drop_null().to_pylist()
+        self.errors += len(reasons)
+        for reason in reasons:
+            self.error_reasons[reason] = self.error_reasons.get(reason, 0) + 1
+        self.retryable += int(pc.sum(pc.fill_null(rows["retryable"], False)).as_py() or 0)
+        self.retried += int(pc.sum(pc.greater(rows["attempts"], 1)).as_py() or 0)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.rows if self.rows else 0.0
+
+    @property
+    def reasons(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.error_reasons.items())) or "-"
+
+    def lines(self) -> str:
+        text = (
+            f"  committed {self.rows} rows in {self.chunks} chunk(s); {self.retryable} errors "
+            f"retryable (the next run tries them again); {self.retried} clips needed a retry\n"
+            f"  {self.recovery}"
+        )
+        return text + (f"; {self.lease}" if self.lease else "")
+
+
+@contextlib.contextmanager
+def exclusive_output(
+    output: str, storage: StorageConfig, job: JobConfig, run_id: str, committed: Committed
+) -> Iterator[tuple[Any, str, Lease]]:
+    """Hold the output table's lease for the block (raises `LeaseHeld` when another live run
+    has it) after recovering what dead runs left in its staging; yields (arrow fs, root,
+    lease)."""
+    from emotiw import retry
+    from emotiw.storage import arrow_filesystem
+    from emotiw.table import recover
+
+    fs, root = arrow_filesystem(output, storage)
+    with Lease.acquire(output, storage, run_id, job) as lease:
+        committed.lease = lease.note
+        found = retry.call(lambda: recover(fs, root, run_id), job.attempts, job.backoff_s)
+        committed.recovery = str(found)
+        yield fs, root, lease
+
+
+def write_stream(ds: Any, writer: ChunkWriter, committed: Committed, on_rows: Any) -> None:
+    """Pull the dataset's output blocks to the driver as they finish and commit them in
+    chunks; on any failure the open chunk is dropped (committed ones stay)."""
+    try:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            committed.add(block)
+            on_rows(block)
+            writer.write(block)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        committed.chunks = len(writer.committed)

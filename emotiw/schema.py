@@ -34,11 +34,16 @@ FRAMES_COLUMN = "frames_jpeg"
 # The feature table (extract job -> training, evaluation): one row per clip.
 FEATURE_COLUMNS_DOC: dict[str, str] = {
     "video_id": "file name without extension (the VGAF id); a convenience, not a key",
-    "uri": "where the clip was read from",
+    "uri": "where the clip was read from: the clip's identity (with etag, its version)",
+    "etag": "content fingerprint from the listing (S3 ETag; locally size + mtime)",
+    "size_bytes": "object size from the listing",
     "content_sha256": "sha256 of the clip's bytes",
     "label": "class index 0 positive, 1 neutral, 2 negative; null if unlabelled",
     "error": "null, or '<reason>: <message>' when the clip failed (features then null)",
     "error_reason": "machine-readable reason of `error`",
+    "retryable": "true when `error_reason` is transient (io, timeout, ...): the next run "
+    "tries the clip again; null on success",
+    "attempts": "tries this run made for the clip (transient failures are retried)",
     "duration_s": "container duration",
     "n_frames": "real sampled frames (of 12)",
     FRAMES_COLUMN: "the 12 sampled frames as JPEG, b'' where padded",
@@ -55,10 +60,14 @@ def _feature_types() -> dict[str, pa.DataType]:
     return {
         "video_id": pa.string(),
         "uri": pa.string(),
+        "etag": pa.string(),
+        "size_bytes": pa.int64(),
         "content_sha256": pa.string(),
         "label": pa.int8(),
         "error": pa.string(),
         "error_reason": pa.string(),
+        "retryable": pa.bool_(),
+        "attempts": pa.int8(),
         "duration_s": pa.float32(),
         "n_frames": pa.int16(),
         FRAMES_COLUMN: pa.list_(pa.binary()),
@@ -98,9 +107,10 @@ def feature_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
 SCORE_PARTITION = "scored_date"
 SCORE_COLUMNS_DOC: dict[str, str] = {
     "video_id": "file name without extension (a convenience, not a key)",
-    "uri": "where the clip was read from",
+    "uri": "where the clip was read from: the clip's identity. A clip rescored (changed "
+    "etag, or a retryable error retried) has several rows: keep the newest `scored_at`",
     "etag": "content fingerprint from the listing (S3 ETag; locally size + mtime); with "
-    "video_id the key --skip-existing compares",
+    "uri the key --skip-existing compares",
     "content_sha256": "sha256 of the clip's bytes (null if they could not be read)",
     "size_bytes": "object size from the listing",
     **{f"prob_{c}": f"fused probability of {c}" for c in CLASS_NAMES},
@@ -109,6 +119,9 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
     "n_frames": "real sampled frames (of 12)",
     "error": "null, or '<reason>: <message>' when the clip failed (scores then null)",
     "error_reason": "machine-readable reason of `error` (empty, not_media, no_frames, ...)",
+    "retryable": "true when `error_reason` is transient (io, timeout, model_failed, "
+    "out_of_memory, internal): the next run scores the clip again; null on success",
+    "attempts": "tries this run made for the clip (transient failures are retried)",
     "model_uri": "the model as given (models:/name/version or a path)",
     "model_name": "registered model name (or the package directory's name)",
     "model_version": "registered model version (null for a local package)",
@@ -154,6 +167,8 @@ def score_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
         "n_frames": pa.int16(),
         "error": pa.string(),
         "error_reason": pa.string(),
+        "retryable": pa.bool_(),
+        "attempts": pa.int8(),
         "model_uri": pa.string(),
         "model_name": pa.string(),
         "model_version": pa.string(),

@@ -177,3 +177,111 @@ def write_bad_files(folder: Path) -> None:
     """A corrupt and an empty "video" next to good ones."""
     (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
     (folder / "empty.mp4").write_bytes(b"")
+
+
+class FaultyS3Proxy:
+    """A real HTTP proxy in front of the S3 test server, for fault injection into a job that
+    runs in another process: `fail_gets` drops the connection of the next GETs of a key
+    (every client retry layer sees a network failure), `outage` stops listening for a few
+    seconds (connection refused) and then serves again. The S3 server keeps its data."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+        from urllib.parse import urlparse
+
+        parsed = urlparse(upstream)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.failures: dict[str, int] = {}
+        self.dropped = 0
+        self.lock = threading.Lock()
+        self.server: Any = None
+        self.start()
+
+    def fail_gets(self, key_part: str, times: int) -> None:
+        with self.lock:
+            self.failures[key_part] = times
+
+    def _should_fail(self, method: str, path: str) -> bool:
+        with self.lock:
+            for part, left in self.failures.items():
+                if method == "GET" and part in path and left > 0:
+                    self.failures[part] = left - 1
+                    self.dropped += 1
+                    return True
+        return False
+
+    def start(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _proxy_handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def outage(self, seconds: float) -> None:
+        """Refuse connections for `seconds` (returns at once)."""
+        import threading
+
+        self.stop()
+        threading.Timer(seconds, self.start).start()
+
+
+def _proxy_handler(proxy: FaultyS3Proxy) -> type:
+    import http.client
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # quiet
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _relay(self) -> None:
+            body = self._body()
+            if proxy._should_fail(self.command, self.path):
+                self.close_connection = True
+                return  # no response: the client sees the connection closed
+            skip = {"transfer-encoding", "content-length", "connection", "host"}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+            headers["Host"] = self.headers.get("Host", "")
+            conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
+            try:
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            finally:
+                conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+    return Handler

@@ -86,9 +86,19 @@ resource "aws_s3_bucket_public_access_block" "data" {
   restrict_public_buckets = true
 }
 
-# Scoring runs are staged under _staging/ and moved in; abandoned staging is cleaned up.
+# Chunks are uploaded to their final keys in one upload each (docs/exactly-once.md): a driver
+# that dies mid-upload leaves an invisible incomplete multipart upload, aborted here after a
+# day. Staging on S3 is only written by older versions; the next run recovers it anyway.
 resource "aws_s3_bucket_lifecycle_configuration" "output" {
   bucket = aws_s3_bucket.data["output"].id
+  rule {
+    id     = "abort-incomplete-uploads"
+    status = "Enabled"
+    filter {}
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
   rule {
     id     = "abandoned-staging"
     status = "Enabled"

@@ -1,0 +1,47 @@
+"""Retrying a call that fails for a reason a later try may not share (an endpoint gone for a
+few seconds, a timeout), with exponential backoff; permanent failures are raised at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from emotiw.errors import EmotiwError, is_transient
+
+T = TypeVar("T")
+MAX_BACKOFF_S = 30.0
+
+
+def delays(attempts: int, backoff_s: float) -> list[float]:
+    """The waits between `attempts` tries: backoff_s, 2*backoff_s, ... capped at 30 s."""
+    return [min(backoff_s * 2**i, MAX_BACKOFF_S) for i in range(attempts - 1)]
+
+
+def transient_exception(exc: BaseException) -> bool:
+    """Storage and network failures, timeouts and out-of-memory are worth another try; an
+    `EmotiwError` says itself (not_found, empty, ... are final)."""
+    if isinstance(exc, EmotiwError):
+        return is_transient(exc.reason)
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return False
+    return isinstance(exc, OSError | TimeoutError | ConnectionError | MemoryError)
+
+
+def call(
+    fn: Callable[[], T],
+    attempts: int,
+    backoff_s: float,
+    transient: Callable[[BaseException], bool] = transient_exception,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """`fn()`, tried up to `attempts` times while it raises a transient exception."""
+    waits = delays(attempts, backoff_s)
+    for wait in waits:
+        try:
+            return fn()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+        sleep(wait)
+    return fn()

@@ -1,0 +1,203 @@
+"""The output table's machinery without Ray: chunked atomic commits, recovery of what a dead
+run left in staging, the single-writer lease (compare-and-swap locally and with S3
+conditional writes on the S3 test server), key lookups, and retries. The jobs' fault matrix
+with real processes is in test_exactly_once.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from emotiw import retry
+from emotiw.config import JobConfig
+from emotiw.errors import LeaseHeld, LeaseLost, StorageError
+from emotiw.lease import Lease
+from emotiw.storage import arrow_filesystem
+from emotiw.table import ChunkWriter, data_files, done_keys, is_done, read, recover
+
+SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("error_reason", pa.string())])
+
+
+def rows(n: int, start: int = 0, reason: str | None = None) -> pa.Table:
+    return pa.table(
+        {"uri": [f"s3://b/cam{i % 2}/clip.mp4?{i}" for i in range(start, start + n)],
+         "etag": [f"e{i}" for i in range(start, start + n)], "error_reason": [reason] * n},
+        schema=SCHEMA,
+    )  # fmt: skip
+
+
+@pytest.fixture(params=["local", "s3"])
+def table_url(request, tmp_path, s3_storage) -> tuple[str, object]:
+    """A table root: a local folder, or the root of a new, empty S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "table"), None
+    return request.getfixturevalue("s3_bucket"), s3_storage
+
+
+def test_chunks_commit_as_whole_files_and_staging_goes(table_url) -> None:
+    url, storage = table_url
+    fs, root = arrow_filesystem(url, storage)
+    assert read(fs, root, SCHEMA).num_rows == 0  # missing folder / empty bucket root
+    assert done_keys(fs, root, SCHEMA) == set()
+    writer = ChunkWriter(fs, root, "run-1", SCHEMA, commit_every=3, commit_interval_s=600,
+                         partition=lambda: "scored_date=2026-11-26")  # fmt: skip
+    writer.write(rows(2))
+    assert data_files(fs, root) == []  # nothing visible before a chunk is complete
+    writer.write(rows(5, start=2))  # completes chunk 0 and 1 (a batch split across chunks)
+    assert [len(pq.read_table(f, filesystem=fs)) for f in data_files(fs, root)] == [3, 3]
+    writer.close()
+    files = data_files(fs, root)
+    assert [f.rsplit("/", 1)[1] for f in files] == [f"part-run-1-{i:05d}.parquet" for i in range(3)]
+    assert all("/scored_date=2026-11-26/" in f for f in files)
+    assert sorted(read(fs, root, SCHEMA)["uri"].to_pylist()) == sorted(rows(7)["uri"].to_pylist())
+    assert not any("_staging" in f.path for f in fs.get_file_info(_all(root)))
+
+
+def _all(root: str):
+    from pyarrow import fs as pafs
+
+    return pafs.FileSelector(root, recursive=True, allow_not_found=True)
+
+
+def test_commit_interval_bounds_a_chunk_in_time(tmp_path) -> None:
+    fs, root = arrow_filesystem(str(tmp_path / "t"))
+    writer = ChunkWriter(fs, root, "run-1", SCHEMA, commit_every=1000, commit_interval_s=0.2)
+    writer.write(rows(1))
+    time.sleep(0.3)
+    writer.write(rows(1, start=1))  # past the interval: the chunk is committed now
+    assert len(data_files(fs, root)) == 1 and len(writer.committed) == 1
+    writer.close()
+
+
+def test_recover_adopts_complete_chunks_and_deletes_partial_ones(table_url) -> None:
+    """What a SIGKILLed driver can leave: a chunk closed but not moved, a half-written one,
+    one whose move copied but did not delete; plus a reader-visible table that ignores all of
+    it. The next writer adopts, deletes, and reports."""
+    url, storage = table_url
+    fs, root = arrow_filesystem(url, storage)
+    staging = f"{root}/_staging/dead-run"
+    if fs.type_name == "local":
+        fs.create_dir(staging + "/p=1", recursive=True)
+        fs.create_dir(root + "/p=1", recursive=True)
+    pq.write_table(rows(3), f"{staging}/p=1/part-dead-run-00000.parquet", filesystem=fs)
+    pq.write_table(rows(2, start=3), f"{root}/p=1/part-dead-run-00001.parquet", filesystem=fs)
+    pq.write_table(rows(2, start=3), f"{staging}/p=1/part-dead-run-00001.parquet", filesystem=fs)
+    with fs.open_output_stream(f"{staging}/p=1/part-dead-run-00002.parquet") as out:
+        out.write(b"PAR1" + b"\0" * 100)  # no footer: the writer died mid-file
+    assert read(fs, root, SCHEMA).num_rows == 2  # readers never see staging
+    found = recover(fs, root, "live-run")
+    assert (found.runs, found.adopted, found.already_committed, found.deleted) == (
+        ["dead-run"],
+        1,
+        1,
+        1,
+    )
+    assert "1 complete chunk(s) adopted" in str(found)
+    assert read(fs, root, SCHEMA).num_rows == 5
+    assert not [i for i in fs.get_file_info(_all(root)) if "_staging" in i.path]
+    assert str(recover(fs, root, "live-run")) == "no staging left by earlier runs"
+
+
+def test_done_keys_retry_transient_errors_and_match_old_rows(tmp_path) -> None:
+    fs, root = arrow_filesystem(str(tmp_path / "t"))
+    writer = ChunkWriter(fs, root, "r", SCHEMA, commit_every=100, commit_interval_s=600)
+    writer.write(rows(1, 0))  # success
+    writer.write(rows(1, 1, reason="not_media"))  # final
+    writer.write(rows(1, 2, reason="io"))  # transient: not done
+    writer.write(pa.table({"uri": ["old"], "etag": [None], "error_reason": [None]}, SCHEMA))
+    writer.close()
+    done = done_keys(fs, root, SCHEMA)
+    uris = rows(3)["uri"].to_pylist()
+    assert is_done(done, uris[0], "e0") and is_done(done, uris[1], "e1")
+    assert not is_done(done, uris[2], "e2") and not is_done(done, uris[0], "changed")
+    assert is_done(done, "old", "any etag")  # written before etags were recorded
+    assert not is_done(done_keys(fs, root, SCHEMA, final_errors=False), uris[1], "e1")
+
+
+def job(**kw: object) -> JobConfig:
+    return JobConfig(**{"lease_ttl_s": 4.0, "attempts": 2, "backoff_s": 0.1, **kw})
+
+
+def test_lease_is_exclusive_renewed_and_taken_over_when_dead(table_url) -> None:
+    url, storage = table_url
+    first = Lease.acquire(url, storage, "run-a", job())
+    with pytest.raises(LeaseHeld, match=r"run run-a on .* \(pid \d+\).*--wait"):
+        Lease.acquire(url, storage, "run-b", job())
+    time.sleep(5)  # longer than the ttl: the heartbeat kept it
+    with pytest.raises(LeaseHeld):
+        Lease.acquire(url, storage, "run-b", job())
+    first.check()
+    first._stop.set()  # the holder freezes (no more heartbeats) ...
+    first._thread.join()
+    time.sleep(4.5)  # ... past its expiry: a new run takes over, the old one learns it
+    second = Lease.acquire(url, storage, "run-b", job())
+    assert "took over the lease of dead run run-a" in second.note
+    with pytest.raises(LeaseLost):
+        first.check()
+    first.release()  # does not delete the new holder's lease
+    with pytest.raises(LeaseHeld):
+        Lease.acquire(url, storage, "run-c", job())
+    second.release()
+    Lease.acquire(url, storage, "run-c", job()).release()
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(table_url, tmp_path) -> None:
+    """A SIGKILLed driver cannot release its lease; its pid is gone, so no ttl wait."""
+    url, storage = table_url
+    env = {**os.environ}
+    if storage is not None:
+        env.update(AWS_ENDPOINT_URL_S3=storage.endpoint_url, AWS_ACCESS_KEY_ID=storage.key,
+                   AWS_SECRET_ACCESS_KEY=storage.secret)  # fmt: skip
+    code = (
+        "import os, signal, sys; from emotiw.config import JobConfig, StorageConfig; "
+        "from emotiw.lease import Lease; "
+        "Lease.acquire(sys.argv[1], StorageConfig.from_env(key=os.environ.get("
+        "'AWS_ACCESS_KEY_ID'), secret=os.environ.get('AWS_SECRET_ACCESS_KEY')) "
+        "if sys.argv[1].startswith('s3') else None, 'killed', JobConfig(lease_ttl_s=600)); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, url], env=env, timeout=120)
+    assert proc.returncode == -9
+    start = time.monotonic()
+    lease = Lease.acquire(url, storage, "rerun", job(lease_ttl_s=600))
+    assert time.monotonic() - start < 30 and "dead run killed" in lease.note
+    lease.release()
+
+
+def test_wait_waits_for_the_holder_to_finish(tmp_path) -> None:
+    url = str(tmp_path / "t")
+    first = Lease.acquire(url, None, "run-a", job())
+    threading.Timer(2.0, first.release).start()
+    messages: list[str] = []
+    start = time.monotonic()
+    second = Lease.acquire(url, None, "run-b", job(wait=True), log=messages.append)
+    assert time.monotonic() - start >= 1.5 and "waiting:" in messages[0]
+    with pytest.raises(LeaseHeld, match="Gave up after waiting"):
+        Lease.acquire(url, None, "run-c", job(wait=True, wait_timeout_s=1), log=print)
+    second.release()
+    assert not (tmp_path / "t" / "_lease.json").exists()
+
+
+def test_retry_call_retries_transient_failures_only() -> None:
+    calls: list[int] = []
+    waits: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise StorageError("s3://b/k: ConnectionError", reason="io")
+        return "ok"
+
+    assert retry.call(flaky, 4, 1.0, sleep=waits.append) == "ok" and waits == [1.0, 2.0]
+    with pytest.raises(StorageError):
+        retry.call(lambda: (_ for _ in ()).throw(StorageError("gone", "not_found")), 4, 1.0,
+                   sleep=waits.append)  # fmt: skip
+    assert waits == [1.0, 2.0]  # not_found is final: no wait, no retry
+    assert retry.delays(8, 1.0)[-1] == retry.MAX_BACKOFF_S
