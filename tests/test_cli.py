@@ -126,7 +126,7 @@ def test_every_flag_maps_to_a_config_field() -> None:
 
     from emotiw import fusion, modalities
     from emotiw.cli import build_parser
-    from emotiw.config import CorpusConfig, MediaConfig, StorageConfig
+    from emotiw.config import CorpusConfig, JobConfig, MediaConfig, StorageConfig
     from emotiw.demo import DemoConfig
     from emotiw.evaluate import EvaluateConfig
     from emotiw.extract import ExtractConfig
@@ -139,7 +139,7 @@ def test_every_flag_maps_to_a_config_field() -> None:
 
     prefixed = {
         "media__": MediaConfig, "weights__": WeightsConfig, "storage__": StorageConfig,
-        "fusion__": fusion.Config, "corpus__": CorpusConfig,
+        "fusion__": fusion.Config, "corpus__": CorpusConfig, "job__": JobConfig,
         **{f"m_{s.name}__": s.Config for s in modalities.specs()},
     }  # fmt: skip
     jobs = {"extract": ExtractConfig, "train": TrainConfig, "score": ScoreConfig,
