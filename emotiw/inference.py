@@ -242,7 +242,9 @@ class ClipScorer:
             return {}, {rows[0]["uri"]: tries}
 
     def _extract_deferred(self, row: dict[str, Any]) -> None:
-        """Model-stage extractors on the frames decoded (once) from the row's JPEGs."""
+        """Model-stage extractors on the frames decoded (once) from the row's JPEGs; an
+        out-of-memory failure (a GPU shared with the batch before) is tried `attempts` times."""
+        from emotiw import retry
         from emotiw.frames import clip_from_frames, decode_frames
         from emotiw.schema import FRAMES_COLUMN
 
@@ -250,13 +252,22 @@ class ClipScorer:
         for name, extractor in self.extractors.items():
             try:
                 clip = clip or clip_from_frames(*decode_frames(row[FRAMES_COLUMN]))
-                out = extractor(clip)
+                out = retry.call(
+                    lambda ex=extractor, c=clip: ex(c), self.attempts, self.backoff_s,
+                    self._out_of_memory,
+                )  # fmt: skip
                 row.update(self.specs[name].row_values(out, self.configs.of(name)))
             except Exception as exc:  # one clip's failure is that clip's error row
                 reason = "out_of_memory" if is_out_of_memory(exc) else f"{name}_failed"
                 row["error"] = f"{reason}: {name}: {type(exc).__name__}: {exc}"
                 row["error_reason"] = reason
                 return
+
+    def _out_of_memory(self, exc: BaseException) -> bool:
+        """Retry predicate: out of memory (after freeing what the CUDA allocator caches)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return is_out_of_memory(exc)
 
     def _score(self, data: FeatureSet) -> dict[str, dict[str, Any]]:
         """uri -> the probability and class columns of each scored clip."""

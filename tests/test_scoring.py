@@ -286,6 +286,40 @@ def test_clip_scorer_isolates_a_row_that_breaks_its_batch(corpus, package) -> No
         assert np.allclose(got, want, atol=1e-5)
 
 
+def test_model_stage_extractor_out_of_memory_is_retried(corpus, package) -> None:
+    """A model-stage extractor that runs out of memory once (a GPU the previous batch filled)
+    is tried again within the call; one that always does gives a retryable row."""
+    import torch
+
+    from emotiw.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.inference import ClipScorer, ModelRef
+
+    configs = smoke_configs()
+    name = "clip_0001.mp4"
+    row = ClipFeatureExtractor(configs, defer=True)(
+        str(corpus / name), name, (corpus / name).read_bytes(), None, "run"
+    )
+    row = {**row, "face": None, "n_faces": None}  # face is extracted in the model stage here
+    face_extractor = modalities.get("face").extractor(configs.of("face"))
+    calls = []
+
+    def flaky(clip: object, failures: int) -> object:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return face_extractor(clip)
+
+    scorer = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu", attempts=3)
+    scorer.extractors = {"face": lambda clip: flaky(clip, 1)}
+    out = scorer(rows_to_table([row]), "run").to_pylist()[0]
+    assert out["error"] is None and out["n_faces"] > 0 and len(calls) == 2
+    calls.clear()
+    scorer.extractors = {"face": lambda clip: flaky(clip, 99)}
+    out = scorer(rows_to_table([row]), "run").to_pylist()[0]
+    assert out["error_reason"] == "out_of_memory" and out["retryable"] is True
+    assert len(calls) == 3
+
+
 def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
     """Every row of a run names one concrete registered version, whatever the URI said."""
     from mlflow import MlflowClient
