@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks import audio, commits, decode, face, pose, scene, score, train
+from benchmarks import audio, commits, decode, face, pose, scale, scene, score, train
 from benchmarks.harness import ints
 
 
@@ -87,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--commit-every", type=int, default=1000)
     p.add_argument("--targets", type=lambda t: t.split(","), default=["local", "s3"])
     p.set_defaults(func=commits.bench_commits)
+    p = sub.add_parser("scale", help="orchestration ms/clip and driver RSS at 1k-100k clips")
+    p.add_argument("--sizes", type=ints, default=[1000, 10_000, 100_000])
+    p.add_argument("--baseline-max", type=int, default=10_000,
+                   help="largest size the old one-block-per-clip plan is measured at")  # fmt: skip
+    p.set_defaults(func=scale.bench_scale)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

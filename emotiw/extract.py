@@ -87,9 +87,9 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw import retry
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
-    from emotiw.runtime import exclusive_output, write_stream
+    from emotiw.runtime import exclusive_output, plan_blocks, write_stream
     from emotiw.storage import list_video_objects, video_id
-    from emotiw.table import ChunkWriter, done_keys, is_done
+    from emotiw.table import ChunkWriter, KeyIndex, done_keys, is_done
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())
@@ -111,7 +111,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     with exclusive_output(cfg.output, cfg.storage, job, summary.run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip
-        done: set[tuple[str, str | None]] = set()
+        done = KeyIndex.empty()
         if cfg.skip_existing:
             done = retry.call(lambda: done_keys(fs, root, schema), job.attempts, job.backoff_s)
         items = [
@@ -122,8 +122,8 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
         ]  # fmt: skip
         summary.skipped = len(objects) - len(items)
         if items:
-            ensure_ray(ray_address)
-            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            refs, _ = plan_blocks(items, lambda: (ensure_ray(ray_address), cfg.actors)[1])
+            ds = ray.data.from_arrow_refs(refs)
             ds = ds.map_batches(
                 ExtractActor,
                 fn_constructor_args=(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,48 @@ class ModelActor:
 
     def __call__(self, batch: Any) -> Any:
         return self.scorer(batch, self.run_id)
+
+
+def block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
+    """Clips per input block: `first_small` blocks of one clip (so a small run still spreads
+    over every actor), then doubling up to `block_clips` (so a large run costs one Ray task
+    per `block_clips` clips, not per clip)."""
+    yield from [1] * first_small
+    size = 2
+    while True:
+        yield min(size, block_clips)
+        size *= 2
+
+
+def plan_blocks(
+    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100
+) -> tuple[list[Any], int]:
+    """The listing's items, put into Ray's object store block by block as they stream from
+    the listing: the driver holds one block of items and a reference per block. `start()` is
+    called before the first block (it starts Ray and returns the extract pool's size), so a
+    listing with nothing to do starts nothing. Returns the block references and the count."""
+    import pyarrow as pa
+    import ray
+
+    refs: list[Any] = []
+    sizes: Iterator[int] | None = None
+    block: list[dict[str, Any]] = []
+    count, target = 0, 1
+    for item in items:
+        block.append(item)
+        if len(block) >= target:
+            if sizes is None:
+                sizes = block_sizes(2 * max(1, start()), block_clips)
+                next(sizes)
+            refs.append(ray.put(pa.Table.from_pylist(block)))
+            count += len(block)
+            block, target = [], next(sizes)
+    if block:
+        if sizes is None:
+            start()
+        refs.append(ray.put(pa.Table.from_pylist(block)))
+        count += len(block)
+    return refs, count
 
 
 @dataclass

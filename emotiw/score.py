@@ -10,6 +10,7 @@ run holds the table's lease (`lease.Lease`); see docs/exactly-once.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ class ScoreConfig:
             GPUs, else 0 (same code on CPU-only clusters).
         cpus_per_model_actor: CPUs each model actor reserves.
         model_batch_size: clips per model-stage call (one forward of every head).
+        block_clips: clips per input block (one Ray task of the extract pool) once the
+            first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
     """
 
@@ -58,6 +61,7 @@ class ScoreConfig:
     gpus_per_model_actor: float = -1
     cpus_per_model_actor: float = 1.0
     model_batch_size: int = 8
+    block_clips: int = 100
     device: str = "auto"
     media: MediaConfig = field(default_factory=MediaConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -105,25 +109,27 @@ class ScoreSummary:
         )
 
 
-def _listing(cfg: ScoreConfig) -> list[Any]:
-    """The clips to consider, one per URI (a manifest may name one twice)."""
+def _listing(cfg: ScoreConfig) -> Iterator[Any]:
+    """The clips to consider, streamed (one per URI: a manifest may name one twice); each
+    page of an S3 listing is retried like a clip read."""
     from emotiw import retry
-    from emotiw.storage import VideoObject, list_video_objects, read_bytes, stat_video
+    from emotiw.storage import VideoObject, iter_video_objects, read_bytes, stat_video
 
     def attempt(fn: Any) -> Any:
         return retry.call(fn, cfg.job.attempts, cfg.job.backoff_s)
 
     if cfg.input is not None:
-        return attempt(lambda: list_video_objects(cfg.input, cfg.storage))  # type: ignore[arg-type]
+        yield from iter_video_objects(
+            cfg.input, cfg.storage, attempts=cfg.job.attempts, backoff_s=cfg.job.backoff_s
+        )
+        return
     text = attempt(lambda: read_bytes(cfg.manifest, cfg.storage)).decode()  # type: ignore[arg-type]
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    out = []
     for url in dict.fromkeys(urls):
         try:
-            out.append(attempt(lambda url=url: stat_video(url, cfg.storage)))
+            yield attempt(lambda url=url: stat_video(url, cfg.storage))
         except Exception:  # missing: still scored, so the row says why
-            out.append(VideoObject(url, 0, "missing"))
-    return out
+            yield VideoObject(url, 0, "missing")
 
 
 def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
@@ -134,10 +140,10 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     """
     from emotiw import modalities, retry
     from emotiw.packaging import read_configs
-    from emotiw.runtime import exclusive_output, write_stream
+    from emotiw.runtime import exclusive_output, plan_blocks, write_stream
     from emotiw.schema import SCORE_PARTITION, score_schema
     from emotiw.storage import video_id
-    from emotiw.table import ChunkWriter, done_keys, is_done
+    from emotiw.table import ChunkWriter, KeyIndex, done_keys
     from emotiw.tracking import model_ref, resolve_model_dir
 
     start = time.monotonic()
@@ -150,24 +156,32 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip
-        objects = _listing(cfg)
-        summary.listed = len(objects)
-        done: set[Any] = set()
+        done = KeyIndex.empty()
         if cfg.skip_existing:
             done = retry.call(
                 lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors),
                 job.attempts, job.backoff_s,
             )  # fmt: skip
-        items = [
-            {"uri": o.uri, "video_id": video_id(o.uri), "etag": o.etag, "size_bytes": o.size}
-            for o in objects
-            if not is_done(done, o.uri, o.etag)
-        ]
-        del done
-        summary.skipped = len(objects) - len(items)
-        if items:
+
+        def items() -> Iterator[dict[str, Any]]:
+            for o in _listing(cfg):
+                summary.listed += 1
+                if done.done(o.uri, o.etag):
+                    summary.skipped += 1
+                    continue
+                yield {"uri": o.uri, "video_id": video_id(o.uri), "etag": o.etag,
+                       "size_bytes": o.size}  # fmt: skip
+
+        pools: dict[str, Any] = {}
+
+        def start_ray() -> int:
             ensure_ray(ray_address)
-            ds = _plan(cfg, items, configs, package_root, ref, run_id)
+            pools.update(_pools(cfg))
+            return int(pools["cpu_actors"])
+
+        refs, count = plan_blocks(items(), start_ray, cfg.block_clips)
+        if count:
+            ds = _pipeline(cfg, refs, pools, configs, package_root, ref, run_id)
             writer = ChunkWriter(
                 fs, root, run_id, schema, job.commit_every, job.commit_interval_s,
                 partition=lambda: f"{SCORE_PARTITION}={time.strftime('%Y-%m-%d', time.gmtime())}",
@@ -183,14 +197,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     return summary
 
 
-def _plan(
-    cfg: ScoreConfig, items: list[dict[str, Any]], configs: Any, package_root: Any, ref: Any,
-    run_id: str,
-) -> Any:  # fmt: skip
-    """The Ray Data pipeline: listing -> extract pool -> model pool."""
+def _pools(cfg: ScoreConfig) -> dict[str, float]:
+    """The pools' sizes and the model stage's GPUs, from the cluster as it is now."""
     import ray
-
-    from emotiw.packaging import read_package
 
     resources = ray.cluster_resources()
     gpus = cfg.gpus_per_model_actor
@@ -201,15 +210,28 @@ def _plan(
         int((resources.get("CPU", 1) - cfg.model_actors * cfg.cpus_per_model_actor)
             // cfg.cpus_per_actor),
     )  # fmt: skip
-    # One clip per block: the CPU stage balances clip by clip and the only data in flight
-    # is each clip's feature row (JPEG frames, ~0.3-0.5 MB), never decoded video; Ray
-    # Data's streaming executor bounds how many rows wait between the stages.
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return {"gpus": gpus, "cpu_actors": cpu_actors}
+
+
+def _pipeline(
+    cfg: ScoreConfig, refs: list[Any], pools: dict[str, Any], configs: Any, package_root: Any,
+    ref: Any, run_id: str,
+) -> Any:  # fmt: skip
+    """The Ray Data pipeline: listing blocks -> extract pool -> model pool."""
+    import ray
+
+    from emotiw.packaging import read_package
+
+    # Blocks of up to `block_clips` clips (one Ray task each), after a few one-clip blocks
+    # that spread a small run over every actor; the actor still handles one clip per call, so
+    # the only data in flight is each clip's feature row (JPEG frames, ~0.3-0.5 MB), never
+    # decoded video; Ray Data's streaming executor bounds how many rows wait between stages.
+    ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         ExtractActor,
         fn_constructor_args=(configs, cfg.media, cfg.weights, cfg.storage, run_id, cfg.job, True),
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpu_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pools["cpu_actors"]),
         num_cpus=cfg.cpus_per_actor,
     )  # fmt: skip
     package = ray.put(read_package(package_root))
@@ -219,7 +241,7 @@ def _plan(
         batch_size=cfg.model_batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.model_actors),
-        num_gpus=gpus,
+        num_gpus=pools["gpus"],
         num_cpus=cfg.cpus_per_model_actor,
     )
 

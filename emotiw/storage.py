@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from emotiw import retry
 from emotiw.config import VIDEO_EXTENSIONS, StorageConfig
 from emotiw.errors import StorageError
 
@@ -194,6 +195,71 @@ def list_video_objects(
                     _fingerprint(i))
         for p, i in sorted(found.items())
     ]  # fmt: skip
+
+
+def iter_video_objects(
+    prefix: str,
+    cfg: StorageConfig | None = None,
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+    attempts: int = 1,
+    backoff_s: float = 0.0,
+    page_size: int = 1000,
+) -> Iterator[VideoObject]:
+    """`list_video_objects` as a stream, page by page (S3: ListObjectsV2 pages of 1,000;
+    locally: one folder at a time), so a caller planning 10 million clips never holds the
+    whole listing. Each S3 page is tried `attempts` times (`emotiw.retry`).
+
+    Raises:
+        StorageError: the prefix does not exist or cannot be listed (secrets redacted).
+    """
+    protocol, path = split_url(prefix)
+    exts = tuple(e.lower() for e in extensions)
+    fs, _ = fsspec_filesystem(prefix, cfg)
+    try:
+        if fs.isfile(path) or protocol == "file":
+            if fs.isfile(path) or not fs.isdir(path):
+                yield from list_video_objects(prefix, cfg, extensions)
+                return
+            for folder, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(exts):
+                        full = os.path.join(folder, name)
+                        st = os.stat(full)  # the fingerprint fsspec's info gives
+                        yield VideoObject(
+                            full,
+                            st.st_size,
+                            _fingerprint({"size": st.st_size, "mtime": st.st_mtime}),
+                        )
+            return
+        bucket, key, _ = fs.split_path(path)
+        token = None
+        found = False
+        while True:
+            kwargs: dict[str, Any] = {
+                "Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else "",
+                "MaxKeys": page_size,
+            }  # fmt: skip
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = retry.call(
+                lambda kw=kwargs: fs.call_s3("list_objects_v2", **kw), attempts, backoff_s
+            )
+            for obj in page.get("Contents", []):
+                found = True
+                if obj["Key"].lower().endswith(exts):
+                    yield VideoObject(
+                        f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), _fingerprint(obj)
+                    )
+            token = page.get("NextContinuationToken")
+            if not token:
+                break
+        if not found and key:
+            raise FileNotFoundError(f"no such file or prefix: {path}")
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise _storage_error(exc, prefix, cfg) from None
 
 
 def stat_video(url: str, cfg: StorageConfig | None = None) -> VideoObject:

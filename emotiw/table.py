@@ -21,12 +21,15 @@ same treatment.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from emotiw import retry
 
@@ -281,28 +284,67 @@ class ChunkWriter:
         return sum(c.rows for c in self.committed)
 
 
-def done_keys(
-    fs: Any, root: str, schema: Any, final_errors: bool = True
-) -> set[tuple[str, str | None]]:
-    """(uri, etag) of every clip the table has a final row for: a success, or (with
+def _key(*parts: str | None) -> int:
+    """64-bit hash of a key (uri and etag): a collision needs ~4e9 keys to become likely."""
+    text = "\0".join("" if p is None else p for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class KeyIndex:
+    """The clips a table has a final row for, as sorted 64-bit hashes: 8 bytes per row
+    instead of a Python set of (uri, etag) strings (~250 bytes), built by streaming the key
+    columns in batches, so a 10-million-row table's index is 80 MB and the driver never holds
+    its history. Old rows without an etag match their URI whatever the etag."""
+
+    def __init__(self, pairs: np.ndarray, uris: np.ndarray) -> None:
+        self.pairs, self.uris = np.unique(pairs), np.unique(uris)
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.uris)
+
+    @classmethod
+    def empty(cls) -> KeyIndex:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+    def done(self, uri: str, etag: str) -> bool:
+        return _member(self.pairs, _key(uri, etag)) or _member(self.uris, _key(uri))
+
+
+def _member(sorted_keys: np.ndarray, key: int) -> bool:
+    i = int(np.searchsorted(sorted_keys, np.uint64(key)))
+    return i < len(sorted_keys) and int(sorted_keys[i]) == key
+
+
+def done_keys(fs: Any, root: str, schema: Any, final_errors: bool = True) -> KeyIndex:
+    """The `KeyIndex` of every clip the table has a final row for: a success, or (with
     `final_errors`) an error that is a property of the clip (not_media, empty, ...). Clips
     whose rows are all transient errors (io, timeout, ...) are not done, so a run tries them
-    again without being told. A row from before etags were recorded gives ``(uri, None)``:
-    done whatever its etag."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    again without being told."""
+    import pyarrow.dataset as ds
 
     from emotiw.errors import TRANSIENT_REASONS
 
-    keys = read(fs, root, schema, ["uri", "etag", "error_reason"])
-    final = pc.is_null(keys["error_reason"])
-    if final_errors:
-        transient = pa.array(sorted(TRANSIENT_REASONS), pa.string())
-        final = pc.or_(final, pc.invert(pc.is_in(keys["error_reason"], value_set=transient)))
-    keys = keys.filter(final)
-    return set(zip(keys["uri"].to_pylist(), keys["etag"].to_pylist(), strict=True))
+    pairs: list[np.ndarray] = []
+    uris: list[np.ndarray] = []
+    files = data_files(fs, root)
+    if files:
+        dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
+        columns = ["uri", "etag", "error_reason"]
+        for batch in dataset.to_batches(columns=columns, batch_size=65_536):
+            keys = batch.to_pydict()
+            with_etag, without = [], []
+            for uri, etag, reason in zip(*(keys[c] for c in columns), strict=True):
+                final = reason is None or (final_errors and reason not in TRANSIENT_REASONS)
+                if final:
+                    (with_etag if etag is not None else without).append(
+                        _key(uri, etag) if etag is not None else _key(uri)
+                    )
+            pairs.append(np.array(with_etag, np.uint64))
+            uris.append(np.array(without, np.uint64))
+    empty = np.zeros(0, np.uint64)
+    return KeyIndex(np.concatenate(pairs or [empty]), np.concatenate(uris or [empty]))
 
 
-def is_done(done: set[tuple[str, str | None]], uri: str, etag: str) -> bool:
+def is_done(done: KeyIndex, uri: str, etag: str) -> bool:
     """Whether `done_keys` says the clip at `uri` with `etag` needs no new row."""
-    return (uri, etag) in done or (uri, None) in done
+    return done.done(uri, etag)

@@ -73,6 +73,24 @@ def test_list_videos_s3(s3_bucket: str, s3_storage: StorageConfig) -> None:
     assert list_videos(f"{s3_bucket}/drop/a.mp4", s3_storage) == [f"{s3_bucket}/drop/a.mp4"]
 
 
+def test_streamed_listing_pages_through_s3_and_walks_local_folders(
+    s3_bucket: str, s3_storage: StorageConfig, tmp_path
+) -> None:
+    """`iter_video_objects` yields what `list_video_objects` returns (same URLs, sizes and
+    fingerprints, so skip keys agree) without holding the listing: S3 page by page."""
+    from emotiw.storage import iter_video_objects, list_video_objects
+
+    for rel in ["a.mp4", "b.MP4", "sub/c.mkv", "notes.txt", "sub/deeper/d.mp4", "e.webm"]:
+        write_bytes(f"{s3_bucket}/drop/{rel}", b"xy", s3_storage)
+        write_bytes(str(tmp_path / "drop" / rel), b"xy")
+    for prefix, cfg in ((f"{s3_bucket}/drop", s3_storage), (str(tmp_path / "drop"), None)):
+        streamed = list(iter_video_objects(prefix, cfg, page_size=2))
+        assert sorted(streamed, key=lambda o: o.uri) == list_video_objects(prefix, cfg)
+        assert len(streamed) == 5
+    with pytest.raises(StorageError):
+        list(iter_video_objects(f"{s3_bucket}/nothing-here", s3_storage))
+
+
 def test_s3_missing_prefix_and_bucket(s3_bucket: str, s3_storage: StorageConfig) -> None:
     with pytest.raises(StorageError):
         list_videos(f"{s3_bucket}/nothing-here", s3_storage)

@@ -1,0 +1,140 @@
+"""scale: what the scoring job's orchestration costs per clip, and the driver's peak memory,
+at 1k / 10k / 100k clips. The job's real plan (a streamed listing of N empty files, the done-key
+index, `runtime.plan_blocks`, the two actor pools with one clip per extract call and 8 per
+model call, rows streamed into `table.ChunkWriter`) with no-op stages, against the old plan
+(the whole listing in `from_items`, one block per clip) measured in the same run. Each size and
+plan runs in its own process, so its peak RSS (ru_maxrss) is that run's driver alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+
+class NoopExtract:
+    """Stands in for `runtime.ExtractActor`: one tiny row per clip."""
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        import pyarrow as pa
+
+        return pa.table({"uri": pa.array([str(u) for u in batch["uri"]])})
+
+
+class NoopModel:
+    """Stands in for `runtime.ModelActor`: score rows (the real schema) for a batch."""
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from emotiw import modalities
+        from emotiw.schema import score_schema
+
+        schema = score_schema(modalities.specs())
+        n = batch.num_rows
+        columns = {f.name: pa.nulls(n, f.type) for f in schema}
+        columns["uri"] = batch["uri"]
+        columns["attempts"] = pa.array([1] * n, pa.int8())
+        return pa.table(columns, schema=schema)
+
+
+def _child(args: argparse.Namespace) -> None:
+    import ray
+
+    from emotiw import modalities
+    from emotiw.runtime import Committed, ensure_ray, plan_blocks, write_stream
+    from emotiw.schema import score_schema
+    from emotiw.storage import arrow_filesystem, iter_video_objects, video_id
+    from emotiw.table import ChunkWriter, done_keys
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.range(10).map_batches(lambda b: b).count()  # Ray Data's start-up, not timed
+    out = tempfile.mkdtemp(prefix="emotiw-bench-scale-")
+    fs, root = arrow_filesystem(out)
+    schema = score_schema(modalities.specs())
+    start = time.perf_counter()
+    done = done_keys(fs, root, schema)
+    items = (
+        {"uri": o.uri, "video_id": video_id(o.uri), "etag": o.etag, "size_bytes": o.size}
+        for o in iter_video_objects(args.corpus)
+        if not done.done(o.uri, o.etag)
+    )
+    if args.plan == "blocks":
+        refs, _ = plan_blocks(items, lambda: 1)
+        ds = ray.data.from_arrow_refs(refs)
+    else:  # the old plan: the whole listing on the driver, one block per clip
+        listed = list(items)
+        ds = ray.data.from_items(listed, override_num_blocks=len(listed))
+    ds = ds.map_batches(
+        NoopExtract, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
+    )
+    ds = ds.map_batches(
+        NoopModel, batch_size=8, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+    )  # fmt: skip
+    writer = ChunkWriter(fs, root, "bench", schema, 1000, 3600)
+    write_stream(ds, writer, Committed(), lambda rows: None)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"seconds": seconds, "rows": writer.rows, "rss_mib": rss}))
+
+
+def _corpus(n: int) -> str:
+    """N empty video files, 1,000 per folder (the listing is real; the stages never read)."""
+    root = tempfile.mkdtemp(prefix=f"emotiw-bench-scale-{n}-")
+    for i in range(n):
+        folder = os.path.join(root, f"d{i // 1000:05d}")
+        if i % 1000 == 0:
+            os.makedirs(folder)
+        open(os.path.join(folder, f"clip_{i:07d}.mp4"), "wb").close()
+    return root
+
+
+def bench_scale(args: argparse.Namespace) -> dict[str, float]:
+    """Orchestration ms/clip and driver peak RSS per size, new plan vs old."""
+    figures: dict[str, float] = {}
+    for n in args.sizes:
+        corpus = _corpus(n)
+        plans = ["blocks"] + (["per-clip"] if n <= args.baseline_max else [])
+        for plan in plans:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.scale", "--child", "--plan", plan,
+                 "--corpus", corpus],
+                capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-3000:])
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert result["rows"] == n, result
+            ms = 1000 * result["seconds"] / n
+            figures[f"{plan}_{n}_ms"] = ms
+            figures[f"{plan}_{n}_rss"] = result["rss_mib"]
+            print(f"{n:>7} clips, {plan:>8} plan: {ms:6.2f} ms/clip, driver peak RSS "
+                  f"{result['rss_mib']:6.0f} MiB", flush=True)  # fmt: skip
+        if f"per-clip_{n}_ms" in figures:
+            print(f"{n:>7} clips: per-clip / blocks = "
+                  f"{figures[f'per-clip_{n}_ms'] / figures[f'blocks_{n}_ms']:.1f}x less "
+                  "orchestration per clip", flush=True)  # fmt: skip
+    sizes = [n for n in args.sizes if n >= 10_000]
+    if len(sizes) >= 2:
+        low, high = figures[f"blocks_{sizes[0]}_rss"], figures[f"blocks_{sizes[-1]}_rss"]
+        print(f"driver peak RSS {sizes[0]} -> {sizes[-1]} clips: {high / low:.2f}x "
+              "(target: within 1.2x)", flush=True)  # fmt: skip
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--plan", default="blocks")
+    parser.add_argument("--corpus")
+    _child(parser.parse_args())
