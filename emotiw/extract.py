@@ -122,7 +122,12 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
         ]  # fmt: skip
         summary.skipped = len(objects) - len(items)
         if items:
-            refs, _ = plan_blocks(items, lambda: (ensure_ray(ray_address), cfg.actors)[1])
+
+            def start_ray() -> int:
+                ensure_ray(ray_address)
+                return cfg.actors
+
+            refs, _ = plan_blocks(items, start_ray)
             ds = ray.data.from_arrow_refs(refs)
             ds = ds.map_batches(
                 ExtractActor,
