@@ -8,6 +8,8 @@ measured in the same run (these machines are shared and noisy: compare ratios, n
     python -m benchmarks scene [--backbones resnet50,efficientnet-lite0] [--batch 1,4,12]
     python -m benchmarks train [--heads audio,face] [--workers 1,2] [--n 512]
     python -m benchmarks score [--n 24] [--actors 1,2] [--batch 8]
+    python -m benchmarks scale [--sizes 1000,10000,100000] [--real 48]
+    python -m benchmarks train-memory [--rows 100,1000]
 
 (`python jobs/benchmark.py ...` is the same.) What each measures: the module docstrings.
 """

@@ -6,7 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks import audio, commits, decode, face, pose, scale, scene, score, train
+from benchmarks import (
+    audio,
+    commits,
+    decode,
+    face,
+    pose,
+    scale,
+    scene,
+    score,
+    train,
+    train_memory,
+)
 from benchmarks.harness import ints
 
 
@@ -91,14 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", type=ints, default=[1000, 10_000, 100_000])
     p.add_argument("--baseline-max", type=int, default=10_000,
                    help="largest size the old one-block-per-clip plan is measured at")  # fmt: skip
+    p.add_argument("--real", type=int, default=0,
+                   help="also score this many tiny clips with the real job")  # fmt: skip
     p.set_defaults(func=scale.bench_scale)
+    p = sub.add_parser("train-memory", help="training driver peak RSS at 100 / 1,000 clips")
+    p.add_argument("--rows", type=ints, default=[100, 1000])
+    p.set_defaults(func=train_memory.bench_train_memory)
     args = parser.parse_args(argv)
     args.func(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

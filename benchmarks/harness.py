@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def load_corpus(corpus: str | None, n: int, seed: int) -> list[bytes]:
@@ -89,3 +90,19 @@ class ActorMemory:
 def ints(text: str) -> list[int]:
     """A comma-separated list of integers (command-line values)."""
     return [int(v) for v in text.split(",")]
+
+
+def random_package(path: str, configs: Any) -> Any:
+    """A model package of random-init heads and FC fusion (seeded; a benchmark's cost does
+    not depend on the weights' values, and its provenance says random-init)."""
+    import torch
+
+    from emotiw import fusion
+    from emotiw.packaging import PackagedModel, save_model
+
+    torch.manual_seed(0)
+    heads = {s.name: s.head(configs.of(s.name)) for s in configs.specs()}
+    fc = fusion.build(heads, fusion.Config(modalities=configs.modalities))
+    return save_model(
+        path, PackagedModel(configs, heads, {"fc": fc}, "fc", {"heads": "random-init (benchmark)"})
+    )

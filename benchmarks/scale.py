@@ -4,6 +4,10 @@ index, `runtime.plan_blocks`, the two actor pools with one clip per extract call
 model call, rows streamed into `table.ChunkWriter`) with no-op stages, against the old plan
 (the whole listing in `from_items`, one block per clip) measured in the same run. Each size and
 plan runs in its own process, so its peak RSS (ru_maxrss) is that run's driver alone.
+
+With ``--real N``, also the real scoring job (`score.run_score`: decode, extractors, heads,
+fusion, Parquet) on N tiny clips (copies of 6 sample clips under distinct paths) with a
+random-init model, blocks of up to 100 clips against one clip per block, in one Ray session.
 """
 
 from __future__ import annotations
@@ -124,11 +128,47 @@ def bench_scale(args: argparse.Namespace) -> dict[str, float]:
             print(f"{n:>7} clips: per-clip / blocks = "
                   f"{figures[f'per-clip_{n}_ms'] / figures[f'blocks_{n}_ms']:.1f}x less "
                   "orchestration per clip", flush=True)  # fmt: skip
+    if args.real:
+        figures.update(_real_stages(args.real))
     sizes = [n for n in args.sizes if n >= 10_000]
     if len(sizes) >= 2:
         low, high = figures[f"blocks_{sizes[0]}_rss"], figures[f"blocks_{sizes[-1]}_rss"]
         print(f"driver peak RSS {sizes[0]} -> {sizes[-1]} clips: {high / low:.2f}x "
               "(target: within 1.2x)", flush=True)  # fmt: skip
+    return figures
+
+
+def _real_stages(n: int) -> dict[str, float]:
+    """The real job on `n` tiny clips: ms/clip with `block_clips` 100 and 1 (the old plan)."""
+    import shutil
+
+    from benchmarks.harness import random_package
+    from emotiw.corpus import write_sample_corpus
+    from emotiw.features import ModalityConfigs
+    from emotiw.runtime import ensure_ray
+    from emotiw.score import ScoreConfig, run_score
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    work = tempfile.mkdtemp(prefix="emotiw-bench-scale-real-")
+    write_sample_corpus(f"{work}/six", 6, seed=0)
+    for i in range(n):
+        os.makedirs(f"{work}/clips/d{i // 6:04d}", exist_ok=True)
+        shutil.copy(f"{work}/six/clip_{i % 6:04d}.mp4", f"{work}/clips/d{i // 6:04d}/c{i}.mp4")
+    package = random_package(f"{work}/model", ModalityConfigs.preset("cpu-smoke"))
+    ensure_ray()
+    figures: dict[str, float] = {}
+    for block_clips in (100, 1, 100):  # the first run also warms the caches (not reported)
+        out = tempfile.mkdtemp(prefix="emotiw-bench-scale-out-")
+        cfg = ScoreConfig(input=f"{work}/clips", output=out, model=str(package),
+                          block_clips=block_clips)  # fmt: skip
+        start = time.perf_counter()
+        summary = run_score(cfg)
+        figures[f"real_{block_clips}_ms"] = 1000 * (time.perf_counter() - start) / n
+        assert summary.scored == n, summary
+        shutil.rmtree(out)
+    print(f"real stages, {n} tiny clips: blocks of 100 {figures['real_100_ms']:.0f} ms/clip, one "
+          f"clip per block {figures['real_1_ms']:.0f} ms/clip "
+          f"({figures['real_1_ms'] / figures['real_100_ms']:.2f}x)", flush=True)  # fmt: skip
     return figures
 
 

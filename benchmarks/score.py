@@ -14,7 +14,7 @@ import argparse
 import tempfile
 import time
 
-from benchmarks.harness import ActorMemory
+from benchmarks.harness import ActorMemory, random_package
 
 
 def bench_score(args: argparse.Namespace) -> dict[str, float]:
@@ -24,11 +24,9 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
 
     import torch
 
-    from emotiw import fusion
     from emotiw.corpus import write_sample_corpus
     from emotiw.features import ClipFeatureExtractor, ModalityConfigs, rows_to_table
     from emotiw.inference import ClipScorer, ModelRef
-    from emotiw.packaging import PackagedModel, save_model
     from emotiw.runtime import ensure_ray
     from emotiw.score import ScoreConfig, run_score
     from emotiw.storage import list_video_objects, read_bytes, video_id
@@ -39,13 +37,7 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
     corpus = f"{work}/clips"
     print(f"writing {args.n} sample clips and a random-init-heads model to {work} ...")
     write_sample_corpus(corpus, args.n, args.seed)
-    torch.manual_seed(0)
-    heads = {s.name: s.head(configs.of(s.name)) for s in configs.specs()}
-    fc = fusion.build(heads, fusion.Config(modalities=configs.modalities))
-    package = save_model(
-        f"{work}/model",
-        PackagedModel(configs, heads, {"fc": fc}, "fc", {"heads": "random-init (benchmark)"}),
-    )
+    package = random_package(f"{work}/model", configs)
     objects = list_video_objects(corpus)
 
     # each stage alone, in this process (one core each, as one actor gets)

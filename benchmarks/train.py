@@ -19,12 +19,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
     """Ray Train samples/s of each head for 1 and 2 CPU workers on a synthetic feature set."""
     import os
 
-    import ray
-
     from emotiw.features import FeatureSet, ModalityConfigs
-    from emotiw.inference import arrays_of
     from emotiw.runtime import ensure_ray
     from emotiw.train import TrainConfig
+    from emotiw.train.data import flatten
     from emotiw.train.driver import fit
     from emotiw.train.worker import HeadSpec
 
@@ -38,7 +36,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
     val = data.subset(np.arange(min(n, 32)))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray()
-    ref = ray.put({"train": arrays_of(data), "val": arrays_of(val)})
+    datasets = (_dataset(flatten(data)), _dataset(flatten(val)))
     results: dict[str, float] = {}
     print(
         f"{n} synthetic clips, batch {args.batch_size} per worker, {args.epochs} epochs; "
@@ -54,7 +52,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
                 )  # fmt: skip
                 spec = HeadSpec(name, configs.of(name), 0)
                 start = time.perf_counter()
-                _, history = fit(cfg, f"bench-{name}-{workers}", spec, ref, args.epochs)
+                _, history = fit(cfg, f"bench-{name}-{workers}", spec, datasets, args.epochs)
                 wall = time.perf_counter() - start
                 epoch_s = statistics.median(r["epoch_s"] for r in history[1:] or history)
                 rates[workers] = n / epoch_s
@@ -71,3 +69,11 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
                     f"{args.workers[0]} worker(s)"
                 )
     return results
+
+
+def _dataset(columns: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    """Flat training columns as a Ray Dataset (what `train.dataset.prepare` produces)."""
+    import ray
+
+    n = len(columns["label"])
+    return ray.data.from_items([{k: v[i] for k, v in columns.items()} for i in range(n)])

@@ -26,7 +26,10 @@ class ExtractConfig:
         output: the feature table's directory (local or ``s3://``).
         labels: VGAF label file; clips without a label are extracted with a null label.
         configs: modalities and their settings.
-        actors: size of the CPU actor pool (each holds every extractor's models once).
+        actors: maximum size of the actor pool (each holds every extractor's models once);
+            0: no cap, the pool grows with the cluster (Ray Data asks the autoscaler for
+            nodes while clips wait).
+        min_actors: actors the pool starts with and never drops below.
         cpus_per_actor, gpus_per_actor: resources each actor reserves; with a GPU the
             extractors run their models on it (pose's Keypoint R-CNN benefits most).
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
@@ -41,7 +44,8 @@ class ExtractConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    actors: int = 2
+    actors: int = 0
+    min_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     clips_per_batch: int = 1
@@ -49,8 +53,10 @@ class ExtractConfig:
     job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
-        if self.actors < 1 or self.clips_per_batch < 1:
-            raise ValueError("actors and clips_per_batch must be >= 1")
+        if self.actors < 0 or self.clips_per_batch < 1:
+            raise ValueError("actors must be >= 0 (0: no cap) and clips_per_batch >= 1")
+        if self.min_actors < 1 or (self.actors and self.min_actors > self.actors):
+            raise ValueError("min_actors must be >= 1 and <= actors (0: no cap)")
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
             raise ValueError("cpus_per_actor must be > 0 and gpus_per_actor >= 0")
 
@@ -87,7 +93,13 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw import retry
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
-    from emotiw.runtime import exclusive_output, plan_blocks, write_stream
+    from emotiw.runtime import (
+        actor_pool,
+        exclusive_output,
+        plan_blocks,
+        pool_estimate,
+        write_stream,
+    )
     from emotiw.storage import list_video_objects, video_id
     from emotiw.table import ChunkWriter, KeyIndex, done_keys, is_done
 
@@ -125,7 +137,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
 
             def start_ray() -> int:
                 ensure_ray(ray_address)
-                return cfg.actors
+                return pool_estimate(cfg.actors, cfg.cpus_per_actor)
 
             refs, _ = plan_blocks(items, start_ray)
             ds = ray.data.from_arrow_refs(refs)
@@ -140,7 +152,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
                     job,
                 ),
                 batch_size=cfg.clips_per_batch,
-                compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                compute=actor_pool(cfg.min_actors, cfg.actors),
                 num_cpus=cfg.cpus_per_actor,
                 num_gpus=cfg.gpus_per_actor,
             )

@@ -243,14 +243,20 @@ def read_rows(uri: str, storage: StorageConfig | None = None) -> Any:
 
     fs, path = arrow_filesystem(uri, storage)
     table = read(fs, path, feature_schema())
+    return table.take(newest_per_uri(table))
+
+
+def newest_per_uri(table: Any) -> np.ndarray:
+    """Indices of the row each clip (URI) is read from: its newest successful row, else its
+    newest error row (`table` needs the uri, error and extracted_at columns)."""
     if table.num_rows == 0:
-        return table
+        return np.zeros(0, np.int64)
     ok = table["error"].is_null().to_numpy(zero_copy_only=False)
     when = table["extracted_at"].cast("int64").to_numpy(zero_copy_only=False)
     uris = table["uri"].to_numpy(zero_copy_only=False)
     order = np.lexsort((when, ok, uris))  # per uri: errors first, then successes, oldest first
     last = np.r_[uris[order][1:] != uris[order][:-1], True]
-    return table.take(order[last])
+    return order[last]
 
 
 def to_feature_set(rows: Any, configs: ModalityConfigs, require_labels: bool = True) -> FeatureSet:

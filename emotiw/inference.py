@@ -47,7 +47,7 @@ def to_torch_inputs(
 
 
 def batch(
-    arrays: dict[str, Any], index: np.ndarray, device: torch.device
+    arrays: dict[str, Any], index: np.ndarray, device: str | torch.device
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
     """Rows `index` of worker arrays (``inputs``, ``present``, ``labels``) as tensors."""
     inputs = to_torch_inputs(
@@ -66,13 +66,19 @@ def predict(
     model: nn.Module, data: FeatureSet, modality: str | None, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and predictions of a head (`modality`) or a fusion on `data`."""
+    return predict_arrays(model, arrays_of(data), modality, batch_size)
+
+
+def predict_arrays(
+    model: nn.Module, arrays: dict[str, Any], modality: str | None, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` on worker arrays (``inputs``, ``present``, ``labels``)."""
     model.eval()
     probs, preds = [], []
-    arrays = arrays_of(data)
+    n = len(arrays["labels"])
     with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            index = np.arange(i, min(i + batch_size, len(data)))
-            inputs, present, _ = batch(arrays, index, torch.device("cpu"))
+        for i in range(0, n, batch_size):
+            inputs, present, _ = batch(arrays, np.arange(i, min(i + batch_size, n)), "cpu")
             if modality is None:
                 p, y = model.predict(inputs, present)
             else:
@@ -86,16 +92,16 @@ def predict(
 
 
 def head_features(
-    heads: dict[str, nn.Module], data: FeatureSet, batch_size: int = 32
+    heads: Mapping[str, nn.Module], arrays: dict[str, Any], batch_size: int = 32
 ) -> dict[str, Any]:
-    """Every frozen head's hidden layer (`forward_features`) on every clip, computed once, as
-    worker arrays: a fusion over frozen heads trains on these (`fusion.Precomputed`)."""
-    arrays = arrays_of(data)
+    """Every frozen head's hidden layer (`forward_features`) on worker arrays, as worker
+    arrays: a fusion over frozen heads trains on these (`fusion.Precomputed`), so each head
+    runs once, not once per epoch."""
     hidden: dict[str, list[np.ndarray]] = {m: [] for m in heads}
+    n = len(arrays["labels"])
     with torch.inference_mode():
-        for i in range(0, len(data), batch_size):
-            index = np.arange(i, min(i + batch_size, len(data)))
-            inputs, _, _ = batch(arrays, index, torch.device("cpu"))
+        for i in range(0, n, batch_size):
+            inputs, _, _ = batch(arrays, np.arange(i, min(i + batch_size, n)), "cpu")
             for name, head in heads.items():
                 features = fusion.call_head(head, inputs[name], "forward_features")
                 hidden[name].append(features.float().numpy())
@@ -104,8 +110,8 @@ def head_features(
             m: (np.concatenate(v) if v else np.zeros((0, int(heads[m].feature_dim)), np.float32),)
             for m, v in hidden.items()
         },
-        "present": data.present,
-        "labels": data.labels,
+        "present": {m: arrays["present"][m] for m in heads},
+        "labels": arrays["labels"],
     }
 
 
@@ -130,11 +136,15 @@ class ClipScorer:
         placement: str | None = None,
         attempts: int = 1,
         backoff_s: float = 0.0,
+        frame_batch: int = 32,
+        autocast: str = "auto",
     ) -> None:
         from emotiw.packaging import load_model
 
         self.attempts, self.backoff_s = attempts, backoff_s
         self.device = resolve_device(device)
+        self.frame_batch = frame_batch  # halved for good after an out-of-memory failure
+        self.amp = autocast_dtype(autocast, self.device)
         self.package = load_model(package_dir, device=str(self.device))
         self.ref = ref
         self.configs = self.package.configs
@@ -169,9 +179,7 @@ class ClipScorer:
         import pyarrow as pa
 
         rows = table.to_pylist()
-        for row in rows:
-            if row["error"] is None and self.extractors:
-                self._extract_deferred(row)
+        self._extract_deferred([r for r in rows if r["error"] is None])
         scored, tries = self._score_rows([r for r in rows if r["error"] is None])
         now = time.time()
         out = []
@@ -241,27 +249,66 @@ class ClipScorer:
             rows[0]["error_reason"] = reason
             return {}, {rows[0]["uri"]: tries}
 
-    def _extract_deferred(self, row: dict[str, Any]) -> None:
-        """Model-stage extractors on the frames decoded (once) from the row's JPEGs; an
-        out-of-memory failure (a GPU shared with the batch before) is tried `attempts` times."""
-        from emotiw import retry
+    def _extract_deferred(self, rows: list[dict[str, Any]]) -> None:
+        """Model-stage extractors on the frames decoded (once) from the rows' JPEGs, frames of
+        all the rows batched together (`extract_many`); a clip that fails is that clip's
+        error row."""
         from emotiw.frames import clip_from_frames, decode_frames
         from emotiw.schema import FRAMES_COLUMN
 
-        clip = None
-        for name, extractor in self.extractors.items():
+        if not self.extractors or not rows:
+            return
+        clips = {}
+        for row in rows:
             try:
-                clip = clip or clip_from_frames(*decode_frames(row[FRAMES_COLUMN]))
-                out = retry.call(
-                    lambda ex=extractor, c=clip: ex(c), self.attempts, self.backoff_s,
-                    self._out_of_memory,
-                )  # fmt: skip
-                row.update(self.specs[name].row_values(out, self.configs.of(name)))
+                clips[row["uri"]] = clip_from_frames(*decode_frames(row[FRAMES_COLUMN]))
+            except Exception as exc:
+                first = next(iter(self.extractors))
+                _fail(row, f"{first}_failed", exc, first)
+        for name, extractor in self.extractors.items():
+            live = [r for r in rows if r["error"] is None]
+            outs = self._extract_many(extractor, [clips[r["uri"]] for r in live])
+            for row, out in zip(live, outs, strict=True):
+                if isinstance(out, Exception):
+                    reason = "out_of_memory" if is_out_of_memory(out) else f"{name}_failed"
+                    _fail(row, reason, out, name)
+                else:
+                    row.update(self.specs[name].row_values(out, self.configs.of(name)))
+
+    def _extract_many(self, extractor: Any, clips: list[Any]) -> list[Any]:
+        """Extractions of `clips` (or each one's exception): the extractor's `extract_many`
+        (frames of all the clips batched, `frame_batch` per forward) where it has one; out of
+        memory halves the frame batch and tries again. Otherwise, or when one clip breaks the
+        batch, clip by clip, each retried `attempts` times on out of memory."""
+        from emotiw import retry
+
+        many = getattr(extractor, "extract_many", None)
+        while many is not None and clips:
+            try:
+                with self._autocast():
+                    return list(many(clips, self.frame_batch))
+            except Exception as exc:
+                if not self._out_of_memory(exc) or self.frame_batch == 1:
+                    break
+                self.frame_batch //= 2
+        out: list[Any] = []
+        for clip in clips:
+            try:
+                with self._autocast():
+                    call = lambda c=clip: extractor(c)  # noqa: E731
+                    out.append(retry.call(call, self.attempts, self.backoff_s, self._out_of_memory))
             except Exception as exc:  # one clip's failure is that clip's error row
-                reason = "out_of_memory" if is_out_of_memory(exc) else f"{name}_failed"
-                row["error"] = f"{reason}: {name}: {type(exc).__name__}: {exc}"
-                row["error_reason"] = reason
-                return
+                out.append(exc)
+        return out
+
+    def _autocast(self, heads: bool = False) -> Any:
+        """Mixed precision on the model stage's device when asked (`autocast_dtype`): for the
+        front-ends anywhere, for the heads on CUDA only (oneDNN has no bfloat16 LSTM)."""
+        import contextlib
+
+        if self.amp is None or (heads and self.device.type != "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     def _out_of_memory(self, exc: BaseException) -> bool:
         """Retry predicate: out of memory (after freeing what the CUDA allocator caches)."""
@@ -276,7 +323,7 @@ class ClipScorer:
         inputs = to_torch_inputs(data.inputs, self.device)
         present = {k: torch.as_tensor(v, device=self.device) for k, v in data.present.items()}
         hidden, per_modality = {}, {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(heads=True):
             for m in self.fused.cfg.modalities:
                 head = self.package.heads[m]
                 hidden[m] = (fusion.call_head(head, inputs[m], "forward_features"),)
@@ -298,3 +345,20 @@ class ClipScorer:
                     cols[f"{m}_predicted"] = CLASS_NAMES[int(p[i].argmax())]
             out[str(uri)] = cols
         return out
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bfloat16 on CUDA (halves activation memory; the heads' outputs are cast
+    back to float32), none on CPU; ``bf16`` / ``fp16`` anywhere; ``off``."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    choices = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in choices:
+        raise ValueError(f"autocast must be auto, off, bf16 or fp16, not {name!r}")
+    return choices[name]
+
+
+def _fail(row: dict[str, Any], reason: str, exc: BaseException, name: str | None = None) -> None:
+    where = f"{name}: " if name else ""
+    row["error"] = f"{reason}: {where}{type(exc).__name__}: {exc}"
+    row["error_reason"] = reason

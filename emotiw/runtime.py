@@ -81,6 +81,8 @@ class ModelActor:
         device_name: str,
         run_id: str,
         job: JobConfig,
+        frame_batch: int = 32,
+        autocast: str = "auto",
     ) -> None:
         import tempfile
         from pathlib import Path
@@ -102,12 +104,33 @@ class ModelActor:
         elif gpus:
             placement = f"{device} (Ray GPU {','.join(gpus)})"
         self.scorer = ClipScorer(
-            folder, ref, weights, str(device), placement, job.attempts, job.backoff_s
-        )
+            folder, ref, weights, str(device), placement, job.attempts, job.backoff_s,
+            frame_batch, autocast,
+        )  # fmt: skip
         self.run_id = run_id
 
     def __call__(self, batch: Any) -> Any:
         return self.scorer(batch, self.run_id)
+
+
+def actor_pool(min_size: int, max_size: int) -> Any:
+    """A Ray Data actor pool of `min_size` actors growing to `max_size` (0: no cap, so the
+    pool grows with the cluster: Ray Data adds actors as nodes join, and its cluster
+    autoscaler asks Ray's autoscaler for the nodes that pending actors need)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=min_size, max_size=max_size or None)
+
+
+def pool_estimate(max_size: int, per_actor: float, reserved: float = 0.0) -> int:
+    """How many actors a pool will likely have early in the run: its cap, else what the
+    cluster's CPUs hold now (only spreads the first blocks; the pool itself still grows)."""
+    import ray
+
+    if max_size:
+        return max_size
+    cpus = ray.cluster_resources().get("CPU", 1.0) - reserved
+    return max(1, int(cpus // per_actor))
 
 
 def block_sizes(first_small: int, block_clips: int) -> Iterator[int]:

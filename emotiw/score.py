@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
-from emotiw.runtime import Committed, ExtractActor, ModelActor, ensure_ray, new_run_id
+from emotiw.runtime import (
+    Committed,
+    ExtractActor,
+    ModelActor,
+    actor_pool,
+    ensure_ray,
+    new_run_id,
+    pool_estimate,
+)
 from emotiw.weights import WeightsConfig
 
 
@@ -35,14 +43,24 @@ class ScoreConfig:
             (rows with a transient error are retried anyway).
         retry_errors: with `skip_existing`, also rescore clips whose earlier row is a final
             error (not_media, no_frames, ...), e.g. after a decoder fix.
-        cpu_actors: maximum size of the decode/extract pool (0: the cluster's CPUs less those
-            the model pool reserves); it autoscales from 1.
+        cpu_actors: maximum size of the decode/extract pool; 0: no cap, the pool grows with
+            the cluster (Ray Data asks the autoscaler for nodes while clips wait).
+        min_cpu_actors: actors the extract pool starts with and never drops below.
         cpus_per_actor: CPUs each extract actor reserves.
-        model_actors: size of the model pool (heads, fusion, deferred pose).
-        gpus_per_model_actor: GPUs each model actor reserves; -1: 1 when the cluster has
-            GPUs, else 0 (same code on CPU-only clusters).
+        model_actors: maximum size of the model pool (heads, fusion, deferred pose); 0: no
+            cap when the stage uses GPUs (one actor per GPU the cluster grows to), 1 on CPU.
+        min_model_actors: actors the model pool starts with.
+        gpus_per_model_actor: GPUs each model actor reserves, requested from the autoscaler
+            even when no GPU node is up yet; -1: 1 when the cluster has a GPU when the job
+            starts, else 0 (same code on CPU-only clusters).
         cpus_per_model_actor: CPUs each model actor reserves.
-        model_batch_size: clips per model-stage call (one forward of every head).
+        model_batch_size: clips per model-stage call (one forward of every head; the scene
+            backbone sees all their frames at once).
+        frame_batch_size: frames per forward of a model-stage front-end (Keypoint R-CNN),
+            taken across the call's clips; 32 fits a 16 GB GPU at 320 px. Out of memory
+            halves it for the rest of the run.
+        autocast: mixed precision in the model stage: ``auto`` (bfloat16 on CUDA, off on
+            CPU), ``bf16``, ``fp16`` or ``off``.
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
@@ -56,11 +74,15 @@ class ScoreConfig:
     skip_existing: bool = True
     retry_errors: bool = False
     cpu_actors: int = 0
+    min_cpu_actors: int = 1
     cpus_per_actor: float = 1.0
-    model_actors: int = 1
+    model_actors: int = 0
+    min_model_actors: int = 1
     gpus_per_model_actor: float = -1
     cpus_per_model_actor: float = 1.0
     model_batch_size: int = 8
+    frame_batch_size: int = 32
+    autocast: str = "auto"
     block_clips: int = 100
     device: str = "auto"
     media: MediaConfig = field(default_factory=MediaConfig)
@@ -71,8 +93,16 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if (self.input is None) == (self.manifest is None):
             raise ValueError("give exactly one of input (a prefix) and manifest (a URL list)")
-        if self.cpu_actors < 0 or self.model_actors < 1 or self.model_batch_size < 1:
-            raise ValueError("cpu_actors must be >= 0, model_actors and model_batch_size >= 1")
+        if min(self.cpu_actors, self.model_actors) < 0:
+            raise ValueError("cpu_actors and model_actors must be >= 0 (0: no cap)")
+        if min(self.model_batch_size, self.frame_batch_size) < 1:
+            raise ValueError("model_batch_size and frame_batch_size must be >= 1")
+        if self.autocast not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"autocast must be auto, off, bf16 or fp16, not {self.autocast!r}")
+        for low, high in ((self.min_cpu_actors, self.cpu_actors),
+                          (self.min_model_actors, self.model_actors)):  # fmt: skip
+            if low < 1 or (high and low > high):
+                raise ValueError("a pool's minimum must be >= 1 and <= its maximum (0: no cap)")
         if self.cpus_per_actor <= 0 or self.cpus_per_model_actor < 0:
             raise ValueError("cpus_per_actor must be > 0 and cpus_per_model_actor >= 0")
 
@@ -177,7 +207,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         def start_ray() -> int:
             ensure_ray(ray_address)
             pools.update(_pools(cfg))
-            return int(pools["cpu_actors"])
+            return int(pools["cpu_estimate"])
 
         refs, count = plan_blocks(items(), start_ray, cfg.block_clips)
         if count:
@@ -198,19 +228,21 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
 
 
 def _pools(cfg: ScoreConfig) -> dict[str, float]:
-    """The pools' sizes and the model stage's GPUs, from the cluster as it is now."""
+    """The model stage's GPUs per actor and the pools' caps (0: none). Auto GPUs look at the
+    cluster as it is when the job starts; an explicit request is passed on as is, so Ray
+    Data's autoscaler asks for GPU nodes that are not up yet."""
     import ray
 
-    resources = ray.cluster_resources()
     gpus = cfg.gpus_per_model_actor
     if gpus < 0:
-        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-    cpu_actors = cfg.cpu_actors or max(
-        1,
-        int((resources.get("CPU", 1) - cfg.model_actors * cfg.cpus_per_model_actor)
-            // cfg.cpus_per_actor),
-    )  # fmt: skip
-    return {"gpus": gpus, "cpu_actors": cpu_actors}
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    model_max = cfg.model_actors or (0 if gpus else 1)
+    reserved = cfg.min_model_actors * cfg.cpus_per_model_actor
+    return {
+        "gpus": gpus,
+        "model_max": model_max,
+        "cpu_estimate": pool_estimate(cfg.cpu_actors, cfg.cpus_per_actor, reserved),
+    }
 
 
 def _pipeline(
@@ -231,16 +263,17 @@ def _pipeline(
         ExtractActor,
         fn_constructor_args=(configs, cfg.media, cfg.weights, cfg.storage, run_id, cfg.job, True),
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pools["cpu_actors"]),
+        compute=actor_pool(cfg.min_cpu_actors, cfg.cpu_actors),
         num_cpus=cfg.cpus_per_actor,
     )  # fmt: skip
     package = ray.put(read_package(package_root))
     return ds.map_batches(
         ModelActor,
         fn_constructor_args=(package, ref, cfg.weights, cfg.device, run_id, cfg.job),
+        fn_constructor_kwargs={"frame_batch": cfg.frame_batch_size, "autocast": cfg.autocast},
         batch_size=cfg.model_batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.model_actors),
+        compute=actor_pool(cfg.min_model_actors, int(pools["model_max"])),
         num_gpus=pools["gpus"],
         num_cpus=cfg.cpus_per_model_actor,
     )

@@ -172,7 +172,7 @@ def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
     args = parser.parse_args(["extract", "--videos", "v", "--output", "o"])
     assert not hasattr(args, "actors")  # absent: the dataclass default applies
     assert modality_configs(args) == ModalityConfigs.preset("paper")
-    assert ExtractConfig(videos="v", output="o").actors == 2
+    assert ExtractConfig(videos="v", output="o").actors == 0  # no cap: grows with the cluster
     presets = {p for s in modalities.specs() for p in s.presets}
     assert {"paper", "cpu-smoke"} <= presets
     for preset in presets:

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -177,43 +178,89 @@ def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_en
     assert etags["clip_0000"] == fs.info(f"{bucket}/in/clip_0000.mp4")["ETag"].strip('"')
 
 
-def test_ray_job_submit_places_model_stage_on_logical_gpu(corpus, package, tmp_path) -> None:
-    """`ray job submit --working-dir .` against `ray start --head --num-gpus=1` (a logical GPU
-    on this CPU machine): the model stage reserves it and says so in every row."""
+def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is_up(
+    corpus, package, tmp_path
+) -> None:
+    """`ray job submit --working-dir .` to a one-CPU head with no GPU, asking for a GPU model
+    stage: the job waits for it (the request stands, as it would for an autoscaler), a node
+    with 2 CPUs and a logical GPU joins mid-run, the model stage lands there and the extract
+    pool (no cap) grows onto it. Every row says where the model stage ran."""
+    from ray.util.state import list_actors
+
     from helpers import free_port
 
+    clips = tmp_path / "clips"
+    for folder in range(6):  # 30 clips: the run outlasts the new node's start
+        shutil.copytree(corpus, clips / f"cam{folder}", ignore=_only_good_clips)
     port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
     env = {**ENV, "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}
     ray = str(BIN / "ray")
     start = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=1",
+        [ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
          "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats",
          f"--temp-dir={temp}"],
         capture_output=True, text=True, timeout=180, env=env,
     )  # fmt: skip
     assert start.returncode == 0, start.stderr[-3000:]
+    address = f"http://127.0.0.1:{dash}"
     try:
         out = tmp_path / "scores"
         for _ in range(30):  # the head's job agent comes up a few seconds after `ray start`
-            job = subprocess.run(
-                [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir",
-                 ".", "--", "python", "jobs/score.py", "--input", str(corpus), "--output",
-                 str(out), "--model", str(package), "--max-error-rate", "0.5"],
-                capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
+            submit = subprocess.run(
+                [ray, "job", "submit", f"--address={address}", "--no-wait", "--working-dir",
+                 ".", "--", "python", "jobs/score.py", "--input", str(clips), "--output",
+                 str(out), "--model", str(package), "--gpus-per-model-actor", "1"],
+                capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
             )  # fmt: skip
-            if "No available agent" not in job.stderr:
+            if "No available agent" not in submit.stderr:
                 break
             time.sleep(2)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout
-        assert "7 scored, 3 errors" in job.stdout
-        assert "cpu (Ray GPU 0 assigned, no CUDA device visible)" in job.stdout
-        rows = pq.read_table(next(out.rglob("*.parquet"))).to_pylist()
-        placed = {r["model_device"] for r in rows}
-        assert placed == {"cpu (Ray GPU 0 assigned, no CUDA device visible)"}
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        job_id = submit.stdout.split("raysubmit_")[1].split()[0].strip("'\"")
+        job_id = f"raysubmit_{job_id}"
+
+        def actors(name: str) -> list[Any]:
+            return [a for a in list_actors(address=address, detail=True, limit=1000,
+                                           raise_on_missing_output=False)
+                    if name in a.class_name]  # fmt: skip
+
+        deadline = time.monotonic() + 300
+        while not actors("ModelActor") and time.monotonic() < deadline:
+            time.sleep(1)  # the model stage's actor is requested, not placed: no GPU yet
+        assert "ALIVE" not in {a.state for a in actors("ModelActor")}
+        head = {a.node_id for a in actors("ExtractActor")}
+        joined = subprocess.run(
+            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=1",
+             "--disable-usage-stats"],
+            capture_output=True, text=True, timeout=180, env=env,
+        )  # fmt: skip
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        logs = subprocess.run(
+            [ray, "job", "logs", f"--address={address}", "--follow", job_id],
+            capture_output=True, text=True, timeout=900, env=env,
+        )  # fmt: skip
+        status = subprocess.run(
+            [ray, "job", "status", f"--address={address}", job_id],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert "SUCCEEDED" in status.stdout, logs.stdout[-4000:] + status.stdout
+        assert "30 scored, 0 errors" in logs.stdout, logs.stdout[-3000:]
+        assert "cpu (Ray GPU 0 assigned, no CUDA device visible)" in logs.stdout
+        extract_nodes = {a.node_id for a in actors("ExtractActor")}
+        (model_node,) = {a.node_id for a in actors("ModelActor")}
+        assert model_node not in head  # placed on the node that joined
+        assert model_node in extract_nodes and len(extract_nodes) == 2, (head, extract_nodes)
+        rows = [r for f in out.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+        assert len(rows) == 30 and {r["model_device"] for r in rows} == {
+            "cpu (Ray GPU 0 assigned, no CUDA device visible)"
+        }
     finally:
         _stop_cluster(temp)
+
+
+def _only_good_clips(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if not n.startswith("clip_")]
 
 
 def _stop_cluster(temp: str) -> None:
@@ -318,6 +365,69 @@ def test_model_stage_extractor_out_of_memory_is_retried(corpus, package) -> None
     out = scorer(rows_to_table([row]), "run").to_pylist()[0]
     assert out["error_reason"] == "out_of_memory" and out["retryable"] is True
     assert len(calls) == 3
+
+
+def test_model_stage_batches_frames_across_clips_and_backs_off_on_out_of_memory(
+    corpus, package
+) -> None:
+    """The GPU code paths, run on CPU: Keypoint R-CNN over the frames of several clips at once
+    (`frame_batch` frames per forward, across clip boundaries) gives each clip what it gets
+    alone; an extractor running out of memory at a frame batch above 4 is retried at half
+    the batch until it fits, and the smaller batch is kept; the model-stage front-ends under
+    bfloat16 autocast give scores within 0.05 of float32."""
+    import dataclasses
+
+    import torch
+
+    from emotiw.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.frames import clip_from_frames, decode_frames
+    from emotiw.inference import ClipScorer, ModelRef
+
+    cfg = pose.Config(weights="random-init", input_size=128, score_threshold=0.0)
+    keypoints = pose.Extractor(cfg)
+    configs = smoke_configs()
+    extractor = ClipFeatureExtractor(configs, defer=True)
+    names = ["clip_0000.mp4", "clip_0002.mp4"]
+    rows = [extractor(str(corpus / n), n, (corpus / n).read_bytes(), None, "run") for n in names]
+    clips = []
+    for row in rows:  # 2 real frames each (random-init Keypoint R-CNN is slow on CPU)
+        clip = clip_from_frames(*decode_frames(row["frames_jpeg"]))
+        mask = np.zeros_like(clip.frame_mask)
+        mask[[1, 7]] = True
+        clips.append(dataclasses.replace(clip, frame_mask=mask))
+    together = keypoints.extract_many(clips, frame_batch=3)  # 4 frames: 2 forwards
+    for clip, got in zip(clips, together, strict=True):
+        alone = keypoints(clip)
+        assert alone.stats == got.stats and alone.stats["frames_with_people"] == 2
+        assert np.allclose(alone.features, got.features, atol=1e-4)
+
+    batches: list[int] = []
+    faces = modalities.get("face").extractor(configs.of("face"))
+
+    class Greedy:
+        """Fails like CUDA when asked for more than 4 frames per forward."""
+
+        def extract_many(self, clips: list, frame_batch: int) -> list:
+            batches.append(frame_batch)
+            if frame_batch > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+            return [faces(c) for c in clips]
+
+    no_face = rows_to_table([{**r, "face": None, "n_faces": None} for r in rows])
+    scorer = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu", frame_batch=32)
+    scorer.extractors = {"face": Greedy()}
+    out = scorer(no_face, "run").to_pylist()
+    assert batches == [32, 16, 8, 4] and scorer.frame_batch == 4
+    assert all(r["error"] is None and r["n_faces"] is not None for r in out)
+
+    want = scorer(no_face, "run")
+    bf16 = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu", autocast="bf16")
+    assert bf16.amp == torch.bfloat16 and scorer.amp is None  # auto: off on CPU
+    bf16.extractors = {"face": faces}  # face's FER CNN runs under autocast
+    got = bf16(no_face, "run")
+    for c in CLASSES:
+        assert np.allclose(got[f"face_prob_{c}"].to_numpy(), want[f"face_prob_{c}"].to_numpy(),
+                           atol=0.05)  # fmt: skip
 
 
 def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:

@@ -269,7 +269,7 @@ class Extractor:
             return np.zeros((0, N_EMOTIONS), dtype=np.float32)
         batch = torch.from_numpy(np.concatenate(crops))[:, None]
         with torch.inference_mode():
-            return self.fer(batch).softmax(dim=-1).numpy()
+            return self.fer(batch).float().softmax(dim=-1).numpy()  # float32 under autocast too
 
     def __call__(self, clip: Clip) -> Extraction:
         boxes = self.detect(clip)

@@ -242,15 +242,16 @@ class Extractor:
         self.model = model.to(self.device)
         self.provenance: dict[str, Provenance] = {"pose": provenance}
 
-    def detect(self, frames: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Keypoint R-CNN on a batch of uint8 RGB frames ``[N, H, W, 3]`` in one forward."""
+    def detect(self, frames: np.ndarray | list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Keypoint R-CNN on uint8 RGB frames (``[N, H, W, 3]``, or a list of ``[H, W, 3]``
+        of any sizes) in one forward; float outputs as float32 (also under autocast)."""
         if len(frames) == 0:
             return []
-        batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        images = list(batch.permute(0, 3, 1, 2).float().div_(255.0))
+        images = [torch.from_numpy(np.ascontiguousarray(f)).to(self.device) for f in frames]
         with torch.inference_mode():
-            outputs = self.model(images)
-        return [{k: v.cpu().numpy() for k, v in out.items()} for out in outputs]
+            outputs = self.model([i.permute(2, 0, 1).float().div_(255.0) for i in images])
+        return [{k: (v.float() if v.is_floating_point() else v).cpu().numpy()
+                 for k, v in out.items()} for out in outputs]  # fmt: skip
 
     def people(self, output: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One frame's kept people: score and size filters, highest scores first."""
@@ -273,10 +274,29 @@ class Extractor:
     ) -> Extraction:
         """The sampled frames ``[T, H, W, 3]`` (real where `frame_mask`) -> features; what
         the scoring job's model stage calls with the frames decoded from the row's JPEGs."""
+        return self.assemble(self.detect(frames[frame_mask]), frame_mask, frame_indices)
+
+    def extract_many(self, clips: list[Clip], frame_batch: int) -> list[Extraction]:
+        """Several clips' real frames through Keypoint R-CNN `frame_batch` at a time (frames
+        of different clips share a forward: what keeps a GPU busy), then split per clip."""
+        frames = [f for c in clips for f in c.frames[c.frame_mask]]
+        outputs: list[dict[str, np.ndarray]] = []
+        for i in range(0, len(frames), frame_batch):
+            outputs.extend(self.detect(frames[i : i + frame_batch]))
+        bounds = np.cumsum([0] + [int(c.frame_mask.sum()) for c in clips])
+        return [self.assemble(outputs[a:b], c.frame_mask, c.frame_indices)
+                for c, a, b in zip(clips, bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+
+    def assemble(
+        self,
+        outputs: list[dict[str, np.ndarray]],
+        frame_mask: np.ndarray,
+        frame_indices: np.ndarray | None = None,
+    ) -> Extraction:
+        """One clip's detections (one per real frame, in order) -> its features."""
         if frame_indices is None:
             frame_indices = np.where(frame_mask, np.arange(len(frame_mask)), -1).astype(np.int32)
         slots = np.flatnonzero(frame_mask)
-        outputs = self.detect(frames[slots])
         per_slot: list[tuple[np.ndarray, np.ndarray]] = [
             (np.zeros((0, len(JOINTS), 2), np.float32), np.zeros((0, len(JOINTS)), bool))
         ] * len(frame_mask)

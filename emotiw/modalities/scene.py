@@ -19,6 +19,7 @@ Backbones (`Config.backbone`), weights through `emotiw.weights`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -355,7 +356,7 @@ def backbone_maps(
     cfg: Config, frames: np.ndarray, mask: np.ndarray, weights: Any, batch: int = 4
 ) -> tuple[np.ndarray, dict[str, str]]:
     """Frozen-backbone maps of every clip, float16 ``[N, T, C, h, w]``, and the provenance."""
-    head = Head(cfg, weights).eval()
+    head = _frozen_head(cfg, weights)
     out = []
     with torch.inference_mode():
         for i in range(0, len(frames), batch):
@@ -366,6 +367,13 @@ def backbone_maps(
     h, w = cfg.map_size()
     empty = np.zeros((0, cfg.n_frames, head.backbone.out_channels, h, w), np.float16)
     return (np.concatenate(out) if out else empty), {k: str(v) for k, v in head.provenance.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def _frozen_head(cfg: Config, weights: Any) -> Head:
+    """The frozen head, built (weights read) once per process: training computes maps batch
+    by batch in a pool of actors."""
+    return Head(cfg, weights).eval()
 
 
 register(Scene())

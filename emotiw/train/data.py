@@ -1,8 +1,10 @@
-"""Training data: the feature tables -> train / validation arrays for the workers.
+"""Training data as pure compute: which rows train, the split, and feature rows -> the flat
+training columns that Ray Data carries to the workers (`emotiw.train.dataset` is the Ray
+plumbing around these).
 
 The heads never re-decode video: they train on the feature table's arrays. A modality with a
-frozen pretrained front-end (the scene's backbone) runs it once here (`Modality.precompute`)
-and its head trains on the result.
+frozen pretrained front-end (the scene's backbone) runs it once, batch by batch, in the
+preparation pool (`Modality.precompute`) and its head trains on the result.
 """
 
 from __future__ import annotations
@@ -13,17 +15,65 @@ from typing import Any
 
 import numpy as np
 
-from emotiw.features import FeatureSet, read_rows, to_feature_set
-from emotiw.train.config import TrainConfig
+from emotiw.config import StorageConfig
+from emotiw.features import FeatureSet, ModalityConfigs, newest_per_uri, to_feature_set
+from emotiw.weights import WeightsConfig
+
+# Columns the driver reads to choose rows and split them (never the features themselves).
+KEY_COLUMNS = ["uri", "label", "error", "extracted_at", "weights"]
+# Flat column names: "<modality>__<i>" for its i-th input array, "<modality>__present".
+SEP = "__"
 
 
 @dataclass
-class TrainingData:
-    """What the driver hands to the workers, and what it reports."""
+class TableKeys:
+    """The rows of a feature table that training uses, chosen from its small columns only.
 
-    train: FeatureSet
-    val: FeatureSet
+    Attributes:
+        keys: ``uri\\nextracted_at`` of each clip's newest successful, labelled row.
+        labels: their labels (for the split and the validation metrics).
+        n_rows: rows in the table (errors and older rows included), for messages.
+        provenance: the front-end weights the extract job recorded.
+    """
+
+    keys: np.ndarray
+    labels: np.ndarray
+    n_rows: int
     provenance: dict[str, str]
+
+    def subset(self, index: np.ndarray) -> TableKeys:
+        return TableKeys(self.keys[index], self.labels[index], self.n_rows, self.provenance)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def row_keys(uris: Any, extracted_at: Any) -> list[str]:
+    """The key `TableKeys` and `PrepareBatch` agree on (a row, not only a clip: a clip
+    extracted twice has two rows and training uses the newest)."""
+    return [f"{u}\n{t}" for u, t in zip(uris, extracted_at, strict=True)]
+
+
+def table_keys(uri: str, storage: StorageConfig | None = None) -> TableKeys:
+    """Read `KEY_COLUMNS` of the table at `uri` and keep each clip's newest successful,
+    labelled row: bytes per clip on the driver, whatever the feature shapes."""
+    import pyarrow.compute as pc
+
+    from emotiw.features import feature_schema
+    from emotiw.storage import arrow_filesystem
+    from emotiw.table import read
+
+    fs, path = arrow_filesystem(uri, storage)
+    table = read(fs, path, feature_schema(), columns=KEY_COLUMNS)
+    rows = table.take(newest_per_uri(table))
+    rows = rows.filter(pc.and_(pc.is_null(rows["error"]), pc.is_valid(rows["label"])))
+    when = rows["extracted_at"].cast("int64").to_pylist()
+    return TableKeys(
+        np.asarray(row_keys(rows["uri"].to_pylist(), when), dtype=object),
+        rows["label"].to_numpy(zero_copy_only=False).astype(np.int64),
+        table.num_rows,
+        table_provenance(rows),
+    )
 
 
 def stratified_split(
@@ -39,32 +89,6 @@ def stratified_split(
     return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
 
 
-def load(cfg: TrainConfig) -> TrainingData:
-    """Read, split and precompute; fails with counts when too few usable clips remain."""
-    rows = read_rows(cfg.features, cfg.storage)
-    data = to_feature_set(rows, cfg.configs)
-    if cfg.val_features:
-        train, val = data, to_feature_set(read_rows(cfg.val_features, cfg.storage), cfg.configs)
-    else:
-        train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
-        train, val = data.subset(train_idx), data.subset(val_idx)
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(
-            f"need labelled clips for training and validation: {len(train)} train, {len(val)} val "
-            f"(the table {cfg.features} has {rows.num_rows} rows, of which {len(data)} are "
-            "successful and labelled)"
-        )
-    provenance = table_provenance(rows)
-    for spec in cfg.configs.specs():
-        mcfg = cfg.configs.of(spec.name)
-        done = spec.precompute(mcfg, train.inputs[spec.name], cfg.weights)
-        if done is not None:
-            train.inputs[spec.name], prov = done
-            val.inputs[spec.name], _ = spec.precompute(mcfg, val.inputs[spec.name], cfg.weights)
-            provenance.update(prov)
-    return TrainingData(train, val, provenance)
-
-
 def table_provenance(rows: Any) -> dict[str, str]:
     """The front-end weights recorded in the feature table (they must agree across rows)."""
     import pyarrow.compute as pc
@@ -78,3 +102,112 @@ def table_provenance(rows: Any) -> dict[str, str]:
                 )
             found[key] = value
     return found
+
+
+def flatten(data: FeatureSet, provenance: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """A FeatureSet as flat columns (one tensor column per input array)."""
+    # str, not object, arrays: an empty batch must still say its columns are strings
+    out: dict[str, np.ndarray] = {
+        "uri": np.asarray(data.uris, dtype=str),
+        "label": np.asarray(data.labels, dtype=np.int64),
+        "provenance": np.asarray([json.dumps(provenance or {}, sort_keys=True)] * len(data), str),
+    }
+    for name, arrays in data.inputs.items():
+        for i, array in enumerate(arrays):
+            out[f"{name}{SEP}{i}"] = array
+        out[f"{name}{SEP}present"] = np.asarray(data.present[name], dtype=bool)
+    return out
+
+
+def columns_of(modalities: tuple[str, ...], names: list[str]) -> list[str]:
+    """The flat columns `modalities` need, out of `names`, and the label."""
+    return ["label", *(n for n in names if n.split(SEP)[0] in modalities and SEP in n)]
+
+
+def unflatten(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Flat columns (a numpy batch from Ray Data) -> worker arrays (``inputs``, ``present``,
+    ``labels``) for every modality the batch carries."""
+    inputs: dict[str, list[tuple[int, np.ndarray]]] = {}
+    present: dict[str, np.ndarray] = {}
+    for column, values in batch.items():
+        name, sep, part = column.partition(SEP)
+        if not sep:
+            continue
+        if part == "present":
+            present[name] = np.asarray(values, dtype=bool)
+        else:
+            inputs.setdefault(name, []).append((int(part), np.asarray(values)))
+    ordered = {m: tuple(a for _, a in sorted(p, key=lambda x: x[0])) for m, p in inputs.items()}
+    return {
+        "inputs": ordered,
+        "present": present,
+        "labels": np.asarray(batch["label"], dtype=np.int64),
+    }
+
+
+class PrepareBatch:
+    """Feature rows (pyarrow) -> flat training columns plus ``split``: keeps the rows
+    `splits` names (row key -> "train" / "val"), reads each modality's inputs and runs
+    frozen front-ends (`Modality.precompute`; models are built once per process). Ray runs it
+    in a pool of actors, on GPUs when asked."""
+
+    def __init__(
+        self, configs: ModalityConfigs, weights: WeightsConfig, splits: dict[str, str]
+    ) -> None:
+        self.configs, self.weights, self.splits = configs, weights, splits
+
+    def __call__(self, rows: Any) -> dict[str, np.ndarray]:
+        keys = row_keys(rows["uri"].to_pylist(), rows["extracted_at"].cast("int64").to_pylist())
+        keep = np.asarray([k in self.splits for k in keys], dtype=bool)
+        rows = rows.filter(keep)
+        data = to_feature_set(rows, self.configs)  # (keys are successful, labelled rows)
+        provenance: dict[str, str] = {}
+        for spec in self.configs.specs():
+            done = spec.precompute(self.configs.of(spec.name), data.inputs[spec.name], self.weights)
+            if done is not None:
+                data.inputs[spec.name], prov = done
+                provenance.update(prov)
+        out = flatten(data, provenance)
+        out["split"] = np.asarray([self.splits[k] for k in np.asarray(keys)[keep]], dtype=str)
+        return out
+
+
+def hidden_batch(
+    batch: dict[str, np.ndarray], configs: ModalityConfigs, head_states: dict[str, bytes]
+) -> dict[str, np.ndarray]:
+    """Flat training columns -> the frozen heads' hidden layers as flat columns (what a
+    fusion over frozen heads trains on)."""
+    from emotiw.inference import head_features
+
+    heads = _heads(configs, head_states)
+    hidden = head_features(heads, unflatten(batch))
+    out = {k: batch[k] for k in ("uri", "label", "provenance")}
+    for name, (features,) in hidden["inputs"].items():
+        out[f"{name}{SEP}0"] = features
+        out[f"{name}{SEP}present"] = hidden["present"][name]
+    return out
+
+
+_HEADS: dict[str, dict[str, Any]] = {}
+
+
+def _heads(configs: ModalityConfigs, states: dict[str, bytes]) -> dict[str, Any]:
+    """Heads rebuilt from their safetensors bytes, once per process and set of states (a Ray
+    task worker keeps them for the following batches)."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    from emotiw import modalities as registry
+
+    digest = hashlib.sha256(b"".join(n.encode() + s for n, s in sorted(states.items())))
+    key = digest.hexdigest()
+    if key not in _HEADS:
+        heads = {}
+        for name, state in states.items():
+            head = registry.get(name).head(configs.of(name))
+            head.load_state_dict(load(state))
+            heads[name] = head.eval()
+        _HEADS.clear()  # one training run's heads at a time
+        _HEADS[key] = heads
+    return _HEADS[key]

@@ -14,37 +14,54 @@ import torch
 from torch import nn
 
 from emotiw import fusion
-from emotiw.inference import arrays_of, head_features, predict
 from emotiw.packaging import PackagedModel, save_model
 from emotiw.tracking import flat_params, log_history, log_package, log_scores, mlflow_client
-from emotiw.train import data as train_data
+from emotiw.train import dataset as train_data
 from emotiw.train.config import TrainConfig, TrainResult, fusion_variants
+from emotiw.train.data import columns_of
 from emotiw.train.worker import FusionSpec, HeadSpec, worker_loop
 
 
 def fit(
-    cfg: TrainConfig, name: str, spec: HeadSpec | FusionSpec, data_ref: Any, epochs: int
+    cfg: TrainConfig,
+    name: str,
+    spec: HeadSpec | FusionSpec,
+    data: tuple[Any, Any],
+    epochs: int,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """One TorchTrainer run; the best checkpoint's state dict and the per-epoch history."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    """One TorchTrainer run over the (train, val) datasets (materialised: for a head, only
+    its modality's columns); the best checkpoint's state dict and the per-epoch history."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
 
     # Read by the Ray Train controller, which Ray Train gives the driver's RAY_TRAIN_* vars.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.poll_interval_s))
     start = time.monotonic()
+    storage_path, storage_fs = _storage(cfg)
+    train, val = data
+    if isinstance(spec, HeadSpec):  # a head reads its own columns, not every modality's
+        # Materialised: iterating them then runs no Ray task, so an epoch never waits for a
+        # CPU that the training workers hold.
+        columns = columns_of((spec.modality,), train.columns())
+        train = train.select_columns(columns).materialize()
+        val = val.select_columns(columns).materialize()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
             "spec": spec,
-            "data": data_ref,
             "epochs": epochs,
             "batch_size": cfg.batch_size,
+            "cache_bytes": cfg.worker_cache_mb * 2**20,
         },
+        datasets={"train": train, "val": val},
+        # The validation set is not split: every worker scores all of it (no clip dropped).
+        dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=f"{name}-{int(time.time() * 1000)}",
-            storage_path=str(Path(cfg.run_dir, "ray").resolve()),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
@@ -57,6 +74,19 @@ def fit(
     history = list(result.return_value or [])
     _print_progress(name, history, epochs, time.monotonic() - start)
     return state, history
+
+
+def _storage(cfg: TrainConfig) -> tuple[str, Any]:
+    """Ray Train's storage path and pyarrow filesystem: `storage_path` (S3 with the job's
+    endpoint and credentials, so a test server or MinIO works too), else under `run_dir`."""
+    if cfg.storage_path is None:
+        return str(Path(cfg.run_dir, "ray").resolve()), None
+    from emotiw.storage import arrow_filesystem, split_url
+
+    if split_url(cfg.storage_path)[0] == "file":
+        return str(Path(split_url(cfg.storage_path)[1]).resolve()), None
+    fs, path = arrow_filesystem(cfg.storage_path, cfg.storage)
+    return path, fs
 
 
 def _print_progress(name: str, history: list[dict[str, float]], epochs: int, took: float) -> None:
@@ -80,15 +110,10 @@ def _print_progress(name: str, history: list[dict[str, float]], epochs: int, too
 
 def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     """Train every head and fusion variant; log, package and register the model."""
-    import ray
     from safetensors.torch import save
 
-    from emotiw.runtime import ensure_ray
-
-    data = train_data.load(cfg)
-    train, val = data.train, data.val
-    ensure_ray(ray_address)
-    data_ref = ray.put({"train": arrays_of(train), "val": arrays_of(val)})
+    data = train_data.load(cfg, ray_address)
+    datasets = (data.train, data.val)
     mlflow = mlflow_client(cfg.tracking_uri, cfg.experiment, cfg.run_dir)
     heads: dict[str, nn.Module] = {}
     states: dict[str, bytes] = {}
@@ -96,7 +121,7 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     with mlflow.start_run(run_name="train") as parent:
         job = {k: getattr(cfg, k) for k in ("features", "val_features", "seed", "epochs")}
         job.update(fusion_epochs=cfg.fusion_epochs, batch_size=cfg.batch_size)
-        job.update(workers=cfg.workers, n_train=len(train), n_val=len(val))
+        job.update(workers=cfg.workers, n_train=data.n_train, n_val=data.n_val)
         mlflow.log_params(flat_params("", job))
         modality_params = {m: dataclasses.asdict(cfg.configs.of(m)) for m in cfg.configs.modalities}
         mlflow.log_params(flat_params("", modality_params))
@@ -106,16 +131,16 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
             head_spec = HeadSpec(name, mcfg, cfg.seed)
             with mlflow.start_run(run_name=f"head:{name}", nested=True):
                 mlflow.log_params(flat_params(name, mcfg))
-                state, history = fit(cfg, f"head-{name}", head_spec, data_ref, cfg.epochs)
+                state, history = fit(cfg, f"head-{name}", head_spec, datasets, cfg.epochs)
                 log_history(mlflow, history)
                 head = spec.head_with_frontend(mcfg, state, cfg.weights).eval()
                 heads[name] = head
                 states[name] = save({k: v.contiguous() for k, v in head.state_dict().items()})
-                probs, preds = predict(head, val, name)
-                scores[name] = log_scores(mlflow, f"{name} head", val.labels, probs, preds)
-        fusions = _train_fusions(cfg, mlflow, heads, states, data, data_ref, scores)
+                labels, probs, preds = train_data.predict(head, data.val, name)
+                scores[name] = log_scores(mlflow, f"{name} head", labels, probs, preds)
+        fusions = _train_fusions(cfg, mlflow, heads, states, data, scores)
         meta = {"scores": scores, "train_run_id": parent.info.run_id}
-        meta.update(n_train=len(train), n_val=len(val))
+        meta.update(n_train=data.n_train, n_val=data.n_val)
         package = PackagedModel(
             cfg.configs, heads, fusions, cfg.fusion.method, data.provenance, meta
         )
@@ -133,16 +158,14 @@ def _train_fusions(
     heads: dict[str, nn.Module],
     states: dict[str, bytes],
     data: train_data.TrainingData,
-    data_ref: Any,
     scores: dict[str, dict[str, float]],
 ) -> dict[str, fusion.Fusion]:
     """Every fusion variant over the trained heads; logs each one's scores into `scores`."""
-    import ray
-
-    hidden_ref = None
+    hidden = None
     if not cfg.fusion.train_heads:  # frozen heads: run each once, not once per epoch
-        hidden_ref = ray.put(
-            {"train": head_features(heads, data.train), "val": head_features(heads, data.val)}
+        hidden = (
+            train_data.hidden(cfg, data.train, states),
+            train_data.hidden(cfg, data.val, states),
         )
     fusions: dict[str, fusion.Fusion] = {}
     for variant, fcfg in fusion_variants(cfg).items():
@@ -150,7 +173,7 @@ def _train_fusions(
             mlflow.log_params(flat_params("fusion", fcfg))
             model = fusion.build(heads, fcfg)
             if fusion.optimizer(model) is not None:
-                if hidden_ref is None:
+                if hidden is None:
                     spec = FusionSpec(
                         cfg.configs, fcfg, cfg.seed,
                         head_states={m: states[m] for m in fcfg.modalities},
@@ -159,14 +182,15 @@ def _train_fusions(
                     dims = {m: int(heads[m].feature_dim) for m in fcfg.modalities}
                     spec = FusionSpec(cfg.configs, fcfg, cfg.seed, precomputed=dims)
                 state, history = fit(
-                    cfg, f"fusion-{variant}", spec, hidden_ref or data_ref, cfg.fusion_epochs
-                )
+                    cfg, f"fusion-{variant}", spec, hidden or (data.train, data.val),
+                    cfg.fusion_epochs,
+                )  # fmt: skip
                 log_history(mlflow, history)
                 own = {k: v for k, v in state.items() if not k.startswith("heads.")}
                 model.load_state_dict(own, strict=False)
             fusions[variant] = model.eval()
-            probs, preds = predict(model, data.val, None)
+            labels, probs, preds = train_data.predict(model, data.val, None)
             scores[f"fusion:{variant}"] = log_scores(
-                mlflow, f"{variant} fusion", data.val.labels, probs, preds
+                mlflow, f"{variant} fusion", labels, probs, preds
             )
     return fusions

@@ -1,12 +1,14 @@
 """What one Ray Train worker runs: build the head or fusion a spec describes, train it with
-DDP on its shard of every epoch, report validation metrics every epoch and a checkpoint
-whenever the validation cross-entropy improves (the paper's model selection)."""
+DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), report validation
+metrics every epoch and a checkpoint whenever the validation cross-entropy improves (the
+paper's model selection)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from emotiw import fusion
 from emotiw import modalities as registry
 from emotiw.features import ModalityConfigs
 from emotiw.inference import batch
+from emotiw.train.shards import ShardCache, lockstep
 
 
 @dataclass(frozen=True)
@@ -95,16 +98,17 @@ def optimizer(trainable: Trainable, spec: HeadSpec | FusionSpec) -> tuple[Any, A
 
 
 def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
-    """Ray Train worker: train for `epochs`, report validation metrics every epoch and a
-    checkpoint whenever the validation cross-entropy improves. Returns the history."""
-    import ray
+    """Ray Train worker: train for `epochs` on this worker's shard of the "train" dataset,
+    report validation metrics (over the whole "val" dataset) every epoch and a checkpoint
+    whenever the validation cross-entropy improves. Returns the history."""
     import ray.train
     import ray.train.torch
     from safetensors.torch import save_file
 
     spec: HeadSpec | FusionSpec = config["spec"]
-    data = ray.get(config["data"])
-    train, val = data["train"], data["val"]
+    budget = config["cache_bytes"]
+    train = ShardCache(ray.train.get_dataset_shard("train"), budget)
+    val = ShardCache(ray.train.get_dataset_shard("val"), budget)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -119,16 +123,10 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     size = config["batch_size"]
     for epoch in range(config["epochs"]):
         model.train()
-        order = np.random.default_rng(spec.seed + epoch).permutation(len(train["labels"]))
-        mine = order[rank::world]
-        # Every worker takes the same number of steps, or DDP's all-reduce would wait forever.
-        steps = -(-len(order) // world // size) if len(order) else 0
         total, seen, started = 0.0, 0, time.perf_counter()
-        for step in range(steps):
-            index = mine[step * size : (step + 1) * size]
-            if len(index) == 0:
-                index = mine[:1] if len(mine) else order[:1]
-            loss, _ = model(*batch(train, index, device))
+        for arrays in lockstep(train.epoch(size, spec.seed + epoch), world, device):
+            index = np.arange(len(arrays["labels"]))
+            loss, _ = model(*batch(arrays, index, device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -136,13 +134,13 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         if scheduler is not None:
             scheduler.step()
         epoch_s = time.perf_counter() - started
-        val_loss, val_correct, val_n = evaluate(unwrapped, val, rank, world, device, size)
-        sums = torch.tensor([total, seen, val_loss, val_correct, val_n], dtype=torch.float64)
+        val_loss, val_correct, val_n = evaluate(unwrapped, val.epoch(size, 0, False), device)
+        sums = torch.tensor([total, seen], dtype=torch.float64, device=device)  # NCCL: on GPU
         if world > 1:
             import torch.distributed as dist
 
             dist.all_reduce(sums)
-        total, seen, val_loss, val_correct, val_n = sums.tolist()
+        total, seen = sums.tolist()
         row = {
             "epoch": epoch,
             "train_loss": total / max(seen, 1),
@@ -169,21 +167,18 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def evaluate(
-    trainable: Trainable,
-    val: dict[str, Any],
-    rank: int,
-    world: int,
-    device: torch.device,
-    batch_size: int,
+    trainable: Trainable, val: Iterator[dict[str, Any]], device: torch.device
 ) -> tuple[float, float, float]:
-    """Sums of validation cross-entropy and correct predictions over this worker's shard."""
+    """Sums of validation cross-entropy and correct predictions over the whole validation
+    dataset (every worker sees all of it: the validation set is small and never split, so no
+    clip is dropped to even out shards)."""
     trainable.eval()
-    index = np.arange(len(val["labels"]))[rank::world]
-    loss_sum = correct = 0.0
+    loss_sum = correct = n = 0.0
     with torch.no_grad():
-        for i in range(0, len(index), batch_size):
-            inputs, present, target = batch(val, index[i : i + batch_size], device)
+        for arrays in val:
+            inputs, present, target = batch(arrays, np.arange(len(arrays["labels"])), device)
             logits = trainable.logits(inputs, present)
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             correct += (logits.argmax(-1) == target).sum().item()
-    return loss_sum, correct, float(len(index))
+            n += len(target)
+    return loss_sum, correct, n
