@@ -118,6 +118,7 @@ class ScoreSummary:
     classes: dict[str, int] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
     placement: dict[str, int] = field(default_factory=dict)
+    pools: str = ""
     committed: Committed = field(default_factory=Committed)
     seconds: float = 0.0
     # modality -> (clips where its head agreed with the fusion, clips it scored)
@@ -135,6 +136,7 @@ class ScoreSummary:
             f"  predicted: {classes}\n"
             f"  agreement of each modality's head with the fusion: {agree}\n"
             f"  model stage ran on: {where}\n"
+            + (f"  pools: {self.pools}\n" if self.pools else "")
             + (f"  written to {self.output}" if self.scored + self.errors else "  nothing new")
         )
 
@@ -207,6 +209,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         def start_ray() -> int:
             ensure_ray(ray_address)
             pools.update(_pools(cfg))
+            summary.pools = _describe_pools(cfg, pools)
             return int(pools["cpu_estimate"])
 
         refs, count = plan_blocks(items(), start_ray, cfg.block_clips)
@@ -243,6 +246,19 @@ def _pools(cfg: ScoreConfig) -> dict[str, float]:
         "model_max": model_max,
         "cpu_estimate": pool_estimate(cfg.cpu_actors, cfg.cpus_per_actor, reserved),
     }
+
+
+def _describe_pools(cfg: ScoreConfig, pools: dict[str, float]) -> str:
+    """The pools as sized, and why the model stage has no GPU when it has none."""
+    cpu_max, model_max = (int(n) or "no cap" for n in (cfg.cpu_actors, pools["model_max"]))
+    text = (
+        f"extract {cfg.min_cpu_actors}..{cpu_max} actors x {cfg.cpus_per_actor:g} CPU, "
+        f"model {cfg.min_model_actors}..{model_max} x {pools['gpus']:g} GPU"
+    )
+    if cfg.gpus_per_model_actor < 0 and not pools["gpus"]:
+        text += (" (no GPU in the cluster when the job started; --gpus-per-model-actor 1 "
+                 "asks the autoscaler for one)")  # fmt: skip
+    return text
 
 
 def _pipeline(

@@ -230,9 +230,14 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
             time.sleep(1)  # the model stage's actor is requested, not placed: no GPU yet
         assert "ALIVE" not in {a.state for a in actors("ModelActor")}
         head = {a.node_id for a in actors("ExtractActor")}
+        agent_ports = [  # a second node on this machine: its agents need their own ports
+            f"--{name}={free_port()}"
+            for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                         "runtime-env-agent-port", "metrics-export-port")
+        ]  # fmt: skip
         joined = subprocess.run(
             [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=1",
-             "--disable-usage-stats"],
+             "--disable-usage-stats", *agent_ports],
             capture_output=True, text=True, timeout=180, env=env,
         )  # fmt: skip
         assert joined.returncode == 0, joined.stderr[-3000:]
@@ -395,7 +400,7 @@ def test_model_stage_batches_frames_across_clips_and_backs_off_on_out_of_memory(
         mask = np.zeros_like(clip.frame_mask)
         mask[[1, 7]] = True
         clips.append(dataclasses.replace(clip, frame_mask=mask))
-    together = keypoints.extract_many(clips, frame_batch=3)  # 4 frames: 2 forwards
+    together = keypoints.extract_many(clips, frame_batch=3)  # 4 frames: 2 forwards, 1 shared
     for clip, got in zip(clips, together, strict=True):
         alone = keypoints(clip)
         assert alone.stats == got.stats and alone.stats["frames_with_people"] == 2

@@ -133,7 +133,9 @@ def test_extract_train_and_score_with_a_fifth_modality(local_ray, tmp_path: Path
     result = run_train(
         TrainConfig(
             features=str(tmp_path / "features"), configs=configs, epochs=2, fusion_epochs=2,
-            batch_size=4, workers=1, run_dir=str(tmp_path / "run"),
+            batch_size=4, workers=2, run_dir=str(tmp_path / "run"),
+            worker_cache_mb=0,  # the large-table path: Ray Data splits, each worker streams
+
             tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         )
     )  # fmt: skip

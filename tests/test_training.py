@@ -135,9 +135,17 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
         # The cpu-smoke preset: 15 epochs of 2 steps, so lr 1e-3 for audio (the paper's 4e-5
         # is for long runs) and scene (0.01 overshoots on 18 clips); face keeps the paper's.
         "--tracking-uri", mlflow_server, "--model-name", "emotiw-test",
-        "--run-dir", str(tmp_path / "run"), *SMOKE_ARGS, env=s3_env,
+        "--run-dir", str(tmp_path / "run"), "--storage-path", "s3://emotiw-train-test/ray",
+        *SMOKE_ARGS, env=s3_env,
     ).stdout  # fmt: skip
     assert "registered models:/emotiw-test/1" in stdout
+    # Ray Train kept its checkpoints on S3 (what a multi-node cluster needs), none locally
+    from emotiw.storage import fsspec_filesystem
+
+    fs, _ = fsspec_filesystem("s3://emotiw-train-test", tables["storage"])
+    saved = fs.glob("emotiw-train-test/ray/head-scene-*/checkpoint_*/model.safetensors")
+    assert len(saved) == 1, saved  # num_to_keep=1: the best epoch's
+    assert not (tmp_path / "run" / "ray").exists()
     assert "head-scene epoch 15/15: train_loss" in stdout  # progress, one line per epoch
     client = MlflowClient(mlflow_server)
     version = client.get_model_version("emotiw-test", "1")

@@ -46,6 +46,9 @@ def fit(
         columns = columns_of((spec.modality,), train.columns())
         train = train.select_columns(columns).materialize()
         val = val.select_columns(columns).materialize()
+    # A training set that fits a worker's cache is read whole by every worker, which deals a
+    # global permutation each epoch; a larger one is split and streamed (emotiw.train.shards).
+    split = train.size_bytes() > cfg.worker_cache_mb * 2**20
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
@@ -53,10 +56,11 @@ def fit(
             "epochs": epochs,
             "batch_size": cfg.batch_size,
             "cache_bytes": cfg.worker_cache_mb * 2**20,
+            "split": split,
         },
         datasets={"train": train, "val": val},
-        # The validation set is not split: every worker scores all of it (no clip dropped).
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # The validation set is never split: every worker scores all of it (no clip dropped).
+        dataset_config=DataConfig(datasets_to_split=["train"] if split else []),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=f"{name}-{int(time.time() * 1000)}",

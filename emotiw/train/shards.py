@@ -1,5 +1,8 @@
-"""A Ray Train worker's view of its dataset shard, epoch after epoch (`ShardCache`), and the
-lock-step that keeps DDP workers taking the same number of steps (`lockstep`)."""
+"""A Ray Train worker's batches, epoch after epoch. A training set that fits in a worker's
+cache budget is read whole by every worker, and each epoch a seeded permutation of all of it
+is dealt out rank by rank (`strided`: every epoch mixes the clips across workers, as on one
+machine). A larger one is split by Ray Data (`streaming_split`), each worker streaming its
+shard every epoch (`ShardCache`, `lockstep`)."""
 
 from __future__ import annotations
 
@@ -49,6 +52,27 @@ class ShardCache:
             yield arrays
         if not self.too_big:  # a whole pass (an interrupted one never gets here)
             self.cached = concat(kept)
+
+    def whole(self) -> dict[str, Any] | None:
+        """Every row, in memory (read once; the caller knows it fits)."""
+        for _ in self.epoch(1024, 0, shuffle=False):
+            pass
+        return self.cached
+
+
+def strided(
+    arrays: dict[str, Any] | None, size: int, seed: int, rank: int, world: int
+) -> Iterator[dict[str, Any]]:
+    """One epoch of this worker's batches out of the whole training set: a seeded permutation
+    dealt out rank by rank; every worker takes the same number of steps (DDP)."""
+    n = 0 if arrays is None else len(arrays["labels"])
+    order = np.random.default_rng(seed).permutation(n)
+    mine = order[rank::world]
+    for step in range(-(-n // world // size) if n else 0):
+        index = mine[step * size : (step + 1) * size]
+        if len(index) == 0:
+            index = mine[:1] if len(mine) else order[:1]
+        yield take(arrays, index)  # type: ignore[arg-type]
 
 
 def lockstep(

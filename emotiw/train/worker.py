@@ -21,7 +21,7 @@ from emotiw import fusion
 from emotiw import modalities as registry
 from emotiw.features import ModalityConfigs
 from emotiw.inference import batch
-from emotiw.train.shards import ShardCache, lockstep
+from emotiw.train.shards import ShardCache, lockstep, strided
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     budget = config["cache_bytes"]
     train = ShardCache(ray.train.get_dataset_shard("train"), budget)
     val = ShardCache(ray.train.get_dataset_shard("val"), budget)
+    whole = None if config["split"] else train.whole()  # small: every worker has all of it
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -124,7 +125,12 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     for epoch in range(config["epochs"]):
         model.train()
         total, seen, started = 0.0, 0, time.perf_counter()
-        for arrays in lockstep(train.epoch(size, spec.seed + epoch), world, device):
+        seed = spec.seed + epoch
+        if whole is None:
+            batches = lockstep(train.epoch(size, seed), world, device)
+        else:
+            batches = strided(whole, size, seed, rank, world)
+        for arrays in batches:
             index = np.arange(len(arrays["labels"]))
             loss, _ = model(*batch(arrays, index, device))
             opt.zero_grad()
