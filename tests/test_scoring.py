@@ -182,9 +182,10 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
     corpus, package, tmp_path
 ) -> None:
     """`ray job submit --working-dir .` to a one-CPU head with no GPU, asking for a GPU model
-    stage: the job waits for it (the request stands, as it would for an autoscaler), a node
-    with 2 CPUs and a logical GPU joins mid-run, the model stage lands there and the extract
-    pool (no cap) grows onto it. Every row says where the model stage ran."""
+    stage and two extract actors: the job starts on the head with what fits, the requests
+    for the rest stand (as they would for an autoscaler), a node with 2 CPUs and a logical
+    GPU joins mid-run, and the model stage and the second extract actor land there. Every
+    row says where the model stage ran."""
     from ray.util.state import list_actors
 
     from helpers import free_port
@@ -196,6 +197,7 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
     env = {**ENV, "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}
     ray = str(BIN / "ray")
+    before = _pids()
     start = subprocess.run(
         [ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
          "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats",
@@ -210,10 +212,11 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
             submit = subprocess.run(
                 [ray, "job", "submit", f"--address={address}", "--no-wait", "--working-dir",
                  ".", "--", "python", "jobs/score.py", "--input", str(clips), "--output",
-                 str(out), "--model", str(package), "--gpus-per-model-actor", "1"],
+                 str(out), "--model", str(package), "--gpus-per-model-actor", "1",
+                 "--min-cpu-actors", "2"],  # one fits the head's CPU: the other waits
                 capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
             )  # fmt: skip
-            if "No available agent" not in submit.stderr:
+            if submit.returncode == 0 or "No available agent" not in submit.stderr:
                 break
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
@@ -229,7 +232,7 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
         while not actors("ModelActor") and time.monotonic() < deadline:
             time.sleep(1)  # the model stage's actor is requested, not placed: no GPU yet
         assert "ALIVE" not in {a.state for a in actors("ModelActor")}
-        head = {a.node_id for a in actors("ExtractActor")}
+        head = {n["NodeID"] for n in _nodes(address)}
         agent_ports = [  # a second node on this machine: its agents need their own ports
             f"--{name}={free_port()}"
             for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
@@ -249,7 +252,7 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
             [ray, "job", "status", f"--address={address}", job_id],
             capture_output=True, text=True, timeout=60, env=env,
         )  # fmt: skip
-        assert "SUCCEEDED" in status.stdout, logs.stdout[-4000:] + status.stdout
+        assert "succeeded" in status.stdout, logs.stdout[-4000:] + status.stdout
         assert "30 scored, 0 errors" in logs.stdout, logs.stdout[-3000:]
         assert "cpu (Ray GPU 0 assigned, no CUDA device visible)" in logs.stdout
         extract_nodes = {a.node_id for a in actors("ExtractActor")}
@@ -261,23 +264,42 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
             "cpu (Ray GPU 0 assigned, no CUDA device visible)"
         }
     finally:
-        _stop_cluster(temp)
+        _stop_cluster(temp, before)
+
+
+def _nodes(address: str) -> list[dict[str, Any]]:
+    from ray.util.state import list_nodes
+
+    return [{"NodeID": n.node_id} for n in list_nodes(address=address)]
 
 
 def _only_good_clips(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith("clip_")]
 
 
-def _stop_cluster(temp: str) -> None:
-    """Stop the processes of the cluster whose session lives under `temp` (every Ray process
-    names it in its command line). Not `ray stop`, which stops every Ray on the machine."""
+def _pids() -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+
+
+def _stop_cluster(temp: str, before: set[int] | None = None) -> None:
+    """Stop the processes of the cluster whose session lives under `temp` (a head's processes
+    name it in their command line) and, given the PIDs alive `before` it started, every Ray
+    process started since (a joined node's agents do not name it). Not `ray stop`, which
+    stops every Ray on the machine."""
     import signal
+
+    def ours(proc: Path) -> bool:
+        cmdline = (proc / "cmdline").read_bytes()
+        if temp.encode() in cmdline:
+            return True
+        new = before is not None and int(proc.name) not in before | {os.getpid()}
+        return new and b"ray" in cmdline
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = []
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and temp.encode() in (proc / "cmdline").read_bytes():
+                if proc.name.isdigit() and ours(proc):
                     os.kill(int(proc.name), sig)
                     alive.append(int(proc.name))
             except (OSError, ProcessLookupError):

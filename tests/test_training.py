@@ -123,6 +123,7 @@ def test_packaged_model_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two extract jobs (fixture), the train job, evaluate: ~10 min
 def test_train_learns_cues_logs_to_mlflow_and_registers(
     tables, mlflow_server, s3_env, tmp_path
 ) -> None:
