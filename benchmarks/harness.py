@@ -106,3 +106,29 @@ def random_package(path: str, configs: Any) -> Any:
     return save_model(
         path, PackagedModel(configs, heads, {"fc": fc}, "fc", {"heads": "random-init (benchmark)"})
     )
+
+
+def run_child(module: str, *args: str) -> dict[str, Any]:
+    """`python -m MODULE --child ARGS` in its own process (so its ru_maxrss is that run's
+    alone); the JSON line it printed last (`child_report`)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--child", *args],
+        capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_report(seconds: float, rows: int) -> None:
+    """What a `run_child` process prints last: its time, rows and peak RSS in MiB."""
+    import json
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"seconds": seconds, "rows": rows, "rss_mib": rss}))

@@ -13,14 +13,12 @@ random-init model, blocks of up to 100 clips against one clip per block, in one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
+
+from benchmarks.harness import child_report, run_child
 
 
 class NoopExtract:
@@ -87,9 +85,7 @@ def _child(args: argparse.Namespace) -> None:
     )  # fmt: skip
     writer = ChunkWriter(fs, root, "bench", schema, 1000, 3600)
     write_stream(ds, writer, Committed(), lambda rows: None)
-    seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    print(json.dumps({"seconds": seconds, "rows": writer.rows, "rss_mib": rss}))
+    child_report(time.perf_counter() - start, writer.rows)
 
 
 def _corpus(n: int) -> str:
@@ -110,14 +106,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, float]:
         corpus = _corpus(n)
         plans = ["blocks"] + (["per-clip"] if n <= args.baseline_max else [])
         for plan in plans:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.scale", "--child", "--plan", plan,
-                 "--corpus", corpus],
-                capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-            )  # fmt: skip
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = run_child("benchmarks.scale", "--plan", plan, "--corpus", corpus)
             assert result["rows"] == n, result
             ms = 1000 * result["seconds"] / n
             figures[f"{plan}_{n}_ms"] = ms

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
+
+from benchmarks.harness import child_report, run_child
 
 
 def _configs():  # type: ignore[no-untyped-def]
@@ -75,9 +73,7 @@ def _child(args: argparse.Namespace) -> None:
         n = len(data)
     else:
         n = _new_plan(args.table)
-    seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    print(json.dumps({"seconds": seconds, "rows": n, "rss_mib": rss}))
+    child_report(time.perf_counter() - start, n)
 
 
 def _new_plan(table: str) -> int:
@@ -107,14 +103,7 @@ def bench_train_memory(args: argparse.Namespace) -> dict[str, float]:
         table = tempfile.mkdtemp(prefix=f"emotiw-bench-train-{n}-")
         write_table(table, n)
         for plan in ("datasets", "driver"):
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.train_memory", "--child", "--plan", plan,
-                 "--table", table],
-                capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-            )  # fmt: skip
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result = run_child("benchmarks.train_memory", "--plan", plan, "--table", table)
             assert result["rows"] == n, result
             figures[f"{plan}_{n}_rss"] = result["rss_mib"]
             print(f"{n:>5} clips, {plan:>8}: driver peak RSS {result['rss_mib']:6.0f} MiB, "
