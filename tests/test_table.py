@@ -119,6 +119,13 @@ def test_done_keys_retry_transient_errors_and_match_old_rows(tmp_path) -> None:
     assert not is_done(done, uris[2], "e2") and not is_done(done, uris[0], "changed")
     assert is_done(done, "old", "any etag")  # written before etags were recorded
     assert not is_done(done_keys(fs, root, SCHEMA, final_errors=False), uris[1], "e1")
+    # what a dry run reports for each kind of pending clip
+    history = done_keys(fs, root, SCHEMA, seen=True)
+    asked = [(uris[0], "e0"), (uris[0], "e9"), (uris[2], "e2"), ("never-seen", "e"), ("old", "x")]
+    expected = ["done", "changed", "retry", "new", "done"]
+    assert [history.status(u, e) for u, e in asked] == expected
+    retry_finals = done_keys(fs, root, SCHEMA, final_errors=False, seen=True)
+    assert retry_finals.status(uris[1], "e1") == "retry"  # --retry-errors
 
 
 def job(**kw: object) -> JobConfig:

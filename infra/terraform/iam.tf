@@ -1,38 +1,136 @@
-# One policy per role, each naming only its buckets and actions.
+# IAM matched to where Ray runs each stage (docs/cluster.md, "Where each stage runs"): one
+# policy document per (job, node kind), and roles that combine them for the node kinds of each
+# cluster. Drivers run on the head (num-cpus 0: no task lands there); every task and actor
+# runs on worker nodes, and a CPU-only one may land on a GPU node too, so all worker groups
+# of a cluster share one role. Rows reach the tables only through the driver (chunk commits,
+# emotiw.table.ChunkWriter): no worker writes a table. tests/test_infra.py derives each node
+# kind's needs from the manifests' own flags and checks these documents against them.
+#
+#   role            used by                                            policy documents
+#   score-driver    scoring RayJob head                                score_driver
+#   score-worker    scoring RayJob cpu + gpu groups                    score_worker
+#   train-driver    training RayJob head (extract + train drivers)     train_driver
+#   train-worker    training RayJob cpu + gpu groups                   train_worker
+#   head            long-lived RayCluster head (any job)               score_driver, train_driver
+#   worker          RayCluster groups; launcher cpu/gpu node types     score_worker, train_worker
+#   launcher-head   Ray cluster launcher head (cluster/aws.yaml)       launcher, score_driver, train_driver
+#   schedule        the schedule's pre-check pod (dry run: read-only)  schedule
+#   mlflow          the MLflow server (artifacts under models/mlflow)  mlflow
 
-data "aws_iam_policy_document" "scoring" {
+locals {
+  roles = {
+    score-driver  = ["score_driver"]
+    score-worker  = ["score_worker"]
+    train-driver  = ["train_driver"]
+    train-worker  = ["train_worker"]
+    head          = ["score_driver", "train_driver"]
+    worker        = ["score_worker", "train_worker"]
+    launcher-head = ["launcher", "score_driver", "train_driver"]
+    schedule      = ["schedule"]
+    mlflow        = ["mlflow"]
+  }
+  # roles that EC2 instances take (cluster/aws.yaml's instance profiles)
+  instance_roles = ["launcher-head", "worker"]
+  policies = {
+    score_driver = data.aws_iam_policy_document.score_driver.json
+    score_worker = data.aws_iam_policy_document.score_worker.json
+    train_driver = data.aws_iam_policy_document.train_driver.json
+    train_worker = data.aws_iam_policy_document.train_worker.json
+    schedule     = data.aws_iam_policy_document.schedule.json
+    mlflow       = data.aws_iam_policy_document.mlflow.json
+    launcher     = data.aws_iam_policy_document.launcher.json
+  }
+  role_policies = merge([
+    for role, docs in local.roles : { for doc in docs : "${role}.${doc}" => { role = role, doc = doc } }
+  ]...)
+}
+
+# Scoring driver: lists the input, holds the lease and commits chunks under scores/ (reads
+# the table's keys to skip what is done). The model comes from the MLflow server over HTTP.
+data "aws_iam_policy_document" "score_driver" {
   statement {
-    sid       = "ListBuckets"
+    sid       = "ListInputAndOutput"
     actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn, aws_s3_bucket.data["models"].arn]
+    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn]
   }
   statement {
-    sid       = "ReadInputAndModels"
-    actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data["input"].arn}/*", "${aws_s3_bucket.data["models"].arn}/*"]
-  }
-  statement {
-    sid       = "WriteOutput"
+    sid       = "CommitScores"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = ["${aws_s3_bucket.data["output"].arn}/*"]
+    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*"]
   }
 }
 
-data "aws_iam_policy_document" "training" {
+# Scoring workers: extract actors read clips; every actor reads the pretrained weights.
+data "aws_iam_policy_document" "score_worker" {
   statement {
-    sid       = "ListBuckets"
+    sid       = "ListWeights"
     actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["models"].arn]
+    resources = [aws_s3_bucket.data["models"].arn]
   }
   statement {
-    sid       = "ReadInput"
+    sid       = "ReadClips"
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.data["input"].arn}/*"]
   }
   statement {
-    sid       = "WriteModels"
+    sid       = "ReadWeights"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["models"].arn}/weights/*"]
+  }
+}
+
+# Training head: the extract drivers (list clips, read label files, commit feature tables) and
+# the train driver (feature keys, Ray Train experiment state, pretrained front-ends put back
+# into the packaged model). MLflow artifacts go through the MLflow server.
+data "aws_iam_policy_document" "train_driver" {
+  statement {
+    sid       = "ListInputAndModels"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["models"].arn]
+  }
+  statement {
+    sid       = "ReadLabelsAndWeights"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["input"].arn}/*", "${aws_s3_bucket.data["models"].arn}/weights/*"]
+  }
+  statement {
+    sid       = "CommitFeaturesAndTrainState"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = ["${aws_s3_bucket.data["models"].arn}/*"]
+    resources = ["${aws_s3_bucket.data["models"].arn}/features/*", "${aws_s3_bucket.data["models"].arn}/ray-train/*"]
+  }
+}
+
+# Training workers: extract actors (clips, weights), Ray Data reads of the feature tables and
+# the preparing actors (weights), Ray Train workers (checkpoints under ray-train/).
+data "aws_iam_policy_document" "train_worker" {
+  statement {
+    sid       = "ListModels"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data["models"].arn]
+  }
+  statement {
+    sid       = "ReadClipsFeaturesWeights"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["input"].arn}/*", "${aws_s3_bucket.data["models"].arn}/features/*", "${aws_s3_bucket.data["models"].arn}/weights/*"]
+  }
+  statement {
+    sid       = "Checkpoints"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data["models"].arn}/ray-train/*"]
+  }
+}
+
+# The schedule's pre-check (`score --dry-run`): lists the input and reads the table's keys.
+data "aws_iam_policy_document" "schedule" {
+  statement {
+    sid       = "ListInputAndOutput"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn]
+  }
+  statement {
+    sid       = "ReadScores"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*"]
   }
 }
 
@@ -49,16 +147,36 @@ data "aws_iam_policy_document" "mlflow" {
   }
 }
 
-locals {
-  roles = {
-    scoring  = data.aws_iam_policy_document.scoring.json
-    training = data.aws_iam_policy_document.training.json
-    mlflow   = data.aws_iam_policy_document.mlflow.json
+# The Ray cluster launcher's head (cluster/aws.yaml) launches and stops the worker instances
+# and hands them the worker instance profile, nothing else.
+data "aws_iam_policy_document" "launcher" {
+  # checkov:skip=CKV_AWS_356: ec2:RunInstances and Describe* do not support resource-level scoping (AWS service authorization reference); stopping and terminating are conditioned on the cluster's tag below
+  # checkov:skip=CKV_AWS_111: same statement: RunInstances / CreateTags create resources whose ARNs are not known in advance
+  statement {
+    sid       = "LaunchWorkers"
+    actions   = ["ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances", "ec2:DescribeImages", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "ManageOwnWorkers"
+    actions   = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"]
+    resources = ["arn:aws:ec2:${var.region}:*:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/ray-cluster-name"
+      values   = [var.prefix]
+    }
+  }
+  statement {
+    sid       = "PassWorkerRole"
+    actions   = ["iam:PassRole", "iam:GetInstanceProfile"]
+    resources = [aws_iam_role.job["worker"].arn, aws_iam_instance_profile.job["worker"].arn]
   }
 }
 
 # Pods assume the role of their Kubernetes service account (cluster/kuberay/serviceaccounts.yaml,
-# infra/k8s/mlflow.yaml): system:serviceaccount:<namespace>:<prefix>-<role>.
+# infra/k8s/mlflow.yaml): system:serviceaccount:<namespace>:<prefix>-<role>; the launcher's
+# instances (cluster/aws.yaml) take the instance roles as instance profiles.
 data "aws_iam_policy_document" "assume" {
   for_each = local.roles
   statement {
@@ -73,12 +191,14 @@ data "aws_iam_policy_document" "assume" {
       values   = ["system:serviceaccount:${var.namespace}:${var.prefix}-${each.key}"]
     }
   }
-  # The Ray cluster launcher's nodes (cluster/aws.yaml) use the same roles as instance profiles.
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
+  dynamic "statement" {
+    for_each = contains(local.instance_roles, each.key) ? [each.key] : []
+    content {
+      actions = ["sts:AssumeRole"]
+      principals {
+        type        = "Service"
+        identifiers = ["ec2.amazonaws.com"]
+      }
     }
   }
 }
@@ -90,16 +210,16 @@ resource "aws_iam_role" "job" {
 }
 
 resource "aws_iam_role_policy" "job" {
-  for_each = local.roles
-  name     = "${var.prefix}-${each.key}-s3"
-  role     = aws_iam_role.job[each.key].id
-  policy   = each.value
+  for_each = local.role_policies
+  name     = "${var.prefix}-${each.value.role}-${each.value.doc}"
+  role     = aws_iam_role.job[each.value.role].id
+  policy   = local.policies[each.value.doc]
 }
 
 resource "aws_iam_instance_profile" "job" {
-  for_each = aws_iam_role.job
-  name     = each.value.name
-  role     = each.value.name
+  for_each = toset(local.instance_roles)
+  name     = aws_iam_role.job[each.key].name
+  role     = aws_iam_role.job[each.key].name
 }
 
 output "role_arns" {
@@ -108,45 +228,4 @@ output "role_arns" {
 
 output "buckets" {
   value = local.buckets
-}
-
-# The Ray cluster launcher's head node (cluster/aws.yaml): launches and stops the worker
-# instances and hands them the scoring / training instance profiles, nothing else.
-data "aws_iam_policy_document" "ray_head_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
-
-data "aws_iam_policy_document" "ray_head" {
-  statement {
-    sid       = "ManageWorkers"
-    actions   = ["ec2:RunInstances", "ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:CreateTags", "ec2:DescribeInstances", "ec2:DescribeImages", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs"]
-    resources = ["*"] # EC2 Describe* and RunInstances do not support resource-level scoping
-  }
-  statement {
-    sid       = "PassWorkerRoles"
-    actions   = ["iam:PassRole", "iam:GetInstanceProfile"]
-    resources = [aws_iam_role.job["scoring"].arn, aws_iam_role.job["training"].arn, aws_iam_instance_profile.job["scoring"].arn, aws_iam_instance_profile.job["training"].arn]
-  }
-}
-
-resource "aws_iam_role" "ray_head" {
-  name               = "${var.prefix}-ray-head"
-  assume_role_policy = data.aws_iam_policy_document.ray_head_assume.json
-}
-
-resource "aws_iam_role_policy" "ray_head" {
-  name   = "${var.prefix}-ray-head-ec2"
-  role   = aws_iam_role.ray_head.id
-  policy = data.aws_iam_policy_document.ray_head.json
-}
-
-resource "aws_iam_instance_profile" "ray_head" {
-  name = aws_iam_role.ray_head.name
-  role = aws_iam_role.ray_head.name
 }

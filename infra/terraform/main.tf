@@ -55,21 +55,23 @@ locals {
 }
 
 resource "aws_s3_bucket" "data" {
+  # checkov:skip=CKV_AWS_144: cross-region replication needs a second region's buckets and keys chosen per deployment; versioning (its prerequisite) is on, and scores / features can be rebuilt from the input
+  # checkov:skip=CKV2_AWS_62: nothing consumes bucket events: the schedule finds new clips by listing (the dry-run pre-check)
   for_each = local.buckets
   bucket   = each.value
 }
 
 resource "aws_s3_bucket_versioning" "data" {
-  for_each = aws_s3_bucket.data
-  bucket   = each.value.id
+  for_each = local.buckets
+  bucket   = aws_s3_bucket.data[each.key].id
   versioning_configuration {
     status = "Enabled"
   }
 }
 
 resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
-  for_each = aws_s3_bucket.data
-  bucket   = each.value.id
+  for_each = local.buckets
+  bucket   = aws_s3_bucket.data[each.key].id
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm = "aws:kms"
@@ -78,19 +80,79 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
 }
 
 resource "aws_s3_bucket_public_access_block" "data" {
-  for_each                = aws_s3_bucket.data
-  bucket                  = each.value.id
+  for_each                = local.buckets
+  bucket                  = aws_s3_bucket.data[each.key].id
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
   restrict_public_buckets = true
 }
 
-# Chunks are uploaded to their final keys in one upload each (docs/exactly-once.md): a driver
-# that dies mid-upload leaves an invisible incomplete multipart upload, aborted here after a
-# day. Staging on S3 is only written by older versions; the next run recovers it anyway.
-resource "aws_s3_bucket_lifecycle_configuration" "output" {
-  bucket = aws_s3_bucket.data["output"].id
+# Server access logs of the three buckets, kept 90 days.
+resource "aws_s3_bucket_logging" "data" {
+  for_each      = local.buckets
+  bucket        = aws_s3_bucket.data[each.key].id
+  target_bucket = aws_s3_bucket.logs.id
+  target_prefix = "${each.key}/"
+}
+
+resource "aws_s3_bucket" "logs" {
+  # checkov:skip=CKV_AWS_18: this is the access-log bucket; logging it into itself would loop
+  # checkov:skip=CKV_AWS_145: S3 server access log delivery supports only SSE-S3 on the target bucket (set below), not SSE-KMS
+  # checkov:skip=CKV_AWS_144: access logs are kept 90 days in one region; replication is a per-deployment choice
+  # checkov:skip=CKV2_AWS_62: nothing consumes access-log events; they are read only in audits
+  bucket = "${var.prefix}-logs"
+}
+
+resource "aws_s3_bucket_versioning" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "AES256"
+    }
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "logs" {
+  bucket                  = aws_s3_bucket.logs.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  rule {
+    id     = "expire-logs"
+    status = "Enabled"
+    filter {}
+    expiration {
+      days = 90
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+}
+
+# Every bucket: an upload whose writer died is aborted after a day (chunks are uploaded to
+# their final keys in one upload each, docs/exactly-once.md), and overwritten or deleted
+# versions go after 30 days. The output bucket also drops staging that older versions wrote
+# on S3 and no run recovered within a week.
+resource "aws_s3_bucket_lifecycle_configuration" "data" {
+  for_each = local.buckets
+  bucket   = aws_s3_bucket.data[each.key].id
   rule {
     id     = "abort-incomplete-uploads"
     status = "Enabled"
@@ -98,15 +160,24 @@ resource "aws_s3_bucket_lifecycle_configuration" "output" {
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
     }
-  }
-  rule {
-    id     = "abandoned-staging"
-    status = "Enabled"
-    filter {
-      prefix = "scores/_staging/"
+    noncurrent_version_expiration {
+      noncurrent_days = 30
     }
-    expiration {
-      days = 7
+  }
+  dynamic "rule" {
+    for_each = each.key == "output" ? ["scores/_staging/"] : []
+    content {
+      id     = "abandoned-staging"
+      status = "Enabled"
+      filter {
+        prefix = rule.value
+      }
+      expiration {
+        days = 7
+      }
+      abort_incomplete_multipart_upload {
+        days_after_initiation = 1
+      }
     }
   }
 }
