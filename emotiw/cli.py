@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -303,7 +304,8 @@ def _add_job(p: argparse.ArgumentParser) -> None:
         "commits, lease and retries",
         "exit codes: 0 ok, 1 unexpected failure, 2 bad arguments or input, 3 more errors than "
         "--max-error-rate (everything else committed), 4 --dry-run found nothing to score, "
-        "75 another run holds the output",
+        "66 input not found, 67 model not found, 68 weights not staged, 69 MLflow or storage "
+        "unreachable, 75 another run holds the output",
     )
     flags.add_fields(group, JobConfig, dest_prefix="job__")
 
@@ -320,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_fields(
         parser.add_argument_group("object storage"), StorageConfig, dest_prefix="storage__"
     )
+    verbose = "print the traceback of a failure (and not only its one-line message)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic labelled sample corpus")
@@ -361,19 +365,59 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_evaluate)  # fmt: skip
     _job_parser(sub, "demo", "run the main job on the embedded default (local files)",
                 DemoConfig, _cmd_demo)  # fmt: skip
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help=verbose)  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure ends in one line on stderr and a documented exit code
+    (`ExitCode`); ``--verbose`` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (LeaseHeld, LeaseLost) as exc:
-        print(f"emotiw {args.command}: {exc.message}", file=sys.stderr)
-        return ExitCode.LEASE_HELD
-    except (EmotiwError, ValueError) as exc:
-        print(f"emotiw {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"emotiw {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        ours = _our_error(exc)
+        if args.verbose:
+            traceback.print_exc()
+        if isinstance(ours, LeaseHeld | LeaseLost):
+            print(f"emotiw {args.command}: {ours.message}", file=sys.stderr)
+        elif ours is not None:
+            print(f"emotiw {args.command}: error: {_one_line(ours)}", file=sys.stderr)
+        elif isinstance(exc, ValueError):  # a config value the dataclasses reject
+            print(f"emotiw {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return ExitCode.USAGE
+        else:
+            hint = "" if args.verbose else " (--verbose prints the traceback)"
+            print(f"emotiw {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)}"
+                  f"{hint}", file=sys.stderr)  # fmt: skip
+            return ExitCode.FAILED
+        return ours.exit_code
+
+
+def _our_error(exc: BaseException) -> EmotiwError | None:
+    """The project's error behind `exc`: itself, or the cause a Ray task or actor error
+    carries (a missing file found inside an actor still exits with its own code)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EmotiwError):
+            return current
+        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of a message."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 if __name__ == "__main__":

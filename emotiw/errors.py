@@ -9,15 +9,52 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 
 
+class ExitCode(IntEnum):
+    """Exit statuses of the command line (documented in the README for schedulers); the
+    user-error classes follow sysexits.h where one fits."""
+
+    OK = 0
+    FAILED = 1  # an unexpected failure (one line; the traceback with --verbose)
+    USAGE = 2  # bad flags, config values or input contents (a wrong label file)
+    ERROR_RATE = 3  # the run finished and committed, but too many clips ended as errors
+    NOTHING_NEW = 4  # --dry-run: nothing is pending, a real run would score no clip
+    NO_INPUT = 66  # the input prefix, manifest, label file or feature table does not exist
+    NO_MODEL = 67  # the model package, registered version or alias does not exist
+    NO_WEIGHTS = 68  # pretrained weights are not staged anywhere the run looks
+    UNAVAILABLE = 69  # MLflow or object storage cannot be reached (after retries)
+    LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
+
+
 class EmotiwError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose; `exit_code` is what the
+    command line exits with when one ends a command."""
 
     reason: str = "error"
+    exit_code: ExitCode = ExitCode.USAGE
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class ModelNotFound(EmotiwError):
+    """The model named on the command line (a package path, a registered version or alias)
+    does not exist."""
+
+    exit_code = ExitCode.NO_MODEL
+
+    def __init__(self, message: str) -> None:
+        super().__init__("missing_model", message)
+
+
+class Unavailable(EmotiwError):
+    """A service the run needs (the MLflow tracking server) cannot be reached."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
 
 
 class DecodeReason(StrEnum):
@@ -37,6 +74,8 @@ class DecodeError(EmotiwError):
 
     def __init__(self, reason: DecodeReason, message: str) -> None:
         super().__init__(str(reason), message)
+        if reason == DecodeReason.NOT_FOUND:
+            self.exit_code = ExitCode.NO_INPUT
 
 
 class StorageError(EmotiwError):
@@ -44,6 +83,10 @@ class StorageError(EmotiwError):
 
     def __init__(self, message: str, reason: str = "storage") -> None:
         super().__init__(reason, message)
+        # not_found: the named input is missing; io (after every retry): storage unreachable
+        self.exit_code = {"not_found": ExitCode.NO_INPUT, "io": ExitCode.UNAVAILABLE}.get(
+            reason, ExitCode.USAGE
+        )
 
 
 class LabelError(EmotiwError):
@@ -72,19 +115,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
-class ExitCode(IntEnum):
-    """Exit statuses of the command line (documented in the README for schedulers)."""
-
-    OK = 0
-    FAILED = 1  # an unexpected failure (traceback printed)
-    USAGE = 2  # bad flags, config or input named on the command line
-    ERROR_RATE = 3  # the run finished and committed, but too many clips ended as errors
-    NOTHING_NEW = 4  # --dry-run: nothing is pending, a real run would score no clip
-    LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
-
-
 class LeaseHeld(EmotiwError):
     """Another live run holds the output table's lease."""
+
+    exit_code = ExitCode.LEASE_HELD
 
     def __init__(self, message: str) -> None:
         super().__init__("lease_held", message)
@@ -92,6 +126,8 @@ class LeaseHeld(EmotiwError):
 
 class LeaseLost(EmotiwError):
     """This run's lease was taken over (it was not renewed in time): stop committing."""
+
+    exit_code = ExitCode.LEASE_HELD
 
     def __init__(self, message: str) -> None:
         super().__init__("lease_lost", message)

@@ -102,10 +102,12 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     )
     from emotiw.storage import list_video_objects, video_id
     from emotiw.table import ChunkWriter, KeyIndex, done_keys, is_done
+    from emotiw.weights import check_available
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())
     job = cfg.job
+    check_available(cfg.configs.weight_names(), cfg.weights)  # one line, before any actor
     objects = retry.call(
         lambda: list_video_objects(cfg.videos, cfg.storage), job.attempts, job.backoff_s
     )

@@ -74,6 +74,11 @@ class ModalityConfigs:
     def specs(self) -> tuple[Any, ...]:
         return registry.specs(self.modalities)
 
+    def weight_names(self) -> tuple[str, ...]:
+        """Registry names of every pretrained weight file these configs load."""
+        names = (n for s in self.specs() for n in s.weight_names(self.of(s.name)))
+        return tuple(dict.fromkeys(names))
+
 
 def presence(values: list[Any]) -> np.ndarray:
     """A presence column (count or bool) -> bool per clip (null counts as absent)."""

@@ -95,9 +95,12 @@ def find_package(path: str | Path) -> Path:
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
-    found = sorted(path.rglob(MANIFEST))
+    from emotiw.errors import ModelNotFound
+
+    found = sorted(path.rglob(MANIFEST)) if path.is_dir() else []
     if not found:
-        raise FileNotFoundError(f"no {MANIFEST} at or under {path}")
+        what = "no emotiw model package" if path.exists() else "no such file or directory"
+        raise ModelNotFound(f"{path}: {what} (no {MANIFEST} at or under it)")
     return found[0].parent
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
@@ -65,10 +64,11 @@ class ScoreConfig:
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
-        dry_run: only list and compare with the table (read-only: no lease, no Ray, no
-            model download): print how many clips are new, changed or to retry; exit code
-            0 when a real run would score something, 4 when nothing is pending (the
-            schedule's pre-check, so no cluster starts for an empty drop).
+        dry_run: check what a run needs (the model resolves, its weights are staged) and
+            compare the listing with the table, read-only (no lease, no Ray): print how many
+            clips are new, changed or to retry; exit code 0 when a real run would score
+            something, 4 when nothing is pending (the schedule's pre-check, so no cluster
+            starts for an empty drop).
     """
 
     output: str
@@ -195,10 +195,13 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     start = time.monotonic()
     run_id = new_run_id()
     summary = ScoreSummary(run_id=run_id, output=cfg.output)
+    from emotiw.weights import check_available
+
     ref = model_ref(cfg.model, cfg.tracking_uri)  # also checks the registry answers
+    package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
+    check_available(configs.weight_names(), cfg.weights)  # one line, before any actor
     if cfg.dry_run:
         return _dry_run(cfg, summary, score_schema(modalities.specs()), start)
-    package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
     schema = score_schema(modalities.specs())
     job = cfg.job
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
@@ -252,8 +255,6 @@ def _dry_run(cfg: ScoreConfig, summary: ScoreSummary, schema: Any, start: float)
     from emotiw.storage import arrow_filesystem
     from emotiw.table import KeyIndex, done_keys
 
-    if "://" not in cfg.model and not Path(cfg.model.removeprefix("file://")).is_dir():
-        raise ValueError(f"model package {cfg.model} not found")
     fs, root = arrow_filesystem(cfg.output, cfg.storage)
     done = KeyIndex.empty() if not cfg.skip_existing else retry.call(
         lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True),

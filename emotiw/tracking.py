@@ -4,10 +4,12 @@ functions, so only code that tracks or loads registered models pays for it (~1.5
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,50 @@ from emotiw import metrics
 from emotiw.inference import ModelRef
 
 ARTIFACT = "package"
+PROBE_TIMEOUT_S = 10.0
+
+
+def check_reachable(tracking_uri: str | None) -> None:
+    """Fail fast when an HTTP tracking server does not answer: MLflow's own client retries a
+    refused connection for minutes before it gives up.
+
+    Raises:
+        Unavailable: the server's ``/health`` did not answer within `PROBE_TIMEOUT_S`.
+    """
+    import urllib.error
+    import urllib.request
+
+    from emotiw.errors import Unavailable
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy, an older server without /health)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Unavailable(f"MLflow tracking server {uri} did not answer: {reason}") from None
+
+
+@contextlib.contextmanager
+def registry_errors(uri: str, tracking_uri: str | None) -> Iterator[None]:
+    """MLflow's exceptions about `uri` as the project's: a missing model, version or alias ->
+    `ModelNotFound`; anything else from the registry -> `Unavailable`."""
+    from mlflow.exceptions import MlflowException
+
+    from emotiw.errors import ModelNotFound, Unavailable
+
+    try:
+        yield
+    except MlflowException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ModelNotFound(f"{uri}: {first}") from None
+        where = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default store"
+        raise Unavailable(f"{uri}: MLflow at {where}: {first}") from None
 
 
 def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> Any:
@@ -24,6 +70,7 @@ def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> An
     `run_dir`) with `experiment` active (created with a local artifact root if needed)."""
     import mlflow
 
+    check_reachable(tracking_uri)
     folder = Path(run_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
@@ -133,9 +180,11 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
         return Path(uri.removeprefix("file://"))
     import mlflow
 
+    check_reachable(tracking_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    with registry_errors(uri, tracking_uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
 
 
 def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
@@ -151,22 +200,26 @@ def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
     if alias or version == "latest":
         from mlflow import MlflowClient
 
+        from emotiw.errors import ModelNotFound
+
+        check_reachable(tracking_uri)
         client = MlflowClient(tracking_uri)
-        if alias:
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        else:
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise ValueError(f"no registered versions of model {name!r}")
-            version = str(max(int(v.version) for v in versions))
+        with registry_errors(uri, tracking_uri):
+            if alias:
+                version = str(client.get_model_version_by_alias(name, alias).version)
+            else:
+                versions = client.search_model_versions(f"name = '{name}'")
+                if not versions:
+                    raise ModelNotFound(f"{uri}: no registered versions of model {name!r}")
+                version = str(max(int(v.version) for v in versions))
     return ModelRef(f"models:/{name}/{version}", name, version)
 
 
 def latest_version(tracking_uri: str, name: str) -> str | None:
     """``models:/name/N`` of the newest registered version, or None when there is none."""
-    from mlflow.exceptions import MlflowException
+    from emotiw.errors import ModelNotFound
 
     try:
         return model_ref(f"models:/{name}/latest", tracking_uri).uri
-    except (MlflowException, ValueError):  # no such model, or no version of it
+    except ModelNotFound:  # no such model, or no version of it
         return None

@@ -39,12 +39,57 @@ def test_decode_on_s3(tmp_path: Path, s3_bucket: str, s3_storage, monkeypatch) -
 
 def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     proc = run("decode", str(tmp_path / "missing"), check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 66  # the input does not exist
     assert "not_found" in proc.stderr and "Traceback" not in proc.stderr
     (tmp_path / "labels.txt").write_text("Vid_name Label\na 7\n")
     (tmp_path / "a.mp4").write_bytes(b"x")
     proc = run("decode", str(tmp_path), "--labels", str(tmp_path / "labels.txt"), check=False)
     assert proc.returncode == 2 and "labels.txt:2: unknown label '7'" in proc.stderr
+
+
+def _fails(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
+    """Run `emotiw ARGS`: it exits with `code` and one line on stderr, no traceback."""
+    proc = run(*args, check=False, timeout=180)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("emotiw ")]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -> None:
+    """The exit codes of `emotiw.errors.ExitCode`, one per class of user error, each from a
+    real command with the real failure (nothing started, no Ray)."""
+    from helpers import free_port, make_package, smoke_configs
+
+    package = make_package(tmp_path / "model", smoke_configs())
+    clips, out = tmp_path / "clips", str(tmp_path / "scores")
+    clips.mkdir()
+    score = ("score", "--output", out, "--model")
+    # 2: bad flags, and a value the config rejects
+    _fails(2, "score", "--input", str(clips), "--output", out, "--bogus")
+    _fails(2, *score, str(package), "--input", str(clips), "--model-batch-size", "0",
+           words=("model_batch_size",))  # fmt: skip
+    # 66: the input does not exist
+    _fails(66, *score, str(package), "--input", str(tmp_path / "nope"), words=("not_found",))
+    # 67: no package at the path; no such alias in the registry
+    _fails(67, *score, str(tmp_path / "nope"), "--input", str(clips), words=("missing_model",))
+    registry = f"sqlite:///{tmp_path}/mlflow.db"
+    _fails(67, *score, "models:/emotiw@champion", "--input", str(clips), "--tracking-uri",
+           registry, words=("missing_model", "emotiw@champion"))  # fmt: skip
+    # 68: the paper preset's ImageNet ResNet-50 is not staged here (checked before any actor)
+    extract = ("extract", "--videos", str(clips), "--output", str(tmp_path / "f"))
+    _fails(68, *extract, "--preset", "paper", "--weights-dir", str(tmp_path),
+           words=("missing_weights", "resnet50"))  # fmt: skip
+    # 69: nothing listens on the MLflow server's or the S3 endpoint's port
+    port = free_port()
+    _fails(69, *score, "models:/emotiw/1", "--input", str(clips), "--tracking-uri",
+           f"http://127.0.0.1:{port}", words=("unavailable", "did not answer"))  # fmt: skip
+    _fails(69, "--endpoint-url", f"http://127.0.0.1:{port}", "list", "s3://bucket/clips/",
+           words=("io",))  # fmt: skip
+    # --verbose adds the traceback to the same line and code
+    proc = run("-v", *score, str(tmp_path / "nope"), "--input", str(clips), check=False)
+    assert proc.returncode == 67 and "Traceback" in proc.stderr and "missing_model" in proc.stderr
 
 
 @pytest.mark.slow

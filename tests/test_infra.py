@@ -186,14 +186,15 @@ def job_needs(tf: dict[str, Any], job: str, args: Any) -> dict[str, set[Grant]]:
         return {("list", loc(url)[0], "")}
 
     weights = read(WEIGHTS) | listing(WEIGHTS)
+    # drivers check the weights are staged before any actor starts (weights.check_available)
     if job == "score" and getattr(args, "dry_run", False):  # the schedule's pre-check, read-only
-        return {"driver": listing(args.input) | listing(args.output) | read(args.output)}
+        return {"driver": listing(args.input) | listing(args.output) | read(args.output) | weights}
     if job == "score":
-        return {"driver": listing(args.input) | commit(args.output),
+        return {"driver": listing(args.input) | commit(args.output) | weights,
                 "worker": read(args.input) | weights}  # fmt: skip
     if job == "extract":
         labels = read(args.labels) if args.labels else set()
-        return {"driver": listing(args.videos) | labels | commit(args.output),
+        return {"driver": listing(args.videos) | labels | commit(args.output) | weights,
                 "worker": read(args.videos) | weights}  # fmt: skip
     if job == "train":
         features = set().union(*(read(u) | listing(u) for u in (args.features, args.val_features)))
@@ -313,8 +314,10 @@ def test_rows_reach_tables_only_through_the_driver() -> None:
 def test_every_node_finds_the_weights_where_the_roles_allow() -> None:
     config = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
     assert f"EMOTIW_WEIGHTS={WEIGHTS}" in " ".join(config["setup_commands"])
-    for path in [*KUBERAY.glob("ray*.yaml")]:
-        for node in walk(docs(path)[0]):
+    for path in [*KUBERAY.glob("ray*.yaml"), KUBERAY / "cronjob-score.yaml"]:
+        for node in walk(
+            [d for d in docs(path) if d["kind"] in ("RayJob", "RayCluster", "CronJob")]
+        ):
             if "containers" in node:
                 for c in node["containers"]:
                     env = {e["name"]: e.get("value") for e in c.get("env", [])}

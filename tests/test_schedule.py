@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import ENV, ROOT, write_clip
+from helpers import ENV, ROOT, make_package, smoke_configs, write_clip
 
 SCHEDULE = ROOT / "cluster" / "kuberay" / "schedule.py"
 
@@ -109,8 +109,8 @@ def _commit(table: Path, rows: list[dict]) -> None:
 def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(tmp_path: Path) -> None:
     from emotiw.storage import iter_video_objects
 
-    clips, table, model = tmp_path / "clips", tmp_path / "scores", tmp_path / "model"
-    model.mkdir()
+    clips, table = tmp_path / "clips", tmp_path / "scores"
+    model = make_package(tmp_path / "model", smoke_configs())
     clips.mkdir()
     for name in ("a.mkv", "b.mkv"):
         write_clip(clips / name, n_frames=10)
@@ -159,12 +159,12 @@ def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(tmp_path: 
 
 
 def test_a_failing_precheck_starts_nothing(tmp_path: Path) -> None:
-    """A missing model (or an unreachable registry or bucket) fails the dry run: the pod
-    fails with the dry run's exit code and no RayJob is created."""
+    """A missing model (or missing weights, an unreachable registry or bucket) fails the dry
+    run: the pod fails with the dry run's exit code and no RayJob is created."""
     clips = tmp_path / "clips"
     clips.mkdir()
     write_clip(clips / "a.mkv", n_frames=10)
     manifest = _manifest(tmp_path, clips, tmp_path / "scores", tmp_path / "missing-model")
     code, out, calls = _tick(tmp_path, manifest)
-    assert code == 2 and "model package" in out and "not found" in out, out
+    assert code == 67 and "missing_model" in out, out  # ExitCode.NO_MODEL
     assert "create" not in [c[0] for c in calls]

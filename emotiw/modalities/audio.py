@@ -295,6 +295,9 @@ class Audio(Modality):
     }
     feature_doc = "[11, D] float32, flattened (D 6144 OpenL3 or 128 log-mel)"
 
+    def weight_names(self, cfg: Config) -> tuple[str, ...]:
+        return (cfg.weights_name,) if cfg.features == "openl3" and cfg.weights == PRETRAINED else ()
+
     def scheduler(self, opt: torch.optim.Optimizer, cfg: Config) -> Any:
         """Exponential learning-rate decay, stepped once per epoch."""
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)

@@ -160,6 +160,12 @@ class Modality:
         module = _module(self)
         return module.Extractor(cfg, weights)
 
+    def weight_names(self, cfg: Any) -> tuple[str, ...]:
+        """Registry names of the pretrained weights this modality's extractor and heads load
+        with `cfg` (none by default); a run checks them on the driver before any actor
+        starts (`emotiw.weights.check_available`)."""
+        return ()
+
     def head(self, cfg: Any) -> torch.nn.Module:
         """A head to be filled from a state dict (no pretrained weights are looked up)."""
         return _module(self).Head(cfg)

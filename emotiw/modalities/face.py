@@ -359,5 +359,9 @@ class Face(Modality):
     presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": Config()}
     feature_doc = "[12, 22] float32, flattened (min, max, mean of 7 FER probabilities; count)"
 
+    def weight_names(self, cfg: Config) -> tuple[str, ...]:
+        fer = (FER_WEIGHTS,) if cfg.weights == PRETRAINED else ()
+        return fer + ((CNN_DETECTOR_WEIGHTS,) if cfg.detector == "cnn" else ())
+
 
 register(Face())

@@ -416,5 +416,8 @@ class Pose(Modality):
         (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def weight_names(self, cfg: Config) -> tuple[str, ...]:
+        return (WEIGHTS,) if cfg.weights == PRETRAINED else ()
+
 
 register(Pose())

@@ -289,6 +289,9 @@ class Scene(Modality):
         "cpu-smoke": Config(backbone="efficientnet-lite0", lr=1e-3),
     }
 
+    def weight_names(self, cfg: Config) -> tuple[str, ...]:
+        return (BACKBONE_WEIGHTS[cfg.backbone],) if cfg.weights == PRETRAINED else ()
+
     def columns(self) -> tuple:
         return ()  # the frames column is the feature table's own
 

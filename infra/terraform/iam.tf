@@ -1,4 +1,4 @@
-# IAM matched to where Ray runs each stage (docs/cluster.md, "Where each stage runs"): one
+# IAM matched to where Ray runs each stage (README "Run on a cluster", the table): one
 # policy document per (job, node kind), and roles that combine them for the node kinds of each
 # cluster. Drivers run on the head (num-cpus 0: no task lands there); every task and actor
 # runs on worker nodes, and a CPU-only one may land on a GPU node too, so all worker groups
@@ -45,13 +45,19 @@ locals {
   ]...)
 }
 
-# Scoring driver: lists the input, holds the lease and commits chunks under scores/ (reads
-# the table's keys to skip what is done). The model comes from the MLflow server over HTTP.
+# Scoring driver: checks the weights are staged (before any actor starts), lists the input,
+# holds the lease and commits chunks under scores/ (reads the table's keys to skip what is
+# done). The model comes from the MLflow server over HTTP.
 data "aws_iam_policy_document" "score_driver" {
   statement {
-    sid       = "ListInputAndOutput"
+    sid       = "ListBuckets"
     actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn]
+    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn, aws_s3_bucket.data["models"].arn]
+  }
+  statement {
+    sid       = "CheckWeights"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data["models"].arn}/weights/*"]
   }
   statement {
     sid       = "CommitScores"
@@ -120,17 +126,18 @@ data "aws_iam_policy_document" "train_worker" {
   }
 }
 
-# The schedule's pre-check (`score --dry-run`): lists the input and reads the table's keys.
+# The schedule's pre-check (`score --dry-run`): checks the weights are staged, lists the
+# input and reads the table's keys; writes nothing.
 data "aws_iam_policy_document" "schedule" {
   statement {
-    sid       = "ListInputAndOutput"
+    sid       = "ListBuckets"
     actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn]
+    resources = [aws_s3_bucket.data["input"].arn, aws_s3_bucket.data["output"].arn, aws_s3_bucket.data["models"].arn]
   }
   statement {
-    sid       = "ReadScores"
+    sid       = "ReadScoresCheckWeights"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*"]
+    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*", "${aws_s3_bucket.data["models"].arn}/weights/*"]
   }
 }
 
