@@ -103,9 +103,11 @@ def _media(args: argparse.Namespace) -> MediaConfig:
 # --- modality flags --------------------------------------------------------------------------
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Preset, modality subset and every registered modality's config fields."""
+def add_model_args(p: argparse.ArgumentParser, heads: bool = True) -> None:
+    """Preset, modality subset and every registered modality's config fields (without the
+    head / training ones when `heads` is off: the extract job)."""
     from emotiw import modalities
+    from emotiw.modalities.base import head_fields
 
     presets = sorted({k for s in modalities.specs() for k in s.presets}) or ["paper"]
     group = p.add_argument_group("modalities")
@@ -125,7 +127,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     for spec in modalities.specs():
         sub = p.add_argument_group(f"{spec.name} modality")
-        flags.add_fields(sub, spec.Config, prefix=f"{spec.name}-", dest_prefix=f"m_{spec.name}__")
+        skip = () if heads else head_fields(spec.Config)
+        flags.add_fields(
+            sub, spec.Config, prefix=f"{spec.name}-", skip=skip, dest_prefix=f"m_{spec.name}__"
+        )
 
 
 def modality_configs(args: argparse.Namespace) -> Any:
@@ -141,12 +146,19 @@ def modality_configs(args: argparse.Namespace) -> Any:
     base = ModalityConfigs.preset(args.preset, args.modalities)
     configs = {}
     for name, cfg in base.configs.items():
-        spec = modalities.get(name)
-        overrides = flags.given(args, spec.Config, f"m_{name}__")
-        if name in random:
-            overrides["weights"] = "random-init"
+        overrides = _modality_flags(args, name)
         configs[name] = dataclasses.replace(cfg, **overrides) if overrides else cfg
     return ModalityConfigs(configs)
+
+
+def _modality_flags(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The fields of modality `name` given on the command line (``--random-init`` included)."""
+    from emotiw import modalities
+
+    overrides = flags.given(args, modalities.get(name).Config, f"m_{name}__")
+    if name in tuple(m for m in args.random_init.split(",") if m):
+        overrides["weights"] = "random-init"
+    return overrides
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -204,11 +216,32 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return _exit_code("extract", summary.committed, cfg.job)
 
 
+def train_configs(args: argparse.Namespace) -> Any:
+    """The modality configs `train` uses: the front-end settings the feature tables recorded
+    (so extract's flags are not repeated), head settings from the preset and flags; without
+    ``--modalities``, the modalities the tables have.
+
+    Raises:
+        ValueError: a flag that contradicts the tables, or tables that disagree.
+    """
+    from emotiw.train.data import recorded_front_ends
+
+    tables = [t for t in (args.features, getattr(args, "val_features", None)) if t]
+    recorded = recorded_front_ends(tables, _storage(args))
+    if not recorded:  # tables written before front-ends were recorded: the flags decide
+        return modality_configs(args)
+    if not args.modalities:
+        args.modalities = tuple(recorded)
+    configs = modality_configs(args)
+    given = {name: _modality_flags(args, name) for name in configs.modalities}
+    return configs.with_front_ends(recorded, given)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from emotiw import fusion
     from emotiw.train import TrainConfig, run_train
 
-    configs = modality_configs(args)
+    configs = train_configs(args)
     fusion_cfg = fusion.Config(
         **{"modalities": configs.modalities, **flags.given(args, fusion.Config, "fusion__")}
     )
@@ -345,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _job_parser(sub, "extract", "extract every modality's features into the feature "
                     "table", ExtractConfig, _cmd_extract)  # fmt: skip
-    add_model_args(p)
+    add_model_args(p, heads=False)
     _add_runtime(p)
     _add_job(p)
 

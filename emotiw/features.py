@@ -10,10 +10,11 @@ with `error` set and null features.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,61 @@ class ModalityConfigs:
     def specs(self) -> tuple[Any, ...]:
         return registry.specs(self.modalities)
 
+    def front_ends(self) -> dict[str, dict[str, Any]]:
+        """What each modality's features are: its Config's front-end fields (not head or
+        runtime settings), as the extract job records them in the feature table."""
+        from emotiw.modalities.base import front_end_fields
+
+        return {
+            name: {f: _plain(getattr(cfg, f)) for f in front_end_fields(type(cfg))}
+            for name, cfg in self.configs.items()
+        }
+
+    def with_front_ends(
+        self, recorded: Mapping[str, Mapping[str, Any]], given: Mapping[str, Iterable[str]]
+    ) -> ModalityConfigs:
+        """These configs with the front-end fields a feature table recorded (`front_ends`).
+        `given` names the fields the user set explicitly per modality: one that disagrees with
+        the table is an error (the features were not made that way); a modality the table has
+        no features for is an error too.
+
+        Raises:
+            ValueError: a conflicting flag, or a modality missing from the table.
+        """
+        missing = [m for m in self.modalities if m not in recorded]
+        if missing:
+            raise ValueError(
+                f"the feature table has no {', '.join(missing)} features (it was extracted with "
+                f"{', '.join(recorded) or 'none'}); drop them from --modalities or re-extract"
+            )
+        configs = {}
+        for name, cfg in self.configs.items():
+            known = {f.name for f in dataclasses.fields(cfg)}
+            values = {k: v for k, v in recorded[name].items() if k in known}
+            for field_name in given.get(name, ()):
+                mine = _plain(getattr(cfg, field_name))
+                if field_name in values and values[field_name] != mine:
+                    flag = f"--{name}-{field_name}".replace("_", "-")
+                    raise ValueError(
+                        f"{flag} {mine} conflicts with the feature table, extracted with "
+                        f"{values[field_name]}: drop the flag (training takes the table's) or "
+                        "re-extract with it"
+                    )
+            current = {k: getattr(cfg, k) for k in values}
+            values = {k: type(current[k])(v) if isinstance(current[k], tuple) else v
+                      for k, v in values.items()}  # fmt: skip
+            configs[name] = dataclasses.replace(cfg, **values)
+        return ModalityConfigs(configs)
+
     def weight_names(self) -> tuple[str, ...]:
         """Registry names of every pretrained weight file these configs load."""
         names = (n for s in self.specs() for n in s.weight_names(self.of(s.name)))
         return tuple(dict.fromkeys(names))
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON keeps it (tuples become lists), so recorded and given compare."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def presence(values: list[Any]) -> np.ndarray:
@@ -108,6 +160,7 @@ class ClipFeatureExtractor:
         defer: bool = False,
     ) -> None:
         self.configs = configs
+        self.front_ends = json.dumps(configs.front_ends(), sort_keys=True)
         self.media = media or MediaConfig()
         specs = configs.specs()
         self.deferred = tuple(
@@ -134,6 +187,7 @@ class ClipFeatureExtractor:
             "content_sha256": hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None,
             "label": label,
             "weights": json.dumps(self.provenance, sort_keys=True),
+            "front_ends": self.front_ends,
             "code_version": __version__,
             "run_id": run_id,
             "extracted_at": time.time(),

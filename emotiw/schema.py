@@ -48,6 +48,8 @@ FEATURE_COLUMNS_DOC: dict[str, str] = {
     "n_frames": "real sampled frames (of 12)",
     FRAMES_COLUMN: "the 12 sampled frames as JPEG, b'' where padded",
     "weights": "JSON: front-end -> weights provenance (sha256 and source, or random-init)",
+    "front_ends": "JSON: modality -> the front-end settings that made its features (training "
+    "takes them from here)",
     "code_version": "emotiw version that wrote the row",
     "run_id": "extract run that wrote the row",
     "extracted_at": "UTC time the row was made",
@@ -72,6 +74,7 @@ def _feature_types() -> dict[str, pa.DataType]:
         "n_frames": pa.int16(),
         FRAMES_COLUMN: pa.list_(pa.binary()),
         "weights": pa.string(),
+        "front_ends": pa.string(),
         "code_version": pa.string(),
         "run_id": pa.string(),
         "extracted_at": pa.timestamp("us", tz="UTC"),

@@ -189,8 +189,8 @@ def test_every_flag_maps_to_a_config_field() -> None:
     }  # fmt: skip
     jobs = {"extract": ExtractConfig, "train": TrainConfig, "score": ScoreConfig,
             "evaluate": EvaluateConfig, "demo": DemoConfig}  # fmt: skip
-    shorthands = {"help", "preset", "modalities", "random_init", "address", "out", "n", "seed",
-                  "uri", "labels"}  # fmt: skip
+    shorthands = {"help", "verbose", "preset", "modalities", "random_init", "address", "out",
+                  "n", "seed", "uri", "labels"}  # fmt: skip
     parser = build_parser()
     checked = 0
     for command, sub in _subparsers(parser).items():
@@ -233,3 +233,47 @@ def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
     assert args.fusion__method == "vae"
     with pytest.raises(SystemExit):
         parser.parse_args(["score", "--output", "o", "--model", "m", "--cpu-actors", "x"])
+
+
+def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -> None:
+    """`train` reads what extract recorded (`front_ends`): no extract flag is repeated, head
+    flags still apply, a contradicting flag or a modality the table lacks is a clear error,
+    and extract offers no head flags (they did nothing there)."""
+    import json
+
+    import pyarrow as pa
+
+    from emotiw.cli import build_parser, train_configs
+    from emotiw.features import ModalityConfigs, feature_schema
+    from emotiw.storage import arrow_filesystem
+    from emotiw.table import ChunkWriter
+
+    def table(name: str, configs: ModalityConfigs) -> str:
+        fs, root = arrow_filesystem(str(tmp_path / name))
+        writer = ChunkWriter(fs, root, "r", feature_schema(), 100, 600)
+        row = {"uri": f"{name}/a.mp4", "front_ends": json.dumps(configs.front_ends())}
+        writer.write(pa.Table.from_pylist([row], schema=feature_schema()))
+        writer.close()
+        return str(tmp_path / name)
+
+    smoke = ModalityConfigs.preset("cpu-smoke")  # lite0 backbone, log-mel audio, no pose
+    train, val = table("train", smoke), table("val", smoke)
+    parser = build_parser()
+
+    def configs(*flags: str) -> ModalityConfigs:
+        return train_configs(parser.parse_args(["train", "--features", train, *flags]))
+
+    got = configs("--val-features", val, "--scene-lr", "0.002")
+    assert got.modalities == ("scene", "audio", "face")  # the table's, not the paper preset's
+    assert got.of("scene").backbone == "efficientnet-lite0" and got.of("audio").features == "logmel"
+    assert got.of("scene").lr == 0.002 and got.front_ends() == smoke.front_ends()
+    assert configs("--scene-backbone", "efficientnet-lite0").of("scene").backbone  # agrees: fine
+    with pytest.raises(ValueError, match="--scene-backbone resnet50 conflicts"):
+        configs("--scene-backbone", "resnet50")
+    with pytest.raises(ValueError, match="no pose features"):
+        configs("--modalities", "scene,pose")
+    paper = table("paper", ModalityConfigs.preset("paper", ("scene", "audio", "face")))
+    with pytest.raises(ValueError, match="different front-end settings"):
+        configs("--val-features", paper)
+    with pytest.raises(SystemExit):  # extract has no head flags
+        parser.parse_args(["extract", "--videos", "v", "--output", "o", "--scene-lr", "0.1"])

@@ -19,7 +19,7 @@ never NaN — so fusion and the outputs can see the modality is missing.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from emotiw.config import CLASS_NAMES
 from emotiw.modalities import register
-from emotiw.modalities.base import Column, Extraction, Modality, resolve_device
+from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality, resolve_device
 from emotiw.modalities.nets import openl3
 from emotiw.weights import (
     PRETRAINED,
@@ -80,12 +80,12 @@ class Config:
     hop_s: float = 0.5
     silence_peak: float = 1e-4
     normalise: bool = True
-    window_batch: int = 0
-    device: str = "auto"
-    conv_channels: tuple[int, int, int] = (64, 512, 512)
-    lstm_units: int = 128
-    lr: float = 4e-5
-    lr_decay: float = 0.96
+    window_batch: int = field(default=0, metadata=RUNTIME)
+    device: str = field(default="auto", metadata=RUNTIME)
+    conv_channels: tuple[int, int, int] = field(default=(64, 512, 512), metadata=HEAD)
+    lstm_units: int = field(default=128, metadata=HEAD)
+    lr: float = field(default=4e-5, metadata=HEAD)
+    lr_decay: float = field(default=0.96, metadata=HEAD)
 
     def __post_init__(self) -> None:
         if self.features not in FEATURE_KINDS:

@@ -42,6 +42,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Field metadata of a modality Config. HEAD: a head / training setting (architecture,
+# optimiser): extract offers no flag for it (it would do nothing there). RUNTIME: how a
+# front-end runs (device, batch, memory layout), not what it computes: free in every job.
+# Every other field says what the features are: the extract job records them in the feature
+# table (`front_ends`) and training takes them from there, so extract's flags are never
+# repeated (a conflicting one is an error).
+HEAD = {"head": True}
+RUNTIME = {"runtime": True}
+
+
+def front_end_fields(config_cls: type) -> tuple[str, ...]:
+    """The fields of a modality Config that say what its features are (neither `HEAD` nor
+    `RUNTIME`)."""
+    import dataclasses
+
+    return tuple(
+        f.name for f in dataclasses.fields(config_cls)
+        if not (f.metadata.get("head") or f.metadata.get("runtime"))
+    )  # fmt: skip
+
+
+def head_fields(config_cls: type) -> tuple[str, ...]:
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.metadata.get("head"))
+
+
 @dataclass(frozen=True)
 class Extraction:
     """One clip's output of a modality extractor.

@@ -14,14 +14,14 @@ batched forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from emotiw.modalities import register
-from emotiw.modalities.base import Column, Extraction, Modality
+from emotiw.modalities.base import HEAD, Column, Extraction, Modality
 from emotiw.modalities.nets.bilstm import BiLSTMHead
 from emotiw.weights import (
     PRETRAINED,
@@ -88,9 +88,9 @@ class Config:
     weights: str = PRETRAINED
     seed: int = 0
     n_frames: int = 12
-    lstm_units: int = 32
-    fc_units: int = 8
-    lr: float = 0.005
+    lstm_units: int = field(default=32, metadata=HEAD)
+    fc_units: int = field(default=8, metadata=HEAD)
+    lr: float = field(default=0.005, metadata=HEAD)
 
     def __post_init__(self) -> None:
         if self.detector not in ("hog", "cnn"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -28,7 +28,9 @@ import torch
 from emotiw.modalities import register
 from emotiw.modalities.base import (
     CPU_STAGE,
+    HEAD,
     MODEL_STAGE,
+    RUNTIME,
     Column,
     Extraction,
     Modality,
@@ -108,13 +110,13 @@ class Config:
     keypoint_threshold: float = 2.0
     min_person_px: int = 24
     max_people: int = 20
-    device: str = "auto"
-    placement: str = "gpu"
+    device: str = field(default="auto", metadata=RUNTIME)
+    placement: str = field(default="gpu", metadata=RUNTIME)
     n_frames: int = 12
-    lstm_units: int = 64
-    fc_units: int = 32
-    lr: float = 0.01
-    weight_decay: float = 0.01
+    lstm_units: int = field(default=64, metadata=HEAD)
+    fc_units: int = field(default=32, metadata=HEAD)
+    lr: float = field(default=0.01, metadata=HEAD)
+    weight_decay: float = field(default=0.01, metadata=HEAD)
 
     def __post_init__(self) -> None:
         if self.weights not in (PRETRAINED, RANDOM_INIT):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,7 +30,7 @@ from torch import nn
 
 from emotiw.config import CLASS_NAMES
 from emotiw.modalities import register
-from emotiw.modalities.base import Extraction, Modality
+from emotiw.modalities.base import HEAD, RUNTIME, Extraction, Modality
 from emotiw.modalities.nets.backbones import BACKBONE_CHANNELS as BACKBONE_CHANNELS
 from emotiw.modalities.nets.backbones import BACKBONE_WEIGHTS, STRIDE, Backbone
 from emotiw.modalities.nets.convlstm import ConvLSTM
@@ -78,20 +78,20 @@ class Config:
     backbone: str = "resnet50"
     weights: str = PRETRAINED
     seed: int = 0
-    frozen: bool = True
-    n_heads: int = 3
-    filters: int = 10
-    kernel_size: int = 3
-    padding: str = "valid"
-    l2: float = 0.001
-    lr: float = 0.01
+    frozen: bool = field(default=True, metadata=HEAD)
+    n_heads: int = field(default=3, metadata=HEAD)
+    filters: int = field(default=10, metadata=HEAD)
+    kernel_size: int = field(default=3, metadata=HEAD)
+    padding: str = field(default="valid", metadata=HEAD)
+    l2: float = field(default=0.001, metadata=HEAD)
+    lr: float = field(default=0.01, metadata=HEAD)
     n_frames: int = 12
     frame_height: int = 320
     frame_width: int = 480
-    frame_batch: int = 0
-    channels_last: bool = True
-    amp: bool = True
-    placement: str = "gpu"
+    frame_batch: int = field(default=0, metadata=RUNTIME)
+    channels_last: bool = field(default=True, metadata=RUNTIME)
+    amp: bool = field(default=True, metadata=RUNTIME)
+    placement: str = field(default="gpu", metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_WEIGHTS:

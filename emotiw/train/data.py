@@ -76,6 +76,39 @@ def table_keys(uri: str, storage: StorageConfig | None = None) -> TableKeys:
     )
 
 
+def recorded_front_ends(
+    uris: list[str], storage: StorageConfig | None = None
+) -> dict[str, dict[str, Any]]:
+    """The front-end settings the extract job recorded in the feature tables at `uris`
+    (`front_ends` of their successful rows); {} when none did (older tables).
+
+    Raises:
+        ValueError: the rows (or the train and validation tables) were extracted differently.
+    """
+    import pyarrow.compute as pc
+    from pyarrow import fs as pafs
+
+    from emotiw.errors import StorageError
+    from emotiw.features import feature_schema
+    from emotiw.storage import arrow_filesystem
+    from emotiw.table import read
+
+    found: set[str] = set()
+    for uri in uris:
+        fs, path = arrow_filesystem(uri, storage)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound and "/" in path.strip("/"):
+            raise StorageError(f"{uri}: no such feature table", reason="not_found")
+        table = read(fs, path, feature_schema(), columns=["front_ends", "error"])
+        ok = table.filter(pc.and_(pc.is_null(table["error"]), pc.is_valid(table["front_ends"])))
+        found |= set(pc.unique(ok["front_ends"]).to_pylist())
+    if len(found) > 1:
+        raise ValueError(
+            f"the feature tables {', '.join(uris)} were extracted with different front-end "
+            f"settings ({len(found)} kinds, e.g. {sorted(found)[:2]}): re-extract one of them"
+        )
+    return json.loads(found.pop()) if found else {}
+
+
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
