@@ -75,7 +75,7 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
                 f.write("\n".join(o.uri for o in subset))
             out = f"{work}/scores-{actors}-{label}"
             cfg = ScoreConfig(
-                manifest=manifest, output=out, model=str(package), cpu_actors=actors,
+                manifest=manifest, output=out, model=str(package), extract_actors=actors,
                 model_batch_size=args.batch,
             )  # fmt: skip
             with ActorMemory() as memory:

@@ -233,3 +233,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     for name in ("key", "secret", "token"):
         data.pop(name, None)
     return data
+
+
+AUTO = "auto"
+
+
+def amount(value: str, name: str) -> float | None:
+    """A resource amount flag: ``auto`` (None: the job decides) or a number >= 0.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value == AUTO:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0:
+        raise ValueError(f"{name} must be {AUTO!r} or a number >= 0, not {value!r}")
+    return number

@@ -26,12 +26,12 @@ class ExtractConfig:
         output: the feature table's directory (local or ``s3://``).
         labels: VGAF label file; clips without a label are extracted with a null label.
         configs: modalities and their settings.
-        actors: maximum size of the actor pool (each holds every extractor's models once);
-            0: no cap, the pool grows with the cluster (Ray Data asks the autoscaler for
-            nodes while clips wait).
-        min_actors: actors the pool starts with and never drops below.
-        cpus_per_actor, gpus_per_actor: resources each actor reserves; with a GPU the
-            extractors run their models on it (pose's Keypoint R-CNN benefits most).
+        extract_actors: maximum size of the extract actor pool (each holds every extractor's
+            models once); 0: no cap, the pool grows with the cluster (Ray Data asks the
+            autoscaler for nodes while clips wait).
+        min_extract_actors: actors the pool starts with and never drops below.
+        cpus_per_extract_actor, gpus_per_extract_actor: resources each actor reserves; with a
+            GPU the extractors run their models on it (pose's Keypoint R-CNN benefits most).
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
         skip_existing: skip clips (URI and etag) that already have a final row: a success or
             a permanent error (resumable reruns; transient errors are retried).
@@ -44,21 +44,23 @@ class ExtractConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    actors: int = 0
-    min_actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    extract_actors: int = 0
+    min_extract_actors: int = 1
+    cpus_per_extract_actor: float = 1.0
+    gpus_per_extract_actor: float = 0.0
     clips_per_batch: int = 1
     skip_existing: bool = True
     job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
-        if self.actors < 0 or self.clips_per_batch < 1:
-            raise ValueError("actors must be >= 0 (0: no cap) and clips_per_batch >= 1")
-        if self.min_actors < 1 or (self.actors and self.min_actors > self.actors):
-            raise ValueError("min_actors must be >= 1 and <= actors (0: no cap)")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise ValueError("cpus_per_actor must be > 0 and gpus_per_actor >= 0")
+        if self.extract_actors < 0 or self.clips_per_batch < 1:
+            raise ValueError("extract_actors must be >= 0 (0: no cap), clips_per_batch >= 1")
+        if self.min_extract_actors < 1 or (
+            self.extract_actors and self.min_extract_actors > self.extract_actors
+        ):
+            raise ValueError("min_extract_actors must be >= 1 and <= extract_actors (0: no cap)")
+        if self.cpus_per_extract_actor <= 0 or self.gpus_per_extract_actor < 0:
+            raise ValueError("cpus_per_extract_actor must be > 0 and gpus_per_extract_actor >= 0")
 
 
 @dataclass
@@ -139,7 +141,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
 
             def start_ray() -> int:
                 ensure_ray(ray_address)
-                return pool_estimate(cfg.actors, cfg.cpus_per_actor)
+                return pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor)
 
             refs, _ = plan_blocks(items, start_ray)
             ds = ray.data.from_arrow_refs(refs)
@@ -154,9 +156,9 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
                     job,
                 ),
                 batch_size=cfg.clips_per_batch,
-                compute=actor_pool(cfg.min_actors, cfg.actors),
-                num_cpus=cfg.cpus_per_actor,
-                num_gpus=cfg.gpus_per_actor,
+                compute=actor_pool(cfg.min_extract_actors, cfg.extract_actors),
+                num_cpus=cfg.cpus_per_extract_actor,
+                num_gpus=cfg.gpus_per_extract_actor,
             )
             writer = ChunkWriter(
                 fs, root, summary.run_id, schema, job.commit_every, job.commit_interval_s,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotiw.config import JobConfig, MediaConfig, StorageConfig
+from emotiw.config import AUTO, JobConfig, MediaConfig, StorageConfig, amount
 from emotiw.runtime import (
     Committed,
     ExtractActor,
@@ -43,16 +43,16 @@ class ScoreConfig:
             (rows with a transient error are retried anyway).
         retry_errors: with `skip_existing`, also rescore clips whose earlier row is a final
             error (not_media, no_frames, ...), e.g. after a decoder fix.
-        cpu_actors: maximum size of the decode/extract pool; 0: no cap, the pool grows with
+        extract_actors: maximum size of the decode/extract pool; 0: no cap, the pool grows with
             the cluster (Ray Data asks the autoscaler for nodes while clips wait).
-        min_cpu_actors: actors the extract pool starts with and never drops below.
-        cpus_per_actor: CPUs each extract actor reserves.
+        min_extract_actors: actors the extract pool starts with and never drops below.
+        cpus_per_extract_actor: CPUs each extract actor reserves.
         model_actors: maximum size of the model pool (heads, fusion, deferred pose); 0: no
             cap when the stage uses GPUs (one actor per GPU the cluster grows to), 1 on CPU.
         min_model_actors: actors the model pool starts with.
         gpus_per_model_actor: GPUs each model actor reserves, requested from the autoscaler
-            even when no GPU node is up yet; -1: 1 when the cluster has a GPU when the job
-            starts, else 0 (same code on CPU-only clusters).
+            even when no GPU node is up yet; ``auto``: 1 when the cluster has a GPU when the
+            job starts, else 0 (same code on CPU-only clusters).
         cpus_per_model_actor: CPUs each model actor reserves.
         model_batch_size: clips per model-stage call (one forward of every head; the scene
             backbone sees all their frames at once).
@@ -78,12 +78,12 @@ class ScoreConfig:
     tracking_uri: str | None = None
     skip_existing: bool = True
     retry_errors: bool = False
-    cpu_actors: int = 0
-    min_cpu_actors: int = 1
-    cpus_per_actor: float = 1.0
+    extract_actors: int = 0
+    min_extract_actors: int = 1
+    cpus_per_extract_actor: float = 1.0
     model_actors: int = 0
     min_model_actors: int = 1
-    gpus_per_model_actor: float = -1
+    gpus_per_model_actor: str = "auto"
     cpus_per_model_actor: float = 1.0
     model_batch_size: int = 8
     frame_batch_size: int = 32
@@ -99,18 +99,19 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if (self.input is None) == (self.manifest is None):
             raise ValueError("give exactly one of input (a prefix) and manifest (a URL list)")
-        if min(self.cpu_actors, self.model_actors) < 0:
-            raise ValueError("cpu_actors and model_actors must be >= 0 (0: no cap)")
+        if min(self.extract_actors, self.model_actors) < 0:
+            raise ValueError("extract_actors and model_actors must be >= 0 (0: no cap)")
         if min(self.model_batch_size, self.frame_batch_size) < 1:
             raise ValueError("model_batch_size and frame_batch_size must be >= 1")
         if self.autocast not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"autocast must be auto, off, bf16 or fp16, not {self.autocast!r}")
-        for low, high in ((self.min_cpu_actors, self.cpu_actors),
+        for low, high in ((self.min_extract_actors, self.extract_actors),
                           (self.min_model_actors, self.model_actors)):  # fmt: skip
             if low < 1 or (high and low > high):
                 raise ValueError("a pool's minimum must be >= 1 and <= its maximum (0: no cap)")
-        if self.cpus_per_actor <= 0 or self.cpus_per_model_actor < 0:
-            raise ValueError("cpus_per_actor must be > 0 and cpus_per_model_actor >= 0")
+        amount(self.gpus_per_model_actor, "gpus_per_model_actor")
+        if self.cpus_per_extract_actor <= 0 or self.cpus_per_model_actor < 0:
+            raise ValueError("cpus_per_extract_actor must be > 0 and cpus_per_model_actor >= 0")
 
 
 @dataclass
@@ -279,26 +280,26 @@ def _pools(cfg: ScoreConfig) -> dict[str, float]:
     Data's autoscaler asks for GPU nodes that are not up yet."""
     import ray
 
-    gpus = cfg.gpus_per_model_actor
-    if gpus < 0:
+    gpus = amount(cfg.gpus_per_model_actor, "gpus_per_model_actor")
+    if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     model_max = cfg.model_actors or (0 if gpus else 1)
     reserved = cfg.min_model_actors * cfg.cpus_per_model_actor
     return {
         "gpus": gpus,
         "model_max": model_max,
-        "cpu_estimate": pool_estimate(cfg.cpu_actors, cfg.cpus_per_actor, reserved),
+        "cpu_estimate": pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, reserved),
     }
 
 
 def _describe_pools(cfg: ScoreConfig, pools: dict[str, float]) -> str:
     """The pools as sized, and why the model stage has no GPU when it has none."""
-    cpu_max, model_max = (int(n) or "no cap" for n in (cfg.cpu_actors, pools["model_max"]))
+    cpu_max, model_max = (int(n) or "no cap" for n in (cfg.extract_actors, pools["model_max"]))
     text = (
-        f"extract {cfg.min_cpu_actors}..{cpu_max} actors x {cfg.cpus_per_actor:g} CPU, "
+        f"extract {cfg.min_extract_actors}..{cpu_max} actors x {cfg.cpus_per_extract_actor:g} CPU, "
         f"model {cfg.min_model_actors}..{model_max} x {pools['gpus']:g} GPU"
     )
-    if cfg.gpus_per_model_actor < 0 and not pools["gpus"]:
+    if cfg.gpus_per_model_actor == AUTO and not pools["gpus"]:
         text += (" (no GPU in the cluster when the job started; --gpus-per-model-actor 1 "
                  "asks the autoscaler for one)")  # fmt: skip
     return text
@@ -322,8 +323,8 @@ def _pipeline(
         ExtractActor,
         fn_constructor_args=(configs, cfg.media, cfg.weights, cfg.storage, run_id, cfg.job, True),
         batch_size=1,
-        compute=actor_pool(cfg.min_cpu_actors, cfg.cpu_actors),
-        num_cpus=cfg.cpus_per_actor,
+        compute=actor_pool(cfg.min_extract_actors, cfg.extract_actors),
+        num_cpus=cfg.cpus_per_extract_actor,
     )  # fmt: skip
     package = ray.put(read_package(package_root))
     return ds.map_batches(

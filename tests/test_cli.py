@@ -217,7 +217,9 @@ def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
     args = parser.parse_args(["extract", "--videos", "v", "--output", "o"])
     assert not hasattr(args, "actors")  # absent: the dataclass default applies
     assert modality_configs(args) == ModalityConfigs.preset("paper")
-    assert ExtractConfig(videos="v", output="o").actors == 0  # no cap: grows with the cluster
+    assert (
+        ExtractConfig(videos="v", output="o").extract_actors == 0
+    )  # no cap: grows with the cluster
     presets = {p for s in modalities.specs() for p in s.presets}
     assert {"paper", "cpu-smoke"} <= presets
     for preset in presets:
@@ -232,7 +234,7 @@ def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
     assert configs.of("audio").features == "logmel" and configs.of("face").weights == "random-init"
     assert args.fusion__method == "vae"
     with pytest.raises(SystemExit):
-        parser.parse_args(["score", "--output", "o", "--model", "m", "--cpu-actors", "x"])
+        parser.parse_args(["score", "--output", "o", "--model", "m", "--extract-actors", "x"])
 
 
 def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -> None:
@@ -277,3 +279,31 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
         configs("--val-features", paper)
     with pytest.raises(SystemExit):  # extract has no head flags
         parser.parse_args(["extract", "--videos", "v", "--output", "o", "--scene-lr", "0.1"])
+
+
+def test_one_flag_name_per_concept_and_auto_is_spelt_auto() -> None:
+    """The extract pool is configured with the same flags in extract and score; no setting
+    means "auto" by a magic number."""
+    import dataclasses
+
+    from emotiw.cli import build_parser
+    from emotiw.extract import ExtractConfig
+    from emotiw.score import ScoreConfig
+    from emotiw.train import TrainConfig
+
+    subs = _subparsers(build_parser())
+    options = {
+        name: {o for a in sub._actions for o in a.option_strings} for name, sub in subs.items()
+    }
+    pool = {"--extract-actors", "--min-extract-actors", "--cpus-per-extract-actor"}
+    assert pool <= options["extract"] & options["score"]
+    assert "--skip-existing" in options["extract"] & options["score"]
+    assert not {"--actors", "--cpu-actors", "--min-actors"} & (
+        options["extract"] | options["score"]
+    )
+    for cls in (ExtractConfig, ScoreConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert not (isinstance(f.default, int | float) and f.default < 0), (cls, f.name)
+    assert ScoreConfig(input="i", output="o", model="m").gpus_per_model_actor == "auto"
+    with pytest.raises(ValueError, match="'auto' or a number"):
+        ScoreConfig(input="i", output="o", model="m", gpus_per_model_actor="-1")

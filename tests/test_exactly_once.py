@@ -172,7 +172,7 @@ def test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing(
     # one clip at a time through each stage, a chunk every 2 clips: the run lasts long
     # enough for three kills at known points
     args = ["--input", str(drop), "--output", str(out), "--model", str(package),
-            "--commit-every", "2", "--cpu-actors", "1", "--model-batch-size", "1"]  # fmt: skip
+            "--commit-every", "2", "--extract-actors", "1", "--model-batch-size", "1"]  # fmt: skip
     run = start_job("score", *args)
     pid = wait_for(lambda: pids_titled("ray::MapWorker(MapBatches(ExtractActor))"), "actor")[0]
     os.kill(pid, signal.SIGKILL)
@@ -257,7 +257,7 @@ def test_a_clip_failing_past_its_attempts_is_retried_by_the_next_run(
 def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, tmp_path) -> None:
     out = tmp_path / "features"
     args = ["--videos", str(drop), "--output", str(out), *SMOKE_ARGS, "--commit-every", "2",
-            "--actors", "1"]  # fmt: skip
+            "--extract-actors", "1"]  # fmt: skip
     run = start_job("extract", *args)
     wait_for(lambda: committed_files(out), "a committed chunk")
     assert run.poll() is None, "the run finished before its driver could be killed"

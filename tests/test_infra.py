@@ -447,8 +447,10 @@ def test_scoring_rayjob_runs_the_real_score_job_incrementally() -> None:
     groups = {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
     gpus = int(groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
                ["nvidia.com/gpu"])  # fmt: skip
-    assert 0 < args.gpus_per_model_actor <= gpus
-    assert args.model_actors * args.gpus_per_model_actor <= gpus * groups["gpu"]["maxReplicas"]
+    assert 0 < float(args.gpus_per_model_actor) <= gpus
+    assert (
+        args.model_actors * float(args.gpus_per_model_actor) <= gpus * groups["gpu"]["maxReplicas"]
+    )
     # no GPU pod before the model pool asks for one (an explicit GPU request reaches the
     # autoscaler before any GPU node is up)
     assert groups["gpu"]["minReplicas"] == groups["gpu"]["replicas"] == 0

@@ -213,7 +213,7 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
                 [ray, "job", "submit", f"--address={address}", "--no-wait", "--working-dir",
                  ".", "--", "python", "jobs/score.py", "--input", str(clips), "--output",
                  str(out), "--model", str(package), "--gpus-per-model-actor", "1",
-                 "--min-cpu-actors", "2"],  # one fits the head's CPU: the other waits
+                 "--min-extract-actors", "2"],  # one fits the head's CPU: the other waits
                 capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
             )  # fmt: skip
             if submit.returncode == 0 or "No available agent" not in submit.stderr:

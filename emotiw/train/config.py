@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from emotiw import fusion
-from emotiw.config import StorageConfig
+from emotiw.config import StorageConfig, amount
 from emotiw.features import ModalityConfigs
 from emotiw.weights import WeightsConfig
 
@@ -41,7 +41,7 @@ class TrainConfig:
             reaches: an S3 prefix, with `storage`'s endpoint and credentials.
         prepare_actors: maximum size of the pool preparing the training data (reading the
             feature table, running frozen front-ends); 0: no cap, it grows with the cluster.
-        prepare_gpus: GPUs each preparing actor reserves (-1: 1 with `use_gpu`, else 0).
+        prepare_gpus: GPUs each preparing actor reserves (``auto``: 1 with `use_gpu`, else 0).
         prepare_batch_size: clips per preparing call (a frozen backbone's batch).
         worker_cache_mb: a training set (a head's columns) that fits in this many MiB is
             read whole by every worker and dealt out by a global permutation each epoch; a
@@ -74,7 +74,7 @@ class TrainConfig:
     run_dir: str = "runs/train"
     storage_path: str | None = None
     prepare_actors: int = 0
-    prepare_gpus: float = -1
+    prepare_gpus: str = "auto"
     prepare_batch_size: int = 8
     worker_cache_mb: int = 2048
     poll_interval_s: float = 0.25
@@ -88,6 +88,7 @@ class TrainConfig:
             raise ValueError("epochs, fusion_epochs, batch_size and workers must be >= 1")
         if self.prepare_actors < 0 or self.prepare_batch_size < 1:
             raise ValueError("prepare_actors must be >= 0 (0: no cap), prepare_batch_size >= 1")
+        amount(self.prepare_gpus, "prepare_gpus")
         if set(self.fusion.modalities) - set(self.configs.modalities):
             object.__setattr__(
                 self, "fusion", dataclasses.replace(self.fusion, modalities=self.configs.modalities)

@@ -84,7 +84,10 @@ def prepare(cfg: TrainConfig, tables: list[str], splits: dict[str, str]) -> Any:
 
 
 def _gpus(cfg: TrainConfig) -> float:
-    return cfg.prepare_gpus if cfg.prepare_gpus >= 0 else (1.0 if cfg.use_gpu else 0.0)
+    from emotiw.config import amount
+
+    gpus = amount(cfg.prepare_gpus, "prepare_gpus")
+    return (1.0 if cfg.use_gpu else 0.0) if gpus is None else gpus
 
 
 def hidden(cfg: TrainConfig, ds: Any, head_states: dict[str, bytes]) -> Any:
