@@ -10,9 +10,13 @@ directory (`emotiw.tracking`), and scoring loads it from ``models:/name/version`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +158,18 @@ def read_package(path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
     }
+
+
+@contextlib.contextmanager
+def unpacked(files: dict[str, bytes]) -> Iterator[Path]:
+    """`files` (from `read_package`) written to a temporary folder for as long as the block
+    loads them, then removed: a long-lived cluster's model actors would otherwise leave a copy
+    of the model (~27 MB) in the temp directory per actor and run."""
+    folder = Path(tempfile.mkdtemp(prefix="emotiw-model-"))
+    try:
+        yield write_package(files, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_package(files: dict[str, bytes], folder: Path) -> Path:

@@ -84,18 +84,14 @@ class ModelActor:
         frame_batch: int = 32,
         autocast: str = "auto",
     ) -> None:
-        import tempfile
-        from pathlib import Path
-
         import ray
 
         from emotiw.inference import ClipScorer
         from emotiw.modalities.base import resolve_device
-        from emotiw.packaging import write_package
+        from emotiw.packaging import unpacked
 
         if isinstance(files, ray.ObjectRef):  # Ray Data passes constructor args as given
             files = ray.get(files)
-        folder = write_package(files, Path(tempfile.mkdtemp(prefix="emotiw-model-")))
         device = resolve_device(device_name)
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         placement = str(device)
@@ -103,10 +99,11 @@ class ModelActor:
             placement = f"cpu (Ray GPU {','.join(gpus)} assigned, no CUDA device visible)"
         elif gpus:
             placement = f"{device} (Ray GPU {','.join(gpus)})"
-        self.scorer = ClipScorer(
-            folder, ref, weights, str(device), placement, job.attempts, job.backoff_s,
-            frame_batch, autocast,
-        )  # fmt: skip
+        with unpacked(files) as folder:  # loaded into memory, then the copy goes
+            self.scorer = ClipScorer(
+                folder, ref, weights, str(device), placement, job.attempts, job.backoff_s,
+                frame_batch, autocast,
+            )  # fmt: skip
         self.run_id = run_id
 
     def __call__(self, batch: Any) -> Any:

@@ -316,6 +316,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
 
     from emotiw.features import ClipFeatureExtractor, rows_to_table
     from emotiw.inference import ClipScorer, ModelRef
+    from emotiw.packaging import read_package, unpacked
 
     configs = ModalityConfigs.create(
         pose.Config(weights="random-init", input_size=160, score_threshold=0.0), face.Config()
@@ -326,9 +327,11 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     row = extractor(str(corpus / "clip_0001.mp4"), "clip_0001", data, None, "run")
     assert row.get("pose") is None and len(row["frames_jpeg"]) == 12 and row.get("error") is None
     table = rows_to_table([{**row, "etag": "e1", "size_bytes": len(data)}])
-    scorer = ClipScorer(
-        make_package(tmp_path / "pkg", configs), ModelRef("pkg", "pkg", None), device="cpu"
-    )
+    # as a model actor gets it: the package's bytes, unpacked only while the scorer loads
+    files = read_package(make_package(tmp_path / "pkg", configs))
+    with unpacked(files) as folder:
+        scorer = ClipScorer(folder, ModelRef("pkg", "pkg", None), device="cpu")
+    assert not folder.exists()  # no model copy left in the temp directory
     out = scorer(table, "run-1").to_pylist()[0]
     assert out["etag"] == "e1" and out["size_bytes"] == len(data)  # the listing's columns
     assert out["error"] is None and out["n_people"] > 0  # threshold 0: random boxes are kept
