@@ -8,6 +8,7 @@ Subcommands:
     train                 the train job: feature tables -> heads, fusions, registered model
     evaluate              the paper's tables of a model on a labelled feature table
     score                 the scoring job (main job): videos -> partitioned scores table
+    promote MODEL         point a registry alias (default champion) at a model version
     demo                  the main job on the embedded default (local Ray, local files)
 
 Every job flag is generated from a field of the job's config dataclass (`emotiw.flags`):
@@ -305,6 +306,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from emotiw.tracking import promote
+
+    uri, before = promote(args.model, args.alias, args.tracking_uri)
+    name = uri.removeprefix("models:/").split("/")[0]
+    was = f" (was version {before})" if before else ""
+    print(f"models:/{name}@{args.alias} -> {uri}{was}")
+    return ExitCode.OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from emotiw.demo import DemoConfig, run_demo
 
@@ -396,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _job_parser(sub, "evaluate", "metrics tables of a model on a feature table", EvaluateConfig,
                 _cmd_evaluate)  # fmt: skip
+    p = sub.add_parser("promote", help="point a registry alias (champion) at a model version")
+    p.add_argument("model", help="models:/name/version (or /latest, @alias)")
+    alias_help = "alias to set (default champion: what the schedule scores with)"
+    p.add_argument("--alias", default="champion", help=alias_help)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.set_defaults(func=_cmd_promote)
+
     _job_parser(sub, "demo", "run the main job on the embedded default (local files)",
                 DemoConfig, _cmd_demo)  # fmt: skip
     for command in sub.choices.values():  # also accepted after the command's name

@@ -161,16 +161,49 @@ def _pyfunc_class() -> type:
     return EmotiwPyfunc
 
 
+CANDIDATE = "candidate"  # the alias training gives each version it registers
+CHAMPION = "champion"  # the alias the schedule scores with; only `emotiw promote` sets it
+
+
 def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
-    """Log `package_dir` as a pyfunc model in the active run and register it; returns the
-    ``models:/name/version`` URI."""
+    """Log `package_dir` as a pyfunc model in the active run, register it and point the
+    ``candidate`` alias at the new version (never ``champion``: a trained model reaches the
+    schedule only when promoted); returns the ``models:/name/version`` URI."""
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=_pyfunc_class()(),
         artifacts={ARTIFACT: str(package_dir)},
         registered_model_name=registered_name,
     )
-    return f"models:/{registered_name}/{info.registered_model_version}"
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(registered_name, CANDIDATE, version)
+    return f"models:/{registered_name}/{version}"
+
+
+def promote(uri: str, alias: str, tracking_uri: str | None = None) -> tuple[str, str | None]:
+    """Point `alias` of the registered model at the version `uri` names (``models:/name/N``,
+    ``/latest`` or ``@other-alias``); returns (the version's URI, the version the alias named
+    before, or None).
+
+    Raises:
+        ModelNotFound: no such model or version.
+        ValueError: `uri` is not a registry URI.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ref = model_ref(uri, tracking_uri)
+    if ref.version is None:
+        raise ValueError(f"promote takes models:/name/version (or @alias), not {uri!r}")
+    client = MlflowClient(tracking_uri)
+    with registry_errors(uri, tracking_uri):
+        client.get_model_version(ref.name, ref.version)  # exists
+        try:
+            before: str | None = str(client.get_model_version_by_alias(ref.name, alias).version)
+        except MlflowException:
+            before = None
+        client.set_registered_model_alias(ref.name, alias, ref.version)
+    return ref.uri, before
 
 
 def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:

@@ -190,7 +190,7 @@ def test_every_flag_maps_to_a_config_field() -> None:
     jobs = {"extract": ExtractConfig, "train": TrainConfig, "score": ScoreConfig,
             "evaluate": EvaluateConfig, "demo": DemoConfig}  # fmt: skip
     shorthands = {"help", "verbose", "preset", "modalities", "random_init", "address", "out",
-                  "n", "seed", "uri", "labels"}  # fmt: skip
+                  "n", "seed", "uri", "labels", "model", "alias", "tracking_uri"}  # fmt: skip
     parser = build_parser()
     checked = 0
     for command, sub in _subparsers(parser).items():
@@ -307,3 +307,32 @@ def test_one_flag_name_per_concept_and_auto_is_spelt_auto() -> None:
     assert ScoreConfig(input="i", output="o", model="m").gpus_per_model_actor == "auto"
     with pytest.raises(ValueError, match="'auto' or a number"):
         ScoreConfig(input="i", output="o", model="m", gpus_per_model_actor="-1")
+
+
+def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_command(
+    tmp_path: Path,
+) -> None:
+    """`emotiw promote` against a real MLflow registry (SQLite store): training registers
+    versions under the ``candidate`` alias; only promote moves ``champion``, which the
+    schedule scores with."""
+    from mlflow import MlflowClient
+
+    import emotiw.cli
+    from emotiw.cli import build_parser
+    from emotiw.tracking import model_ref
+
+    registry = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(registry)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=(tmp_path / "artifacts").as_uri())
+    out = run("promote", "models:/m/1", "--tracking-uri", registry).stdout
+    assert "models:/m@champion -> models:/m/1" in out and "was" not in out
+    out = run("promote", "models:/m/latest", "--tracking-uri", registry).stdout
+    assert "models:/m@champion -> models:/m/2 (was version 1)" in out
+    assert model_ref("models:/m@champion", registry).version == "2"
+    _fails(67, "promote", "models:/m/9", "--tracking-uri", registry, words=("missing_model",))
+    # docs and code agree: the module docstring names every subcommand
+    doc = emotiw.cli.__doc__.split("\n\n")[1]
+    listed = {line.split()[0] for line in doc.splitlines()[1:]}
+    assert listed == set(_subparsers(build_parser()))

@@ -443,7 +443,7 @@ def test_scoring_rayjob_runs_the_real_score_job_incrementally() -> None:
     assert name == "score"
     args = parse_job(name, argv)
     assert args.skip_existing is True and "--skip-existing" in argv
-    assert args.model.startswith("models:/")
+    assert args.model == "models:/emotiw@champion"  # only `emotiw promote` moves it
     groups = {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
     gpus = int(groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
                ["nvidia.com/gpu"])  # fmt: skip

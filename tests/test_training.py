@@ -140,6 +140,10 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
         *SMOKE_ARGS, env=s3_env,
     ).stdout  # fmt: skip
     assert "registered models:/emotiw-test/1" in stdout
+    # registered as the candidate; the schedule's champion is set only by `emotiw promote`
+    registry = MlflowClient(mlflow_server)
+    assert registry.get_model_version_by_alias("emotiw-test", "candidate").version == "1"
+    assert "champion" not in registry.get_registered_model("emotiw-test").aliases
     # Ray Train kept its checkpoints on S3 (what a multi-node cluster needs), none locally
     from emotiw.storage import fsspec_filesystem
 
