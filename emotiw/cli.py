@@ -214,6 +214,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     )
     summary = run_extract(cfg, args.address)
     print(summary, flush=True)
+    if summary.pending is not None:
+        return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
     return _exit_code("extract", summary.committed, cfg.job)
 
 

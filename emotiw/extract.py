@@ -35,6 +35,10 @@ class ExtractConfig:
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
         skip_existing: skip clips (URI and etag) that already have a final row: a success or
             a permanent error (resumable reruns; transient errors are retried).
+        dry_run: check the weights are staged, list the videos and read the label file, and
+            compare with the table, read-only (no lease, no Ray): print how many clips are
+            new, changed or to retry; exit code 0 when a real run would extract something, 4
+            when nothing is pending.
     """
 
     videos: str
@@ -50,6 +54,7 @@ class ExtractConfig:
     gpus_per_extract_actor: float = 0.0
     clips_per_batch: int = 1
     skip_existing: bool = True
+    dry_run: bool = False
     job: JobConfig = field(default_factory=JobConfig)
 
     def __post_init__(self) -> None:
@@ -74,8 +79,17 @@ class ExtractSummary:
     labels_without_video: int = 0
     committed: Committed = field(default_factory=Committed)
     seconds: float = 0.0
+    output: str = ""
+    # dry runs: clips a real run would extract, by why (new, changed, retry)
+    pending: dict[str, int] | None = None
 
     def __str__(self) -> str:
+        if self.pending is not None:
+            from emotiw.table import describe_pending
+
+            return describe_pending(
+                self.listed, self.skipped, self.pending, self.output, verb="extract"
+            )
         return (
             f"run {self.run_id}: {self.listed} clips listed, {self.skipped} already done, "
             f"{self.extracted} extracted, {self.errors} errors ({self.committed.reasons}), "
@@ -124,6 +138,20 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
             "label file or prefix?"
         )
     schema = feature_schema()
+    if cfg.dry_run:
+        from emotiw.storage import arrow_filesystem
+        from emotiw.table import pending
+
+        fs, root = arrow_filesystem(cfg.output, cfg.storage)
+        done = KeyIndex.empty()
+        if cfg.skip_existing:
+            done = retry.call(
+                lambda: done_keys(fs, root, schema, seen=True), job.attempts, job.backoff_s
+            )
+        _, summary.skipped, summary.pending = pending(objects, done)
+        summary.output = cfg.output
+        summary.seconds = time.monotonic() - start
+        return summary
     with exclusive_output(cfg.output, cfg.storage, job, summary.run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip

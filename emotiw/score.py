@@ -135,11 +135,9 @@ class ScoreSummary:
 
     def __str__(self) -> str:
         if self.pending is not None:
-            why = ", ".join(f"{v} {k}" for k, v in self.pending.items())
-            return (
-                f"dry run: {self.listed} clips listed, {self.skipped} already scored, "
-                f"{sum(self.pending.values())} to score ({why}) into {self.output}"
-            )
+            from emotiw.table import describe_pending
+
+            return describe_pending(self.listed, self.skipped, self.pending, self.output)
         classes = ", ".join(f"{k} {v}" for k, v in self.classes.items()) or "-"
         agree = ", ".join(f"{k} {v:.2f}" for k, v in self.agreement.items()) or "-"
         where = ", ".join(f"{k} ({v} clips)" for k, v in self.placement.items()) or "-"
@@ -255,20 +253,14 @@ def _dry_run(cfg: ScoreConfig, summary: ScoreSummary, schema: Any, start: float)
     from emotiw import retry
     from emotiw.storage import arrow_filesystem
     from emotiw.table import KeyIndex, done_keys
+    from emotiw.table import pending as table_pending
 
     fs, root = arrow_filesystem(cfg.output, cfg.storage)
     done = KeyIndex.empty() if not cfg.skip_existing else retry.call(
         lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True),
         cfg.job.attempts, cfg.job.backoff_s,
     )  # fmt: skip
-    pending = dict.fromkeys(("new", "changed", "retry"), 0)
-    for o in _listing(cfg):
-        summary.listed += 1
-        status = done.status(o.uri, o.etag) if cfg.skip_existing else "new"
-        if status == "done":
-            summary.skipped += 1
-        else:
-            pending[status] += 1
+    summary.listed, summary.skipped, pending = table_pending(_listing(cfg), done)
     summary.pending = pending
     summary.seconds = time.monotonic() - start
     return summary

@@ -25,7 +25,7 @@ import hashlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,7 +308,9 @@ class KeyIndex:
 
     @classmethod
     def empty(cls) -> KeyIndex:
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        """Nothing done and nothing seen (every clip is new)."""
+        none = np.zeros(0, np.uint64)
+        return cls(none, none, (none, none))
 
     def done(self, uri: str, etag: str) -> bool:
         return _member(self.pairs, _key(uri, etag)) or _member(self.uris, _key(uri))
@@ -373,6 +375,33 @@ def done_keys(
 
     history = (cat(seen_pairs), cat(seen_uris)) if seen else None
     return KeyIndex(cat(pairs), cat(uris), history)
+
+
+def pending(objects: Iterable[Any], done: KeyIndex) -> tuple[int, int, dict[str, int]]:
+    """A dry run's counts over listed objects (``.uri``, ``.etag``): (listed, already done,
+    {new, changed, retry}); `done` built with ``seen=True`` (`KeyIndex.status`)."""
+    listed, skipped = 0, 0
+    counts = dict.fromkeys(("new", "changed", "retry"), 0)
+    for o in objects:
+        listed += 1
+        status = done.status(o.uri, o.etag)
+        if status == "done":
+            skipped += 1
+        else:
+            counts[status] += 1
+    return listed, skipped, counts
+
+
+def describe_pending(
+    listed: int, skipped: int, counts: dict[str, int], output: str, verb: str = "score"
+) -> str:
+    """One line of a dry run's counts (``verb``: score, extract)."""
+    why = ", ".join(f"{v} {k}" for k, v in counts.items())
+    done = {"score": "scored", "extract": "extracted"}.get(verb, "done")
+    return (
+        f"dry run: {listed} clips listed, {skipped} already {done}, "
+        f"{sum(counts.values())} to {verb} ({why}) into {output}"
+    )
 
 
 def is_done(done: KeyIndex, uri: str, etag: str) -> bool:

@@ -336,3 +336,30 @@ def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_comm
     doc = emotiw.cli.__doc__.split("\n\n")[1]
     listed = {line.split()[0] for line in doc.splitlines()[1:]}
     assert listed == set(_subparsers(build_parser()))
+
+
+def test_extract_dry_run_counts_pending_clips_read_only(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from emotiw.features import feature_schema
+    from emotiw.storage import arrow_filesystem, iter_video_objects
+    from emotiw.table import ChunkWriter
+    from helpers import write_clip
+
+    clips, table = tmp_path / "clips", tmp_path / "features"
+    clips.mkdir()
+    for name in ("a.mkv", "b.mkv"):
+        write_clip(clips / name, n_frames=10)
+    args = ("extract", "--videos", str(clips), "--output", str(table), "--preset", "cpu-smoke",
+            "--dry-run")  # fmt: skip
+    out = run(*args).stdout
+    assert "dry run: 2 clips listed, 0 already extracted, 2 to extract (2 new, 0 changed" in out
+    assert not table.exists()  # read-only: no lease, no staging, no table
+    fs, root = arrow_filesystem(str(table))
+    writer = ChunkWriter(fs, root, "r", feature_schema(), 100, 600)
+    rows = [{"uri": o.uri, "etag": o.etag} for o in iter_video_objects(str(clips))]
+    writer.write(pa.Table.from_pylist(rows, schema=feature_schema()))
+    writer.close()
+    proc = run(*args, check=False)
+    assert proc.returncode == 4 and "2 already extracted, 0 to extract" in proc.stdout
+    assert not (table / "_lease.json").exists()
