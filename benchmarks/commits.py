@@ -53,7 +53,7 @@ def _run(n: int, commit_every: int, url: str, storage: Any) -> tuple[float, int]
     start = time.perf_counter()
     ds = ray.data.range(n, override_num_blocks=max(1, n // 100))
     ds = ds.map_batches(_rows, batch_format="numpy", batch_size=None)
-    write_stream(ds, writer, Committed(), lambda rows: None)
+    write_stream(ds, writer, Committed(), lambda rows: None, None)
     return time.perf_counter() - start, len(writer.committed)
 
 

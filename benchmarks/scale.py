@@ -84,7 +84,7 @@ def _child(args: argparse.Namespace) -> None:
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     )  # fmt: skip
     writer = ChunkWriter(fs, root, "bench", schema, 1000, 3600)
-    write_stream(ds, writer, Committed(), lambda rows: None)
+    write_stream(ds, writer, Committed(), lambda rows: None, None)
     child_report(time.perf_counter() - start, writer.rows)
 
 

@@ -20,6 +20,7 @@ settings are ``--<modality>-<field>`` on top of a named preset (``--preset paper
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -428,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every failure ends in one line on stderr and a documented exit code
     (`ExitCode`); ``--verbose`` adds the traceback."""
     args = build_parser().parse_args(argv)
+    if args.verbose:  # Ray Data's INFO messages too (emotiw.runtime.quiet_ray_data)
+        os.environ["EMOTIW_VERBOSE"] = "1"
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -169,6 +169,9 @@ class JobConfig:
             default rides out an endpoint that is gone for ~15 s.
         max_error_rate: the job exits with code 3 (after committing and printing its summary)
             when more than this fraction of the clips it processed ended as error rows.
+        progress_interval_s: when stderr is not a terminal (logs, schedulers), print one
+            progress line (clips done / total, clips/s, errors, ETA) this often; on a terminal
+            Ray Data's progress bars show instead. 0: no progress lines.
     """
 
     commit_every: int = 1000
@@ -179,6 +182,7 @@ class JobConfig:
     attempts: int = 5
     backoff_s: float = 1.0
     max_error_rate: float = 0.25
+    progress_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         _require(self.commit_every >= 1, f"commit_every must be >= 1, got {self.commit_every}")
@@ -188,6 +192,7 @@ class JobConfig:
         _require(self.attempts >= 1, f"attempts must be >= 1, got {self.attempts}")
         _require(self.backoff_s >= 0, f"backoff_s must be >= 0, got {self.backoff_s}")
         _require(0 <= self.max_error_rate <= 1, "max_error_rate must be in [0, 1]")
+        _require(self.progress_interval_s >= 0, "progress_interval_s must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
     from emotiw.runtime import (
+        Progress,
         actor_pool,
         exclusive_output,
         plan_blocks,
@@ -196,7 +197,8 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
             def count(rows: object) -> None:
                 summary.unlabelled += rows.filter(rows["label"].is_null()).num_rows  # type: ignore[attr-defined]
 
-            write_stream(ds, writer, summary.committed, count)
+            progress = Progress("extract", len(items), job.progress_interval_s)
+            write_stream(ds, writer, summary.committed, count, progress)
     summary.errors = summary.committed.errors
     summary.extracted = summary.committed.rows - summary.errors
     summary.seconds = time.monotonic() - start

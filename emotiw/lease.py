@@ -272,11 +272,36 @@ class Lease:
             )  # fmt: skip
             body = json.dumps(asdict(info), indent=1).encode()
             try:
-                self.version = self.store.replace(body, self.version)
+                try:
+                    self.version = self.store.replace(body, self.version)
+                except Conflict:
+                    if not self._still_ours():  # else an earlier write landed unanswered
+                        raise
+                    self.version = self.store.replace(body, self.version)
             except Conflict:
                 self.lost = f"run {self.info.run_id} lost its lease (taken over by another run)"
                 raise LeaseLost(self.lost) from None
             self.info = info
+
+    def _still_ours(self) -> bool:
+        """After a conflict: whether the stored lease is still this run's. A write whose
+        answer was lost (the connection dropped after the store applied it) leaves our own
+        lease under a version we never saw; adopt it instead of calling the lease lost."""
+        current = self.store.read()
+        if current is None:
+            return False
+        try:
+            held = LeaseInfo(**json.loads(current[0]))
+        except (ValueError, TypeError):
+            return False
+        mine = (held.run_id, held.host, held.pid) == (
+            self.info.run_id,
+            self.info.host,
+            self.info.pid,
+        )
+        if mine:
+            self.version = current[1]
+        return mine
 
     def _beat(self) -> None:
         while not self._stop.wait(self.job.lease_ttl_s / 4):
@@ -296,11 +321,18 @@ class Lease:
             _call(self._renew, self.job)
 
     def release(self) -> None:
+        """Delete the lease if this run still holds it, retrying through transient storage
+        errors (a lease left behind would make the next run wait for its expiry)."""
         self._stop.set()
         self._thread.join(timeout=10)
         if not self.lost:
             with contextlib.suppress(Exception), self._lock:
-                self.store.delete(self.version)
+                _call(self._delete, self.job)
+
+    def _delete(self) -> None:
+        self.store.delete(self.version)  # a no-op when the version moved on
+        if self.store.read() is not None and self._still_ours():
+            self.store.delete(self.version)
 
     def __enter__(self) -> Lease:
         return self

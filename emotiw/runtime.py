@@ -5,6 +5,8 @@ jobs share around them: holding the output's lease, streaming rows into committe
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -29,11 +31,69 @@ def new_run_id() -> str:
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to the cluster at `address` (or RAY_ADDRESS, or the one `ray job submit` set),
-    else start a local one."""
+    else start a local one; then `quiet_ray_data`."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    quiet_ray_data()
+
+
+def verbose() -> bool:
+    """Whether the command line asked for ``--verbose`` (it sets ``EMOTIW_VERBOSE=1``)."""
+    return os.environ.get("EMOTIW_VERBOSE") == "1"
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars on a terminal only (off a terminal they become a multi-line
+    INFO block every few seconds; the jobs print their own one-line `Progress` there), and
+    its INFO messages (execution plans, stats) only with ``--verbose``."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    if not verbose():
+        ctx.print_on_execution_start = False
+        ctx.enable_auto_log_stats = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+class Progress:
+    """Clips done of `total`, rate, errors and ETA as one line every `interval_s` seconds
+    (and a last one at the end), for logs that are not a terminal; silent on a terminal,
+    where Ray Data draws its bars, or with `interval_s` 0."""
+
+    def __init__(self, what: str, total: int, interval_s: float, stream: Any = None) -> None:
+        self.what, self.total, self.interval_s = what, total, interval_s
+        self.stream = stream or sys.stderr
+        self.enabled = interval_s > 0 and not self.stream.isatty()
+        self.done = self.errors = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, rows: int, errors: int) -> None:
+        self.done += rows
+        self.errors += errors
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.interval_s:
+            self.last = now
+            print(self.line(now), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            print(self.line(time.monotonic()), file=self.stream, flush=True)
+
+    def line(self, now: float) -> str:
+        took = max(now - self.start, 1e-9)
+        rate = self.done / took
+        left = (self.total - self.done) / rate if rate else float("inf")
+        eta = "-" if left == float("inf") else time.strftime("%H:%M:%S", time.gmtime(left))
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        return (
+            f"{self.what}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, "
+            f"{self.errors} errors, ETA {eta}"
+        )
 
 
 class ExtractActor:
@@ -233,15 +293,22 @@ def exclusive_output(
         yield fs, root, lease
 
 
-def write_stream(ds: Any, writer: ChunkWriter, committed: Committed, on_rows: Any) -> None:
+def write_stream(
+    ds: Any, writer: ChunkWriter, committed: Committed, on_rows: Any, progress: Progress | None
+) -> None:
     """Pull the dataset's output blocks to the driver as they finish and commit them in
     chunks; on any failure the open chunk is dropped (committed ones stay)."""
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            errors = committed.errors
             committed.add(block)
             on_rows(block)
             writer.write(block)
+            if progress is not None:
+                progress.update(block.num_rows, committed.errors - errors)
         writer.close()
+        if progress is not None:
+            progress.close()
     except BaseException:
         writer.abort()
         raise

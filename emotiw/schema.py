@@ -125,7 +125,8 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
     "retryable": "true when `error_reason` is transient (io, timeout, model_failed, "
     "out_of_memory, internal): the next run scores the clip again; null on success",
     "attempts": "tries this run made for the clip (transient failures are retried)",
-    "model_uri": "the model as given (models:/name/version or a path)",
+    "model_uri": "the model as resolved when the run started: models:/name/version (an alias "
+    "or /latest pinned to its version) or the package path",
     "model_name": "registered model name (or the package directory's name)",
     "model_version": "registered model version (null for a local package)",
     "fusion": "fusion variant that produced prob_* and predicted",

@@ -19,6 +19,7 @@ from emotiw.runtime import (
     Committed,
     ExtractActor,
     ModelActor,
+    Progress,
     actor_pool,
     ensure_ray,
     new_run_id,
@@ -43,6 +44,10 @@ class ScoreConfig:
             (rows with a transient error are retried anyway).
         retry_errors: with `skip_existing`, also rescore clips whose earlier row is a final
             error (not_media, no_frames, ...), e.g. after a decoder fix.
+        rescore_on_model_change: with `skip_existing`, a clip counts as done only when this
+            model version (the resolved `models:/name/N`, or the package path) scored it: a
+            newly promoted model rescores the corpus once, and the table keeps each model's
+            scores side by side (README: current score per clip per model).
         extract_actors: maximum size of the decode/extract pool; 0: no cap, the pool grows with
             the cluster (Ray Data asks the autoscaler for nodes while clips wait).
         min_extract_actors: actors the extract pool starts with and never drops below.
@@ -78,6 +83,7 @@ class ScoreConfig:
     tracking_uri: str | None = None
     skip_existing: bool = True
     retry_errors: bool = False
+    rescore_on_model_change: bool = False
     extract_actors: int = 0
     min_extract_actors: int = 1
     cpus_per_extract_actor: float = 1.0
@@ -200,7 +206,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
     check_available(configs.weight_names(), cfg.weights)  # one line, before any actor
     if cfg.dry_run:
-        return _dry_run(cfg, summary, score_schema(modalities.specs()), start)
+        return _dry_run(cfg, ref, summary, score_schema(modalities.specs()), start)
     schema = score_schema(modalities.specs())
     job = cfg.job
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
@@ -209,7 +215,8 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         done = KeyIndex.empty()
         if cfg.skip_existing:
             done = retry.call(
-                lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors),
+                lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors,
+                                  model_uri=_model_key(cfg, ref)),
                 job.attempts, job.backoff_s,
             )  # fmt: skip
 
@@ -241,6 +248,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
             write_stream(
                 ds, writer, summary.committed,
                 lambda rows: _summarise(summary, rows, configs.modalities),
+                Progress("score", count, job.progress_interval_s),
             )  # fmt: skip
     summary.errors = summary.committed.errors
     summary.scored = summary.committed.rows - summary.errors
@@ -248,7 +256,14 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     return summary
 
 
-def _dry_run(cfg: ScoreConfig, summary: ScoreSummary, schema: Any, start: float) -> ScoreSummary:
+def _model_key(cfg: ScoreConfig, ref: Any) -> str | None:
+    """The `model_uri` a row must carry to count as done (`rescore_on_model_change`)."""
+    return ref.uri if cfg.rescore_on_model_change else None
+
+
+def _dry_run(
+    cfg: ScoreConfig, ref: Any, summary: ScoreSummary, schema: Any, start: float
+) -> ScoreSummary:
     """What a real run would score, read-only: the listing against the table's history."""
     from emotiw import retry
     from emotiw.storage import arrow_filesystem
@@ -257,7 +272,8 @@ def _dry_run(cfg: ScoreConfig, summary: ScoreSummary, schema: Any, start: float)
 
     fs, root = arrow_filesystem(cfg.output, cfg.storage)
     done = KeyIndex.empty() if not cfg.skip_existing else retry.call(
-        lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True),
+        lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True,
+                          model_uri=_model_key(cfg, ref)),
         cfg.job.attempts, cfg.job.backoff_s,
     )  # fmt: skip
     summary.listed, summary.skipped, pending = table_pending(_listing(cfg), done)

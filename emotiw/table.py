@@ -333,12 +333,19 @@ def _member(sorted_keys: np.ndarray, key: int) -> bool:
 
 
 def done_keys(
-    fs: Any, root: str, schema: Any, final_errors: bool = True, seen: bool = False
+    fs: Any,
+    root: str,
+    schema: Any,
+    final_errors: bool = True,
+    seen: bool = False,
+    model_uri: str | None = None,
 ) -> KeyIndex:
     """The `KeyIndex` of every clip the table has a final row for: a success, or (with
     `final_errors`) an error that is a property of the clip (not_media, empty, ...). Clips
     whose rows are all transient errors (io, timeout, ...) are not done, so a run tries them
-    again without being told. `seen` also indexes every row (for `KeyIndex.status`)."""
+    again without being told. `seen` also indexes every row (for `KeyIndex.status`); with
+    `model_uri` (the scores table) only that model's rows count, so a new model version
+    rescores every clip once."""
     import pyarrow.dataset as ds
 
     from emotiw.errors import TRANSIENT_REASONS
@@ -351,7 +358,8 @@ def done_keys(
     if files:
         dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
         columns = ["uri", "etag", "error_reason"]
-        for batch in dataset.to_batches(columns=columns, batch_size=65_536):
+        where = None if model_uri is None else ds.field("model_uri") == model_uri
+        for batch in dataset.to_batches(columns=columns, filter=where, batch_size=65_536):
             keys = batch.to_pydict()
             with_etag, without, any_pair, any_uri = [], [], [], []
             for uri, etag, reason in zip(*(keys[c] for c in columns), strict=True):

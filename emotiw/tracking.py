@@ -131,32 +131,7 @@ def log_tables(mlflow: Any, tables: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def _pyfunc_class() -> type:
-    import mlflow.pyfunc
-
-    class EmotiwPyfunc(mlflow.pyfunc.PythonModel):
-        """``predict`` takes feature-table rows (a DataFrame) and returns the fused class
-        probabilities, the predicted class and the video id per successfully extracted row."""
-
-        def load_context(self, context: Any) -> None:
-            from emotiw.packaging import load_model
-
-            self.model = load_model(context.artifacts[ARTIFACT])
-
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
-            import pyarrow as pa
-
-            from emotiw.config import CLASS_NAMES
-            from emotiw.features import feature_schema, to_feature_set
-            from emotiw.inference import predict
-
-            rows = pa.Table.from_pandas(model_input, schema=feature_schema(), preserve_index=False)
-            data = to_feature_set(rows, self.model.configs, require_labels=False)
-            probs, preds = predict(self.model.fusion, data, None)
-            out = pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASS_NAMES])
-            out.insert(0, "video_id", data.video_ids)
-            out["predicted"] = [CLASS_NAMES[i] for i in preds]
-            return out
+    from emotiw.pyfunc_model import EmotiwPyfunc
 
     return EmotiwPyfunc
 
@@ -178,6 +153,49 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(registered_name, CANDIDATE, version)
     return f"models:/{registered_name}/{version}"
+
+
+INTENDED_USE = (
+    "Group-level sentiment (positive / neutral / negative) of short in-the-wild group video "
+    "clips, following the EmotiW 2020 group emotion task (VGAF). Limits: trained on the tables "
+    "named in the training_data tag (synthetic clips where they came from `emotiw "
+    "sample-corpus`: such a model shows the pipeline, not accuracy on real video); scores a "
+    "group, never an individual; not validated for decisions about people."
+)
+
+
+def model_card(
+    client: Any,
+    name: str,
+    version: str,
+    training: dict[str, Any],
+    scores: dict[str, Any],
+    provenance: dict[str, str],
+) -> None:
+    """The registered version's model card: a description and searchable tags (training
+    data, per-head and per-fusion validation metrics, weights provenance, intended use)."""
+    best = max(scores.items(), key=lambda kv: kv[1]["accuracy"])
+    lines = [
+        f"emotiw model: heads {', '.join(k for k in scores if ':' not in k)}; fusion variants "
+        f"{', '.join(k.split(':', 1)[1] for k in scores if k.startswith('fusion:'))}.",
+        f"Trained on {training['features']} ({training['n_train']} clips), validated on "
+        f"{training['val_features'] or 'a held-out split'} ({training['n_val']} clips); best "
+        f"validation accuracy {best[1]['accuracy']:.3f} ({best[0]}).",
+        "Weights: " + "; ".join(f"{k}: {v}" for k, v in sorted(provenance.items())),
+        INTENDED_USE,
+    ]
+    client.update_model_version(name, version, description="\n\n".join(lines))
+    tags = {
+        "training_data": json.dumps({k: training[k] for k in ("features", "val_features")}),
+        "n_train": str(training["n_train"]),
+        "n_val": str(training["n_val"]),
+        "weights_provenance": json.dumps(provenance, sort_keys=True),
+        "intended_use": INTENDED_USE,
+        **{f"val_accuracy.{k}": f"{v['accuracy']:.4f}" for k, v in scores.items()},
+        **{f"val_f1.{k}": f"{v['f1']:.4f}" for k, v in scores.items() if "f1" in v},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
 
 
 def promote(uri: str, alias: str, tracking_uri: str | None = None) -> tuple[str, str | None]:

@@ -285,3 +285,28 @@ def _proxy_handler(proxy: FaultyS3Proxy) -> type:
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
     return Handler
+
+
+def cookbook() -> dict[str, str]:
+    """The README's query cookbook: first comment line -> SQL (over ``runs/demo/scores``)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("**Query cookbook**")
+    block = text[
+        text.index("```sql\n", start) + 7 : text.index("```", text.index("```sql\n", start) + 7)
+    ]
+    queries = {}
+    for part in block.split(";"):
+        lines = [line for line in part.strip().splitlines() if line.strip()]
+        if lines:
+            queries[lines[0].removeprefix("-- ")] = "\n".join(lines[1:])
+    return queries
+
+
+def run_cookbook(scores: Path) -> dict[str, list[tuple]]:
+    """Every cookbook query over the scores table at `scores`, with DuckDB."""
+    import duckdb
+
+    return {
+        name: duckdb.sql(sql.replace("runs/demo/scores", str(scores))).fetchall()
+        for name, sql in cookbook().items()
+    }

@@ -105,6 +105,16 @@ def test_demo_trains_registers_scores_and_reruns(tmp_path: Path) -> None:
     assert "5 clips listed, 5 already scored, 0 scored" in out  # the rerun
     assert "error: not_media" in out and "agreement of each modality's head" in out
     assert "head-scene epoch 8/8" in out  # progress lines
+    # the README's query cookbook runs on the demo's table
+    from helpers import run_cookbook
+
+    book = run_cookbook(Path(work) / "scores")
+    assert len(book["most negative clips this week (each clip's current score)"]) == 3
+    assert sum(n for _, _, n, _ in book["sentiment share per day"]) == 3
+    assert (
+        book["two model versions compared on the clips both scored (--rescore-on-model-change)"]
+        == []
+    )
     again = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
     assert "using the registered models:/emotiw-demo/1" in again.stdout
     assert "5 already scored" in again.stdout

@@ -31,6 +31,7 @@ from helpers import (
     ENV,
     ROOT,
     make_package,
+    run_cookbook,
     run_job,
     smoke_configs,
     write_bad_files,
@@ -41,6 +42,14 @@ BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
 CLASSES = ("positive", "neutral", "negative")
 
 pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
+
+
+# README, "Querying it": the current row of each clip under each model
+CURRENT_PER_MODEL = """
+    SELECT model_uri, count(*) AS clips, count(*) FILTER (WHERE error IS NULL) AS scored
+    FROM (SELECT * FROM read_parquet('runs/demo/scores/*/*.parquet', hive_partitioning = true)
+          QUALIFY row_number() OVER (PARTITION BY uri, model_uri ORDER BY scored_at DESC) = 1)
+    GROUP BY model_uri"""
 
 
 def run_score(*args: str, env: dict[str, str] | None = None) -> str:
@@ -145,6 +154,33 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     frame = pd.read_parquet(out)  # pyarrow's Hive discovery: scored_date becomes a column
     assert len(frame) == 11 and SCORE_PARTITION in frame.columns
     assert frame["error"].notna().sum() == 3
+
+    # a new model: by default it only scores what is new; with --rescore-on-model-change every
+    # clip once more (the skip key includes the model), then the table holds both models'
+    # current scores side by side
+    other = make_package(tmp_path / "v2" / "emotiw-test-model-v2", smoke_configs(), seed=1)
+    score = ("score", "--input", str(corpus), "--output", str(out), "--model", str(other))
+    rescore = "--rescore-on-model-change"
+    assert run_job(*score, "--dry-run", check=False).returncode == 4  # nothing new
+    dry = run_job(*score, rescore, "--dry-run").stdout
+    assert "10 clips listed, 0 already scored, 10 to score (10 new" in dry
+    assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in run_score(*score[1:], rescore)
+    assert run_job(*score, rescore, "--dry-run", check=False).returncode == 4
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(CURRENT_PER_MODEL.split()) in readme  # the README's query, verbatim
+    per_model = duckdb.sql(CURRENT_PER_MODEL.replace("runs/demo/scores", str(out))).fetchall()
+    assert sorted(per_model) == [(str(package), 10, 7), (str(other), 10, 7)]
+    # the README's query cookbook on this table (two models, a rescored file, errors)
+    book = run_cookbook(out)
+    negative = book["most negative clips this week (each clip's current score)"]
+    assert len(negative) == 7 and negative == sorted(negative, key=lambda r: -r[1])
+    shares = book["sentiment share per day"]
+    assert abs(sum(r[3] for r in shares) - 1) < 1e-6 and sum(r[2] for r in shares) == 7 + 1 + 7
+    [(a, b, clips, agreement)] = book[
+        "two model versions compared on the clips both scored (--rescore-on-model-change)"
+    ]
+    assert {a, b} == {str(package), str(other)} and clips == 7 and 0 <= agreement <= 1
+    assert sum(n for _, n in book["faces per clip (faces kept over the 12 sampled frames)"]) == 15
 
 
 def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_env) -> None:

@@ -128,6 +128,21 @@ def test_done_keys_retry_transient_errors_and_match_old_rows(tmp_path) -> None:
     assert retry_finals.status(uris[1], "e1") == "retry"  # --retry-errors
 
 
+def test_done_keys_of_one_model_only(tmp_path) -> None:
+    """--rescore-on-model-change: only the given model's rows count as done."""
+    schema = pa.schema([*SCHEMA, ("model_uri", pa.string())])
+    fs, root = arrow_filesystem(str(tmp_path / "t"))
+    writer = ChunkWriter(fs, root, "r", schema, commit_every=100, commit_interval_s=600)
+    writer.write(pa.table({"uri": ["a", "b"], "etag": ["1", "1"], "error_reason": [None, None],
+                           "model_uri": ["models:/m/1", "models:/m/2"]}, schema))  # fmt: skip
+    writer.close()
+    assert is_done(done_keys(fs, root, schema), "a", "1") and is_done(
+        done_keys(fs, root, schema), "b", "1"
+    )
+    v2 = done_keys(fs, root, schema, seen=True, model_uri="models:/m/2")
+    assert v2.status("a", "1") == "new" and v2.status("b", "1") == "done"
+
+
 def job(**kw: object) -> JobConfig:
     return JobConfig(**{"lease_ttl_s": 4.0, "attempts": 2, "backoff_s": 0.1, **kw})
 
@@ -153,6 +168,28 @@ def test_lease_is_exclusive_renewed_and_taken_over_when_dead(table_url) -> None:
         Lease.acquire(url, storage, "run-c", job())
     second.release()
     Lease.acquire(url, storage, "run-c", job()).release()
+
+
+def test_a_lease_write_that_landed_unanswered_is_still_ours(table_url) -> None:
+    """A renewal the store applied but whose answer was lost (a connection dropped mid-call,
+    as in an endpoint outage) leaves our lease under a version we never saw: the next
+    renewal and the release find it is still ours instead of calling it lost or leaving it."""
+    import json
+    from dataclasses import asdict
+
+    url, storage = table_url
+    lease = Lease.acquire(url, storage, "run-a", job(lease_ttl_s=60))
+
+    def landed_unanswered() -> None:
+        body = json.dumps({**asdict(lease.info), "renewed_at": time.time()}).encode()
+        lease.store.replace(body, lease.store.read()[1])  # lease.version is now stale
+
+    landed_unanswered()
+    lease._renew()
+    assert lease.lost is None
+    landed_unanswered()
+    lease.release()
+    assert lease.store.read() is None  # nothing left for the next run to wait on
 
 
 def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(table_url, tmp_path) -> None:
@@ -208,3 +245,24 @@ def test_retry_call_retries_transient_failures_only() -> None:
                    sleep=waits.append)  # fmt: skip
     assert waits == [1.0, 2.0]  # not_found is final: no wait, no retry
     assert retry.delays(8, 1.0)[-1] == retry.MAX_BACKOFF_S
+
+
+def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
+    import io
+
+    from emotiw.runtime import Progress
+
+    out = io.StringIO()  # not a terminal
+    progress = Progress("score", 10, interval_s=0.05, stream=out)
+    progress.update(2, 0)  # within the interval: nothing yet
+    time.sleep(0.06)
+    progress.update(3, 1)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("score: 5/10 clips (50%), ")
+    assert "clips/s, 1 errors, ETA 00:00:0" in lines[0]
+    quiet = io.StringIO()
+    silent = Progress("score", 10, interval_s=0, stream=quiet)
+    silent.update(10, 0)
+    silent.close()
+    assert quiet.getvalue() == ""

@@ -144,6 +144,10 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     registry = MlflowClient(mlflow_server)
     assert registry.get_model_version_by_alias("emotiw-test", "candidate").version == "1"
     assert "champion" not in registry.get_registered_model("emotiw-test").aliases
+    card = registry.get_model_version("emotiw-test", "1")  # the model card
+    assert "Trained on" in card.description and "not validated for decisions" in card.description
+    assert {"training_data", "weights_provenance", "intended_use", "val_accuracy.fusion:fc",
+            "val_accuracy.scene"} <= set(card.tags)  # fmt: skip
     # Ray Train kept its checkpoints on S3 (what a multi-node cluster needs), none locally
     from emotiw.storage import fsspec_filesystem
 

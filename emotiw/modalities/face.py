@@ -5,8 +5,10 @@ Per-frame features (`FEATURE_COLUMNS`, 22 values): the min, max and mean over th
 of each of the 7 FER probabilities (FER2013 order: angry, disgust, fear, happy, sad, surprise,
 neutral), then the face count F. Frames without faces and padded frames are all zeros.
 
-Detection uses `face_recognition` (dlib's HOG detector, the default) or dlib's CNN (MMOD)
-detector with the registry's copy of its model file. Only faces whose width AND height are at
+Detection uses dlib's HOG detector (the default: what `face_recognition.face_locations` runs,
+called directly so that face_recognition_models' pkg_resources import and its deprecation
+warning are never loaded) or dlib's CNN (MMOD) detector with the registry's copy of its model
+file. Only faces whose width AND height are at
 least `min_face_px` are kept (the original code compared the height with itself), at most
 `max_faces_per_frame` per frame, largest first. All faces of a clip go through FER in one
 batched forward pass.
@@ -61,7 +63,7 @@ class Config:
     """Face modality settings; paper defaults.
 
     Attributes:
-        detector: ``hog`` (dlib HOG via face_recognition) or ``cnn`` (dlib MMOD CNN).
+        detector: ``hog`` (dlib HOG, as face_recognition runs it) or ``cnn`` (dlib MMOD CNN).
         upsample: times the detector upsamples the image (1 finds faces down to ~40 px).
         detect_scale: the frame is resized by this factor before detection and the boxes are
             mapped back. 0.75 with upsample 1 measured 1.7x faster than the full frame with
@@ -193,9 +195,7 @@ class FaceDetector:
 
         self.cfg = cfg
         if cfg.detector == "hog":
-            import face_recognition
-
-            self._hog = face_recognition.face_locations
+            self._hog = dlib.get_frontal_face_detector()
             self.provenance = Provenance(
                 "dlib-hog-face-detector", f"builtin:dlib {dlib.__version__}"
             )
@@ -216,7 +216,8 @@ class FaceDetector:
             size = (max(round(w * scale), 1), max(round(h * scale), 1))
             image = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
         if self.cfg.detector == "hog":
-            boxes = np.asarray(self._hog(image, self.cfg.upsample, "hog"), dtype=np.float64)
+            rects = self._hog(image, self.cfg.upsample)
+            boxes = np.array([(r.top(), r.right(), r.bottom(), r.left()) for r in rects], float)
         else:
             found = self._cnn(image, self.cfg.upsample)
             rects = [d.rect for d in found]

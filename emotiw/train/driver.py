@@ -15,7 +15,14 @@ from torch import nn
 
 from emotiw import fusion
 from emotiw.packaging import PackagedModel, save_model
-from emotiw.tracking import flat_params, log_history, log_package, log_scores, mlflow_client
+from emotiw.tracking import (
+    flat_params,
+    log_history,
+    log_package,
+    log_scores,
+    mlflow_client,
+    model_card,
+)
 from emotiw.train import dataset as train_data
 from emotiw.train.config import TrainConfig, TrainResult, fusion_variants
 from emotiw.train.data import columns_of
@@ -150,6 +157,10 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
         )
         package_dir = save_model(Path(cfg.run_dir) / "model" / parent.info.run_id, package)
         model_uri = log_package(mlflow, package_dir, cfg.model_name)
+        training = {"features": cfg.features, "val_features": cfg.val_features,
+                    "n_train": data.n_train, "n_val": data.n_val}  # fmt: skip
+        model_card(mlflow.MlflowClient(), cfg.model_name, model_uri.rsplit("/", 1)[1], training,
+                   scores, data.provenance)  # fmt: skip
         mlflow.log_metrics(
             {f"{k.replace(':', '_')}_val_accuracy": v["accuracy"] for k, v in scores.items()}
         )
