@@ -222,8 +222,9 @@ def test_bad_inputs_fail_fast_with_clear_messages(tmp_path: Path) -> None:
     write_sample_corpus(str(videos), 2, seed=5)
     (tmp_path / "other_labels.txt").write_text("Vid_name Label\nsomething_else 1\n")
     cfg = ExtractConfig(
-        videos=str(videos), labels=str(tmp_path / "other_labels.txt"), output=str(tmp_path / "f")
-    )
+        videos=str(videos), labels=str(tmp_path / "other_labels.txt"), output=str(tmp_path / "f"),
+        configs=CONFIGS,  # weights that ship with packages: the weights check passes
+    )  # fmt: skip
     with pytest.raises(ValueError, match="names 1 videos but none of the 2"):
         run_extract(cfg)
     table = tmp_path / "features"
