@@ -149,17 +149,19 @@ class ClipScorer:
         self.ref = ref
         self.configs = self.package.configs
         self.placement = placement or str(self.device)
-        provenance = dict(self.package.provenance)
         self.extractors: dict[str, Any] = {}
+        loaded: dict[str, str] = {}
         for spec in self.configs.specs():
             cfg = self.configs.of(spec.name)
             if spec.stage(cfg) == MODEL_STAGE:  # runs where this actor's model stage runs
                 cfg = spec.on_device(cfg, self.device.type)
                 self.extractors[spec.name] = spec.extractor(cfg, weights)
-                provenance.update(
-                    {k: str(v) for k, v in self.extractors[spec.name].provenance.items()}
-                )
-        self.provenance = provenance
+                loaded.update({k: str(v) for k, v in self.extractors[spec.name].provenance.items()})
+        # A row's `weights`: the package's (heads, training-time front-ends), overridden by
+        # what this run loaded: the CPU stage's front-ends (the feature row's) and the model
+        # stage's (`loaded`), so the column says which weights scored the clip.
+        self.provenance = dict(self.package.provenance)
+        self.loaded = loaded
         self.specs = {s.name: s for s in self.configs.specs()}
         # Output columns of every registered modality (those not in the model stay null).
         self.schema = score_schema(registry.specs())
@@ -205,7 +207,8 @@ class ClipScorer:
                     "model_version": self.ref.version,
                     "fusion": self.package.default,
                     "weights": json.dumps(
-                        {**json.loads(row["weights"] or "{}"), **self.provenance}, sort_keys=True
+                        {**self.provenance, **json.loads(row["weights"] or "{}"), **self.loaded},
+                        sort_keys=True,
                     ),
                     "model_device": self.placement,
                     "code_version": __version__,

@@ -130,7 +130,8 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
     "model_name": "registered model name (or the package directory's name)",
     "model_version": "registered model version (null for a local package)",
     "fusion": "fusion variant that produced prob_* and predicted",
-    "weights": "JSON: front-end / head -> weights provenance (sha256 and source, or random-init)",
+    "weights": "JSON: front-end / head -> weights provenance (sha256 and source, or "
+    "random-init): the front-ends this run loaded, the package's heads",
     "model_device": "where the model stage ran (cpu, cuda:0; Ray GPU ids when assigned)",
     "code_version": "emotiw version that scored the row",
     "run_id": "scoring run that wrote the row",

@@ -515,3 +515,22 @@ def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
     assert model_ref(str(tmp_path / "pkg")) == ModelRef(str(tmp_path / "pkg"), "pkg", None)
     with pytest.raises(ValueError, match="models:/name/version"):
         model_ref("models:/m/1/extra")
+
+
+def test_weights_column_records_the_weights_this_run_loaded(corpus, package) -> None:
+    """A score row's `weights` says what scored the clip: the package's heads, but the
+    front-ends this run loaded (the feature row's, the model stage's), not the ones recorded
+    at training time when they differ."""
+    from emotiw.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.inference import ClipScorer, ModelRef
+
+    extractor = ClipFeatureExtractor(smoke_configs())
+    data = (corpus / "clip_0001.mp4").read_bytes()
+    row = extractor(str(corpus / "clip_0001.mp4"), "clip_0001", data, None, "run")
+    this_run = json.loads(row["weights"])
+    scorer = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu")
+    scorer.provenance["fer"] = "fer-mini-xception trained-with-another-copy sha256:0000"
+    out = scorer(rows_to_table([{**row, "etag": "e", "size_bytes": len(data)}]), "run")
+    weights = json.loads(out.to_pylist()[0]["weights"])
+    assert weights["fer"] == this_run["fer"] != scorer.provenance["fer"]
+    assert weights["heads"] == "random-init (test)"  # the package's own
