@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emotiw import flags
+from emotiw.cli_modalities import add_model_args, modality_configs, train_configs
 from emotiw.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
 from emotiw.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
@@ -102,67 +103,6 @@ def _media(args: argparse.Namespace) -> MediaConfig:
     return MediaConfig(**flags.given(args, MediaConfig, "media__"))
 
 
-# --- modality flags --------------------------------------------------------------------------
-
-
-def add_model_args(p: argparse.ArgumentParser, heads: bool = True) -> None:
-    """Preset, modality subset and every registered modality's config fields (without the
-    head / training ones when `heads` is off: the extract job)."""
-    from emotiw import modalities
-    from emotiw.modalities.base import head_fields
-
-    presets = sorted({k for s in modalities.specs() for k in s.presets}) or ["paper"]
-    group = p.add_argument_group("modalities")
-    group.add_argument("--preset", choices=presets, default="paper", help="modality settings")
-    group.add_argument(
-        "--modalities",
-        type=lambda text: tuple(v for v in text.split(",") if v),
-        default=(),
-        help=f"comma-separated subset of {','.join(modalities.names())} (default: the preset's)",
-    )
-    group.add_argument(
-        "--random-init",
-        default="",
-        metavar="A,B,...",
-        help="shorthand for --<modality>-weights random-init: deterministic random weights "
-        "instead of pretrained ones (tests, demos; recorded in every row)",
-    )
-    for spec in modalities.specs():
-        sub = p.add_argument_group(f"{spec.name} modality")
-        skip = () if heads else head_fields(spec.Config)
-        flags.add_fields(
-            sub, spec.Config, prefix=f"{spec.name}-", skip=skip, dest_prefix=f"m_{spec.name}__"
-        )
-
-
-def modality_configs(args: argparse.Namespace) -> Any:
-    """`features.ModalityConfigs` from `add_model_args`' flags: preset, subset, overrides."""
-    import dataclasses
-
-    from emotiw import modalities
-    from emotiw.features import ModalityConfigs
-
-    random = tuple(m for m in args.random_init.split(",") if m)
-    if random:
-        modalities.canonical(random)  # unknown names fail clearly
-    base = ModalityConfigs.preset(args.preset, args.modalities)
-    configs = {}
-    for name, cfg in base.configs.items():
-        overrides = _modality_flags(args, name)
-        configs[name] = dataclasses.replace(cfg, **overrides) if overrides else cfg
-    return ModalityConfigs(configs)
-
-
-def _modality_flags(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """The fields of modality `name` given on the command line (``--random-init`` included)."""
-    from emotiw import modalities
-
-    overrides = flags.given(args, modalities.get(name).Config, f"m_{name}__")
-    if name in tuple(m for m in args.random_init.split(",") if m):
-        overrides["weights"] = "random-init"
-    return overrides
-
-
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -218,27 +158,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if summary.pending is not None:
         return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
     return _exit_code("extract", summary.committed, cfg.job)
-
-
-def train_configs(args: argparse.Namespace) -> Any:
-    """The modality configs `train` uses: the front-end settings the feature tables recorded
-    (so extract's flags are not repeated), head settings from the preset and flags; without
-    ``--modalities``, the modalities the tables have.
-
-    Raises:
-        ValueError: a flag that contradicts the tables, or tables that disagree.
-    """
-    from emotiw.train.data import recorded_front_ends
-
-    tables = [t for t in (args.features, getattr(args, "val_features", None)) if t]
-    recorded = recorded_front_ends(tables, _storage(args))
-    if not recorded:  # tables written before front-ends were recorded: the flags decide
-        return modality_configs(args)
-    if not args.modalities:
-        args.modalities = tuple(recorded)
-    configs = modality_configs(args)
-    given = {name: _modality_flags(args, name) for name in configs.modalities}
-    return configs.with_front_ends(recorded, given)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

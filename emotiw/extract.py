@@ -109,6 +109,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw import retry
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
+    from emotiw.preflight import check_available
     from emotiw.runtime import (
         Progress,
         actor_pool,
@@ -119,7 +120,6 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     )
     from emotiw.storage import list_video_objects, video_id
     from emotiw.table import ChunkWriter, KeyIndex, done_keys, is_done
-    from emotiw.weights import check_available
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())

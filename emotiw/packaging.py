@@ -29,6 +29,7 @@ from emotiw.config import CLASS_NAMES
 from emotiw.features import ModalityConfigs
 
 FORMAT = "emotiw-model/1"
+ARTIFACT = "package"  # the package's name among an MLflow model's artifacts
 MANIFEST = "emotiw_model.json"
 
 

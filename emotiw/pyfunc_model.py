@@ -9,7 +9,7 @@ without inferring a schema (no "Add type hints to the predict method" warning).
 import mlflow.pyfunc
 import pandas as pd
 
-from emotiw.tracking import ARTIFACT
+from emotiw.packaging import ARTIFACT
 
 
 class EmotiwPyfunc(mlflow.pyfunc.PythonModel):

@@ -200,7 +200,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     start = time.monotonic()
     run_id = new_run_id()
     summary = ScoreSummary(run_id=run_id, output=cfg.output)
-    from emotiw.weights import check_available
+    from emotiw.preflight import check_available
 
     ref = model_ref(cfg.model, cfg.tracking_uri)  # also checks the registry answers
     package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))

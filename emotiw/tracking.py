@@ -18,7 +18,6 @@ import numpy as np
 from emotiw import metrics
 from emotiw.inference import ModelRef
 
-ARTIFACT = "package"
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -144,6 +143,8 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
     """Log `package_dir` as a pyfunc model in the active run, register it and point the
     ``candidate`` alias at the new version (never ``champion``: a trained model reaches the
     schedule only when promoted); returns the ``models:/name/version`` URI."""
+    from emotiw.packaging import ARTIFACT
+
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=_pyfunc_class()(),

@@ -21,14 +21,15 @@ LAYERS: dict[str, int] = {
     "emotiw.media": 1, "emotiw.storage": 1, "emotiw.labels": 1, "emotiw.weights": 1,
     "emotiw.schema": 1, "emotiw.metrics": 1, "emotiw.flags": 1, "emotiw.corpus": 1,
     "emotiw.frames": 1, "emotiw.retry": 1, "emotiw.table": 1, "emotiw.lease": 1,
+    "emotiw.preflight": 1,
     "emotiw.modalities": 2,
     "emotiw.fusion": 3,
     "emotiw.features": 4,
     "emotiw.inference": 5, "emotiw.packaging": 5,
-    "emotiw.tracking": 6, "emotiw.runtime": 6,
+    "emotiw.tracking": 6, "emotiw.runtime": 6, "emotiw.pyfunc_model": 6,
     "emotiw.extract": 7, "emotiw.score": 7, "emotiw.evaluate": 7, "emotiw.train": 7,
     "emotiw.demo": 7,
-    "emotiw.cli": 8, "emotiw.__main__": 8,
+    "emotiw.cli": 8, "emotiw.cli_modalities": 8, "emotiw.__main__": 8,
 }  # fmt: skip
 MAX_LINES = 420  # "~400": one screenful of structure per module
 

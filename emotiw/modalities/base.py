@@ -189,9 +189,10 @@ class Modality:
 
     def weight_names(self, cfg: Any) -> tuple[str, ...]:
         """Registry names of the pretrained weights this modality's extractor and heads load
-        with `cfg` (none by default); a run checks them on the driver before any actor
-        starts (`emotiw.weights.check_available`)."""
-        return ()
+        with `cfg`: by default every `weight_specs` entry when `cfg.weights` is pretrained; a
+        run checks them on the driver before any actor starts (`emotiw.preflight`)."""
+        pretrained = getattr(cfg, "weights", None) == "pretrained"
+        return tuple(s.name for s in self.weight_specs) if pretrained else ()
 
     def head(self, cfg: Any) -> torch.nn.Module:
         """A head to be filled from a state dict (no pretrained weights are looked up)."""

@@ -25,12 +25,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from emotiw.modalities import register
+from emotiw.modalities import base, register
 from emotiw.modalities.base import (
     CPU_STAGE,
-    HEAD,
     MODEL_STAGE,
-    RUNTIME,
     Column,
     Extraction,
     Modality,
@@ -110,13 +108,13 @@ class Config:
     keypoint_threshold: float = 2.0
     min_person_px: int = 24
     max_people: int = 20
-    device: str = field(default="auto", metadata=RUNTIME)
-    placement: str = field(default="gpu", metadata=RUNTIME)
+    device: str = field(default="auto", metadata=base.RUNTIME)
+    placement: str = field(default="gpu", metadata=base.RUNTIME)
     n_frames: int = 12
-    lstm_units: int = field(default=64, metadata=HEAD)
-    fc_units: int = field(default=32, metadata=HEAD)
-    lr: float = field(default=0.01, metadata=HEAD)
-    weight_decay: float = field(default=0.01, metadata=HEAD)
+    lstm_units: int = field(default=64, metadata=base.HEAD)
+    fc_units: int = field(default=32, metadata=base.HEAD)
+    lr: float = field(default=0.01, metadata=base.HEAD)
+    weight_decay: float = field(default=0.01, metadata=base.HEAD)
 
     def __post_init__(self) -> None:
         if self.weights not in (PRETRAINED, RANDOM_INIT):
@@ -417,9 +415,6 @@ class Pose(Modality):
         """Adam with L2 weight decay (torch adds wd * w to the gradient: the gradient of
         (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def weight_names(self, cfg: Config) -> tuple[str, ...]:
-        return (WEIGHTS,) if cfg.weights == PRETRAINED else ()
 
 
 register(Pose())
