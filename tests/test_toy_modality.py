@@ -121,7 +121,7 @@ def test_extract_train_and_score_with_a_fifth_modality(local_ray, tmp_path: Path
     summary = run_extract(
         ExtractConfig(
             videos=str(videos), labels=str(videos / "labels.txt"),
-            output=str(tmp_path / "features"), configs=configs, actors=1,
+            output=str(tmp_path / "features"), configs=configs, extract_actors=1,
         )
     )  # fmt: skip
     assert (summary.extracted, summary.errors) == (9, 2)
