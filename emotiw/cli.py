@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emotiw import flags
-from emotiw.cli_modalities import add_model_args, modality_configs, train_configs
+from emotiw.cli_modalities import add_model_args, modality_configs, storage_config, train_configs
 from emotiw.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
 from emotiw.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
@@ -89,14 +89,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _storage(args: argparse.Namespace) -> StorageConfig:
-    return StorageConfig.from_env(**flags.given(args, StorageConfig, "storage__"))
-
-
 def _weights(args: argparse.Namespace) -> Any:
     from emotiw.weights import WeightsConfig
 
-    return WeightsConfig(**flags.given(args, WeightsConfig, "weights__"), storage=_storage(args))
+    return WeightsConfig(
+        **flags.given(args, WeightsConfig, "weights__"), storage=storage_config(args)
+    )
 
 
 def _media(args: argparse.Namespace) -> MediaConfig:
@@ -111,7 +109,7 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
 
     cfg = CorpusConfig(**flags.given(args, CorpusConfig, "corpus__"))
     start = time.perf_counter()
-    clips = write_sample_corpus(args.out, args.n, args.seed, cfg, _storage(args))
+    clips = write_sample_corpus(args.out, args.n, args.seed, cfg, storage_config(args))
     counts = {name: sum(c.label == i for c in clips) for i, name in enumerate(CLASS_NAMES)}
     print(
         f"wrote {len(clips)} synthetic clips + labels.txt to {args.out} "
@@ -123,7 +121,7 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from emotiw.storage import list_videos
 
-    for uri in list_videos(args.uri, _storage(args)):
+    for uri in list_videos(args.uri, storage_config(args)):
         print(uri)
     return 0
 
@@ -132,7 +130,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from emotiw.labels import read_labels
     from emotiw.storage import list_videos
 
-    storage = _storage(args)
+    storage = storage_config(args)
     uris = list_videos(args.uri, storage)
     labels = read_labels(args.labels, storage) if args.labels else None
     rows = decode_summary(uris, _media(args), storage, labels)
@@ -150,14 +148,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         configs=modality_configs(args),
         media=_media(args),
         weights=_weights(args),
-        storage=_storage(args),
+        storage=storage_config(args),
         job=_job(args),
     )
     summary = run_extract(cfg, args.address)
     print(summary, flush=True)
-    if summary.pending is not None:
-        return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
-    return _exit_code("extract", summary.committed, cfg.job)
+    return _exit_code("extract", summary, cfg.job)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -172,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **flags.given(args, TrainConfig),
         configs=configs,
         fusion=fusion_cfg,
-        storage=_storage(args),
+        storage=storage_config(args),
         weights=_weights(args),
     )
     result = run_train(cfg, args.address)
@@ -190,23 +186,25 @@ def _cmd_score(args: argparse.Namespace) -> int:
         **flags.given(args, ScoreConfig),
         media=_media(args),
         weights=_weights(args),
-        storage=_storage(args),
+        storage=storage_config(args),
         job=_job(args),
     )
     summary = run_score(cfg, args.address)
     print(summary, flush=True)
-    if summary.pending is not None:
-        return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
-    return _exit_code("score", summary.committed, cfg.job)
+    return _exit_code("score", summary, cfg.job)
 
 
 def _job(args: argparse.Namespace) -> JobConfig:
     return JobConfig(**flags.given(args, JobConfig, "job__"))
 
 
-def _exit_code(command: str, committed: Any, job: JobConfig) -> int:
-    """`ExitCode.ERROR_RATE` when too many of the run's clips ended as errors (so a scheduler
-    alerts), after everything was committed and the summary printed."""
+def _exit_code(command: str, summary: Any, job: JobConfig) -> int:
+    """A dry run: `ExitCode.NOTHING_NEW` when nothing is pending. A run:
+    `ExitCode.ERROR_RATE` when too many of its clips ended as errors (so a scheduler alerts),
+    after everything was committed and the summary printed."""
+    if summary.pending is not None:
+        return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
+    committed = summary.committed
     if committed.error_rate > job.max_error_rate:
         print(
             f"emotiw {command}: error: {committed.errors} of {committed.rows} clips "
@@ -221,7 +219,7 @@ def _exit_code(command: str, committed: Any, job: JobConfig) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from emotiw.evaluate import EvaluateConfig, run_evaluate
 
-    cfg = EvaluateConfig(**flags.given(args, EvaluateConfig), storage=_storage(args))
+    cfg = EvaluateConfig(**flags.given(args, EvaluateConfig), storage=storage_config(args))
     result = run_evaluate(cfg)
     print(result.markdown)
     print(f"written to {result.output}")

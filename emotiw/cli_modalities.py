@@ -40,6 +40,13 @@ def add_model_args(p: argparse.ArgumentParser, heads: bool = True) -> None:
         )
 
 
+def storage_config(args: argparse.Namespace) -> Any:
+    """The global object-storage flags (and the AWS environment) as a `StorageConfig`."""
+    from emotiw.config import StorageConfig
+
+    return StorageConfig.from_env(**flags.given(args, StorageConfig, "storage__"))
+
+
 def modality_configs(args: argparse.Namespace) -> Any:
     """`features.ModalityConfigs` from `add_model_args`' flags: preset, subset, overrides."""
     import dataclasses
@@ -47,7 +54,7 @@ def modality_configs(args: argparse.Namespace) -> Any:
     from emotiw import modalities
     from emotiw.features import ModalityConfigs
 
-    random = tuple(m for m in args.random_init.split(",") if m)
+    random = _random_init(args)
     if random:
         modalities.canonical(random)  # unknown names fail clearly
     base = ModalityConfigs.preset(args.preset, args.modalities)
@@ -63,9 +70,13 @@ def _modality_flags(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from emotiw import modalities
 
     overrides = flags.given(args, modalities.get(name).Config, f"m_{name}__")
-    if name in tuple(m for m in args.random_init.split(",") if m):
+    if name in _random_init(args):
         overrides["weights"] = "random-init"
     return overrides
+
+
+def _random_init(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(m for m in args.random_init.split(",") if m)
 
 
 def train_configs(args: argparse.Namespace) -> Any:
@@ -79,10 +90,7 @@ def train_configs(args: argparse.Namespace) -> Any:
     from emotiw.train.data import recorded_front_ends
 
     tables = [t for t in (args.features, getattr(args, "val_features", None)) if t]
-    from emotiw.config import StorageConfig
-
-    storage = StorageConfig.from_env(**flags.given(args, StorageConfig, "storage__"))
-    recorded = recorded_front_ends(tables, storage)
+    recorded = recorded_front_ends(tables, storage_config(args))
     if not recorded:  # tables written before front-ends were recorded: the flags decide
         return modality_configs(args)
     if not args.modalities:

@@ -113,13 +113,14 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw.runtime import (
         Progress,
         actor_pool,
+        done_index,
         exclusive_output,
         plan_blocks,
         pool_estimate,
         write_stream,
     )
     from emotiw.storage import list_video_objects, video_id
-    from emotiw.table import ChunkWriter, KeyIndex, done_keys, is_done
+    from emotiw.table import ChunkWriter, is_done
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())
@@ -144,11 +145,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
         from emotiw.table import pending
 
         fs, root = arrow_filesystem(cfg.output, cfg.storage)
-        done = KeyIndex.empty()
-        if cfg.skip_existing:
-            done = retry.call(
-                lambda: done_keys(fs, root, schema, seen=True), job.attempts, job.backoff_s
-            )
+        done = done_index(fs, root, schema, job, cfg.skip_existing, seen=True)
         _, summary.skipped, summary.pending = pending(objects, done)
         summary.output = cfg.output
         summary.seconds = time.monotonic() - start
@@ -156,9 +153,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     with exclusive_output(cfg.output, cfg.storage, job, summary.run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip
-        done = KeyIndex.empty()
-        if cfg.skip_existing:
-            done = retry.call(lambda: done_keys(fs, root, schema), job.attempts, job.backoff_s)
+        done = done_index(fs, root, schema, job, cfg.skip_existing)
         items = [
             {"uri": o.uri, "video_id": v, "etag": o.etag, "size_bytes": o.size,
              "label": labels.get(v, NO_LABEL)}

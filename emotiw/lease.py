@@ -331,7 +331,7 @@ class Lease:
 
     def _delete(self) -> None:
         self.store.delete(self.version)  # a no-op when the version moved on
-        if self.store.read() is not None and self._still_ours():
+        if self._still_ours():  # it did, under a write of ours whose answer was lost
             self.store.delete(self.version)
 
     def __enter__(self) -> Lease:

@@ -293,6 +293,20 @@ def exclusive_output(
         yield fs, root, lease
 
 
+def done_index(
+    fs: Any, root: str, schema: Any, job: JobConfig, skip_existing: bool, **options: Any
+) -> Any:
+    """The table's `table.done_keys` (``options``: final_errors, seen, model_uri), read with
+    the driver's storage retries; an empty index (nothing done or seen) when `skip_existing`
+    is off."""
+    from emotiw import retry
+    from emotiw.table import KeyIndex, done_keys
+
+    if not skip_existing:
+        return KeyIndex.empty()
+    return retry.call(lambda: done_keys(fs, root, schema, **options), job.attempts, job.backoff_s)
+
+
 def write_stream(
     ds: Any, writer: ChunkWriter, committed: Committed, on_rows: Any, progress: Progress | None
 ) -> None:

@@ -21,6 +21,7 @@ from emotiw.runtime import (
     ModelActor,
     Progress,
     actor_pool,
+    done_index,
     ensure_ray,
     new_run_id,
     pool_estimate,
@@ -189,19 +190,18 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     Raises:
         LeaseHeld: another live run is writing `cfg.output` (and `cfg.job.wait` is off).
     """
-    from emotiw import modalities, retry
+    from emotiw import modalities
     from emotiw.packaging import read_configs
+    from emotiw.preflight import check_available
     from emotiw.runtime import exclusive_output, plan_blocks, write_stream
     from emotiw.schema import SCORE_PARTITION, score_schema
     from emotiw.storage import video_id
-    from emotiw.table import ChunkWriter, KeyIndex, done_keys
+    from emotiw.table import ChunkWriter
     from emotiw.tracking import model_ref, resolve_model_dir
 
     start = time.monotonic()
     run_id = new_run_id()
     summary = ScoreSummary(run_id=run_id, output=cfg.output)
-    from emotiw.preflight import check_available
-
     ref = model_ref(cfg.model, cfg.tracking_uri)  # also checks the registry answers
     package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
     check_available(configs.weight_names(), cfg.weights)  # one line, before any actor
@@ -212,13 +212,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip
-        done = KeyIndex.empty()
-        if cfg.skip_existing:
-            done = retry.call(
-                lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors,
-                                  model_uri=_model_key(cfg, ref)),
-                job.attempts, job.backoff_s,
-            )  # fmt: skip
+        done = done_index(fs, root, schema, job, cfg.skip_existing, **_done_options(cfg, ref))
 
         def items() -> Iterator[dict[str, Any]]:
             for o in _listing(cfg):
@@ -256,26 +250,23 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     return summary
 
 
-def _model_key(cfg: ScoreConfig, ref: Any) -> str | None:
-    """The `model_uri` a row must carry to count as done (`rescore_on_model_change`)."""
-    return ref.uri if cfg.rescore_on_model_change else None
+def _done_options(cfg: ScoreConfig, ref: Any) -> dict[str, Any]:
+    """Which rows count as done: final errors unless `retry_errors`; with
+    `rescore_on_model_change`, only rows of this model version (its resolved URI)."""
+    model_uri = ref.uri if cfg.rescore_on_model_change else None
+    return {"final_errors": not cfg.retry_errors, "model_uri": model_uri}
 
 
 def _dry_run(
     cfg: ScoreConfig, ref: Any, summary: ScoreSummary, schema: Any, start: float
 ) -> ScoreSummary:
     """What a real run would score, read-only: the listing against the table's history."""
-    from emotiw import retry
     from emotiw.storage import arrow_filesystem
-    from emotiw.table import KeyIndex, done_keys
     from emotiw.table import pending as table_pending
 
     fs, root = arrow_filesystem(cfg.output, cfg.storage)
-    done = KeyIndex.empty() if not cfg.skip_existing else retry.call(
-        lambda: done_keys(fs, root, schema, final_errors=not cfg.retry_errors, seen=True,
-                          model_uri=_model_key(cfg, ref)),
-        cfg.job.attempts, cfg.job.backoff_s,
-    )  # fmt: skip
+    options = _done_options(cfg, ref)
+    done = done_index(fs, root, schema, cfg.job, cfg.skip_existing, seen=True, **options)
     summary.listed, summary.skipped, pending = table_pending(_listing(cfg), done)
     summary.pending = pending
     summary.seconds = time.monotonic() - start

@@ -135,8 +135,9 @@ def _pyfunc_class() -> type:
     return EmotiwPyfunc
 
 
-CANDIDATE = "candidate"  # the alias training gives each version it registers
-CHAMPION = "champion"  # the alias the schedule scores with; only `emotiw promote` sets it
+# The alias training gives each version it registers; the schedule scores `champion`, which
+# only `emotiw promote` sets.
+CANDIDATE = "candidate"
 
 
 def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
