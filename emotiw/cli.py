@@ -23,11 +23,10 @@ import argparse
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from emotiw import flags
+from emotiw import flags, logs
 from emotiw.cli_modalities import add_model_args, modality_configs, storage_config, train_configs
 from emotiw.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
 from emotiw.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
@@ -206,11 +205,11 @@ def _exit_code(command: str, summary: Any, job: JobConfig) -> int:
         return ExitCode.OK if sum(summary.pending.values()) else ExitCode.NOTHING_NEW
     committed = summary.committed
     if committed.error_rate > job.max_error_rate:
-        print(
+        logs.get("cli").error(
             f"emotiw {command}: error: {committed.errors} of {committed.rows} clips "
             f"({committed.error_rate:.0%}) ended as errors, more than --max-error-rate "
             f"{job.max_error_rate:g} (exit code {int(ExitCode.ERROR_RATE)})",
-            file=sys.stderr,
+            extra=_fields(ExitCode.ERROR_RATE),
         )
         return ExitCode.ERROR_RATE
     return ExitCode.OK
@@ -288,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbose = "print the traceback of a failure (and not only its one-line message)"
     parser.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    logging_flags = (
+        (("--log-level",), {"choices": logs.LEVELS, "default": None,
+                            "help": "level of the diagnostics on stderr (default info)"}),
+        (("--log-format",), {"choices": logs.FORMATS, "default": None,
+                             "help": "text, or json: one JSON object per line (log shippers)"}),
+    )  # fmt: skip
+    for names, options in logging_flags:
+        parser.add_argument(*names, **options)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic labelled sample corpus")
@@ -339,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also accepted after the command's name
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help=verbose)  # fmt: skip
+        for names, options in logging_flags:
+            command.add_argument(*names, **{**options, "default": argparse.SUPPRESS})
     return parser
 
 
@@ -346,30 +355,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every failure ends in one line on stderr and a documented exit code
     (`ExitCode`); ``--verbose`` adds the traceback."""
     args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    log = logs.get("cli")
     if args.verbose:  # Ray Data's INFO messages too (emotiw.runtime.quiet_ray_data)
         os.environ["EMOTIW_VERBOSE"] = "1"
+    else:  # MLflow's INFO lines ("Creating initial MLflow database tables") only with -v
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not sys.stderr.isatty():  # its download bars, off a terminal: one line per update
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print(f"emotiw {args.command}: interrupted", file=sys.stderr)
+        log.error(f"emotiw {args.command}: interrupted", extra=_fields(130))
         return 130
     except Exception as exc:
         ours = _our_error(exc)
-        if args.verbose:
-            traceback.print_exc()
+        trace = exc if args.verbose else None
         if isinstance(ours, LeaseHeld | LeaseLost):
-            print(f"emotiw {args.command}: {ours.message}", file=sys.stderr)
+            message = f"emotiw {args.command}: {ours.message}"
         elif ours is not None:
-            print(f"emotiw {args.command}: error: {_one_line(ours)}", file=sys.stderr)
+            message = f"emotiw {args.command}: error: {_one_line(ours)}"
         elif isinstance(exc, ValueError):  # a config value the dataclasses reject
-            print(f"emotiw {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-            return ExitCode.USAGE
+            message = f"emotiw {args.command}: error: {_one_line(exc)}"
         else:
             hint = "" if args.verbose else " (--verbose prints the traceback)"
-            print(f"emotiw {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)}"
-                  f"{hint}", file=sys.stderr)  # fmt: skip
-            return ExitCode.FAILED
-        return ours.exit_code
+            message = f"emotiw {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)}"
+            message += hint
+        code = ours.exit_code if ours is not None else (
+            ExitCode.USAGE if isinstance(exc, ValueError) else ExitCode.FAILED
+        )  # fmt: skip
+        log.error(message, exc_info=trace, extra=_fields(code, ours))
+        return code
+
+
+def _fields(code: int, error: EmotiwError | None = None) -> dict[str, Any]:
+    """A failure's structured fields (JSON log lines)."""
+    return {"fields": {"exit_code": int(code), "reason": error.reason if error else None}}
 
 
 def _our_error(exc: BaseException) -> EmotiwError | None:

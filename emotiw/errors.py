@@ -21,7 +21,8 @@ class ExitCode(IntEnum):
     NO_INPUT = 66  # the input prefix, manifest, label file or feature table does not exist
     NO_MODEL = 67  # the model package, registered version or alias does not exist
     NO_WEIGHTS = 68  # pretrained weights are not staged anywhere the run looks
-    UNAVAILABLE = 69  # MLflow or object storage cannot be reached (after retries)
+    UNAVAILABLE = 69  # MLflow, object storage or a requested GPU cannot be reached / found
+    CANT_CREATE = 73  # the output cannot be written (EX_CANTCREAT)
     LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
 
 
@@ -46,6 +47,15 @@ class ModelNotFound(EmotiwError):
 
     def __init__(self, message: str) -> None:
         super().__init__("missing_model", message)
+
+
+class OutputNotWritable(EmotiwError):
+    """The job's output folder cannot be created or written."""
+
+    exit_code = ExitCode.CANT_CREATE
+
+    def __init__(self, message: str) -> None:
+        super().__init__("output_not_writable", message)
 
 
 class Unavailable(EmotiwError):

@@ -35,6 +35,9 @@ class ExtractConfig:
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
         skip_existing: skip clips (URI and etag) that already have a final row: a success or
             a permanent error (resumable reruns; transient errors are retried).
+        details_output: where the detail tables go (the per-face table: ``faces/``): ``none``
+            (the default: training needs only the features), ``auto`` beside the feature
+            table (``<output>-details``), or a folder.
         dry_run: check the weights are staged, list the videos and read the label file, and
             compare with the table, read-only (no lease, no Ray): print how many clips are
             new, changed or to retry; exit code 0 when a real run would extract something, 4
@@ -54,6 +57,7 @@ class ExtractConfig:
     gpus_per_extract_actor: float = 0.0
     clips_per_batch: int = 1
     skip_existing: bool = True
+    details_output: str = "none"
     dry_run: bool = False
     job: JobConfig = field(default_factory=JobConfig)
 
@@ -82,14 +86,16 @@ class ExtractSummary:
     output: str = ""
     # dry runs: clips a real run would extract, by why (new, changed, retry)
     pending: dict[str, int] | None = None
+    checks: list[str] = field(default_factory=list)  # the pre-flight checks it passed
 
     def __str__(self) -> str:
         if self.pending is not None:
             from emotiw.table import describe_pending
 
-            return describe_pending(
+            pending = describe_pending(
                 self.listed, self.skipped, self.pending, self.output, verb="extract"
             )
+            return "\n  ".join([pending, *self.checks])
         return (
             f"run {self.run_id}: {self.listed} clips listed, {self.skipped} already done, "
             f"{self.extracted} extracted, {self.errors} errors ({self.committed.reasons}), "
@@ -107,9 +113,10 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     import ray
 
     from emotiw import retry
+    from emotiw.details import detail_root, paired
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
-    from emotiw.preflight import check_available
+    from emotiw.preflight import run_checks
     from emotiw.runtime import (
         Progress,
         actor_pool,
@@ -120,12 +127,15 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
         write_stream,
     )
     from emotiw.storage import list_video_objects, video_id
-    from emotiw.table import ChunkWriter, is_done
+    from emotiw.table import ChunkWriter
 
     start = time.monotonic()
     summary = ExtractSummary(run_id=new_run_id())
     job = cfg.job
-    check_available(cfg.configs.weight_names(), cfg.weights)  # one line, before any actor
+    summary.checks = run_checks(  # each fails in one line, before any actor
+        cfg.configs.weight_names(), cfg.weights, cfg.output, cfg.storage,
+        cfg.gpus_per_extract_actor, ray_address, "--gpus-per-extract-actor", "extract",
+    )  # fmt: skip
     objects = retry.call(
         lambda: list_video_objects(cfg.videos, cfg.storage), job.attempts, job.backoff_s
     )
@@ -158,7 +168,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
             {"uri": o.uri, "video_id": v, "etag": o.etag, "size_bytes": o.size,
              "label": labels.get(v, NO_LABEL)}
             for o, v in zip(objects, ids, strict=True)
-            if not is_done(done, o.uri, o.etag)
+            if not done.done(o.uri, o.etag)
         ]  # fmt: skip
         summary.skipped = len(objects) - len(items)
         if items:
@@ -184,10 +194,13 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
                 num_cpus=cfg.cpus_per_extract_actor,
                 num_gpus=cfg.gpus_per_extract_actor,
             )
-            writer = ChunkWriter(
+            main = ChunkWriter(
                 fs, root, summary.run_id, schema, job.commit_every, job.commit_interval_s,
                 before_commit=lease.check, attempts=job.attempts, backoff_s=job.backoff_s,
             )  # fmt: skip
+            details = detail_root(cfg.details_output, cfg.output)
+            writer = paired(main, cfg.configs.specs(), details, cfg.storage, "extracted_at",
+                            summary.committed)  # fmt: skip
 
             def count(rows: object) -> None:
                 summary.unlabelled += rows.filter(rows["label"].is_null()).num_rows  # type: ignore[attr-defined]

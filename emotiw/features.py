@@ -249,10 +249,13 @@ def extract_item(
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:
-    """Feature rows -> a pyarrow Table with the feature schema."""
+    """Feature rows -> a pyarrow Table with the feature schema and the in-flight detail
+    columns (`emotiw.schema.with_details`)."""
     import pyarrow as pa
 
-    schema = feature_schema()
+    from emotiw.schema import with_details
+
+    schema = with_details(feature_schema(), registry.specs())
     columns = {}
     for f in schema:
         values = [r.get(f.name) for r in rows]

@@ -26,7 +26,7 @@ from emotiw.config import CLASS_NAMES
 from emotiw.errors import is_out_of_memory, is_transient
 from emotiw.features import FeatureSet
 from emotiw.modalities.base import MODEL_STAGE, resolve_device
-from emotiw.schema import score_schema
+from emotiw.schema import details_column, score_schema, with_details
 from emotiw.weights import WeightsConfig
 
 # Columns of the job's listing in each feature row that the scorer copies to the score row.
@@ -164,7 +164,8 @@ class ClipScorer:
         self.loaded = loaded
         self.specs = {s.name: s for s in self.configs.specs()}
         # Output columns of every registered modality (those not in the model stay null).
-        self.schema = score_schema(registry.specs())
+        self.schema = with_details(score_schema(registry.specs()), registry.specs())
+        self.detail_columns = [details_column(s.name) for s in registry.specs() if s.details_table]
         self.stat_columns = [c.name for s in registry.specs() for c in s.stats]
         main = self.package.fusion
         # Each head's hidden layer is computed once and feeds both its own probabilities and
@@ -214,6 +215,7 @@ class ClipScorer:
                     "code_version": __version__,
                     "run_id": run_id,
                     "scored_at": int(now * 1_000_000),
+                    **{c: row.get(c) for c in self.detail_columns},
                 }
             )
         return pa.Table.from_pylist(out, schema=self.schema)

@@ -8,6 +8,7 @@ import importlib.metadata
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from emotiw.weights import (
     RANDOM_INIT,
@@ -76,3 +77,86 @@ def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> N
                 "stage the file in a weights directory and set EMOTIW_WEIGHTS or "
                 f"--weights-dir (README, Pretrained weights), or use {RANDOM_INIT} weights",
             )
+
+
+def check_output(output: str, storage: Any = None) -> str:
+    """Whether the job can write `output`, read-only (a dry run writes nothing): a local
+    output's nearest existing folder must be a writable directory; for object storage the
+    bucket must answer (whether this role may write there shows at the run's first write,
+    the lease: a read-only probe cannot tell). Returns what was checked.
+
+    Raises:
+        OutputNotWritable: a local output that cannot be created or written; a missing bucket.
+        StorageError: the object store cannot be reached (``io``, exit code 69).
+    """
+    import os
+
+    from pyarrow import fs as pafs
+
+    from emotiw.errors import OutputNotWritable, StorageError
+    from emotiw.storage import arrow_filesystem, split_url
+
+    protocol, path_text = split_url(output)
+    if protocol == "s3":
+        fs, _ = arrow_filesystem(output, storage)
+        bucket = path_text.split("/", 1)[0]
+        try:
+            found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise StorageError(f"output {output}: {exc}", "io") from None
+        if not found:
+            raise OutputNotWritable(f"output {output}: bucket {bucket} does not exist")
+        return f"output {output}: bucket answers (write permission shows at the first write)"
+    path = Path(path_text)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise OutputNotWritable(f"output {output}: {existing} {what}")
+    return f"output {output}: writable"
+
+
+def check_gpus(
+    requested: float | None, ray_address: str | None, flag: str = "--gpus-per-model-actor",
+    stage: str = "model",
+) -> str:  # fmt: skip
+    """The GPUs a run's model stage asks for against what it can get. A local run (no Ray
+    address: Ray starts on this machine) that asks for GPUs this machine does not have would
+    wait forever for them, so it fails here; on a cluster the autoscaler may add GPU nodes.
+
+    Raises:
+        Unavailable: GPUs requested for a local run on a machine without CUDA devices.
+    """
+    import os
+
+    import torch
+
+    from emotiw.errors import Unavailable
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    asked = "auto (1 per actor if the cluster has a GPU, else CPU)" if requested is None else (
+        f"{requested:g} per actor"
+    )  # fmt: skip
+    if requested and not address and not visible:
+        raise Unavailable(
+            f"{flag} {requested:g} on a local run, but this machine has no CUDA device: the "
+            f"{stage} stage would wait for a GPU forever (use 0 or auto, or --address a "
+            "cluster that can add GPU nodes)"
+        )
+    where = f"cluster {address}" if address else "a local Ray on this machine"
+    return f"GPUs: {visible} CUDA device(s) visible here; {stage} stage asks {asked} on {where}"
+
+
+def run_checks(
+    weight_names: Iterable[str], weights: WeightsConfig, output: str, storage: Any,
+    gpus: float | None, ray_address: str | None, flag: str, stage: str,
+) -> list[str]:  # fmt: skip
+    """A job's driver-side checks before anything starts (each raises its own one-line
+    error): the weights are staged, the output can be written, the GPUs asked for can come.
+    Returns a line per check (what a dry run prints)."""
+    names = list(dict.fromkeys(weight_names))
+    check_available(names, weights)
+    where = {n: (locate(n, weights) or "?").split(":", 1)[0] for n in names}
+    found = ", ".join(f"{n} ({w})" for n, w in where.items()) or "none needed"
+    return [f"weights: {found}", check_output(output, storage),
+            check_gpus(gpus, ray_address, flag, stage)]  # fmt: skip

@@ -5,6 +5,7 @@ jobs share around them: holding the output's lease, streaming rows into committe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -18,7 +19,6 @@ import numpy as np
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
 from emotiw.features import ClipFeatureExtractor, ModalityConfigs
 from emotiw.lease import Lease
-from emotiw.table import ChunkWriter
 from emotiw.weights import WeightsConfig
 
 NO_LABEL = -1
@@ -34,8 +34,10 @@ def ensure_ray(address: str | None = None) -> None:
     else start a local one; then `quiet_ray_data`."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    if not ray.is_initialized():  # Ray's own INFO lines ("Started a local Ray instance")
+        level = logging.INFO if verbose() else logging.WARNING  # only with --verbose
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 logging_level=level)  # fmt: skip
     quiet_ray_data()
 
 
@@ -48,12 +50,12 @@ def quiet_ray_data() -> None:
     """Ray Data's progress bars on a terminal only (off a terminal they become a multi-line
     INFO block every few seconds; the jobs print their own one-line `Progress` there), and
     its INFO messages (execution plans, stats) only with ``--verbose``."""
-    import logging
-
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
+    # (turned off on purpose: not the "Progress bars disabled" warning every run)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if not verbose():
         ctx.print_on_execution_start = False
         ctx.enable_auto_log_stats = False
@@ -66,9 +68,11 @@ class Progress:
     where Ray Data draws its bars, or with `interval_s` 0."""
 
     def __init__(self, what: str, total: int, interval_s: float, stream: Any = None) -> None:
+        from emotiw import logs
+
         self.what, self.total, self.interval_s = what, total, interval_s
-        self.stream = stream or sys.stderr
-        self.enabled = interval_s > 0 and not self.stream.isatty()
+        self.enabled = interval_s > 0 and not (stream or sys.stderr).isatty()
+        self.log = logs.get("progress")
         self.done = self.errors = 0
         self.start = self.last = time.monotonic()
 
@@ -78,11 +82,19 @@ class Progress:
         now = time.monotonic()
         if self.enabled and now - self.last >= self.interval_s:
             self.last = now
-            print(self.line(now), file=self.stream, flush=True)
+            self._report(now)
 
     def close(self) -> None:
         if self.enabled and self.done:
-            print(self.line(time.monotonic()), file=self.stream, flush=True)
+            self._report(time.monotonic())
+
+    def _report(self, now: float) -> None:
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / rate if rate else None
+        fields = {"job": self.what, "done": self.done, "total": self.total,
+                  "clips_per_s": round(rate, 3), "errors": self.errors,
+                  "eta_s": None if left is None else round(left, 1)}  # fmt: skip
+        self.log.info(self.line(now), extra={"fields": fields})
 
     def line(self, now: float) -> str:
         took = max(now - self.start, 1e-9)
@@ -308,7 +320,7 @@ def done_index(
 
 
 def write_stream(
-    ds: Any, writer: ChunkWriter, committed: Committed, on_rows: Any, progress: Progress | None
+    ds: Any, writer: Any, committed: Committed, on_rows: Any, progress: Progress | None
 ) -> None:
     """Pull the dataset's output blocks to the driver as they finish and commit them in
     chunks; on any failure the open chunk is dropped (committed ones stay)."""

@@ -23,6 +23,7 @@ class HasColumns(Protocol):
 
     name: str
     stats: Sequence[Any]  # per-clip stat columns, also copied to the scores table
+    details: Sequence[Any]  # columns of its detail table (per face), if it has one
 
     def columns(self) -> Sequence[Any]: ...  # items with name, doc and arrow_type()
 
@@ -196,3 +197,63 @@ def score_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
         else:
             types[name] = pa.float32()
     return pa.schema([pa.field(name, types[name]) for name in score_docs(modalities)])
+
+
+# Detail tables (the per-face table): one row per detail (a face kept in a sampled frame) of
+# a modality that declares them (`Modality.details_table`), Hive-partitioned like the table
+# beside which the job writes them; each chunk is published just before the main table's
+# chunk of the same name (docs/exactly-once.md). In flight (extract actor -> model actor ->
+# driver) a clip's details are one list<struct> column of its feature and score rows,
+# `details_column(modality)`; the persisted tables never hold it.
+DETAIL_KEY_DOC: dict[str, str] = {
+    "video_id": "file name without extension (a convenience, not a key)",
+    "uri": "the clip (join with the scores / feature table on uri and run_id)",
+    "etag": "content fingerprint from the listing",
+}
+DETAIL_RUN_DOC: dict[str, str] = {
+    "model_uri": "the scoring run's model as resolved (null for rows the extract job wrote)",
+    "run_id": "run that wrote the row: the scores (or feature) row of the same uri and "
+    "run_id is the clip row these details belong to",
+    "made_at": "UTC time the clip's row was made",
+}
+
+
+def details_column(modality: str) -> str:
+    """The in-flight column holding a clip's details of `modality`."""
+    return f"{modality}_details"
+
+
+def detail_docs(modality: HasColumns) -> dict[str, str]:
+    """Every column of `modality`'s detail table and its meaning."""
+    own = {c.name: c.doc for c in modality.details}
+    return {**DETAIL_KEY_DOC, **own, **DETAIL_RUN_DOC}
+
+
+def detail_struct(modality: HasColumns) -> pa.DataType:
+    """The in-flight column's type: a clip's details as list<struct>."""
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([pa.field(c.name, c.arrow_type()) for c in modality.details]))
+
+
+def detail_schema(modality: HasColumns) -> pa.Schema:
+    """Schema of `modality`'s detail table files (the partition column comes from the path)."""
+    import pyarrow as pa
+
+    types = {name: pa.string() for name in (*DETAIL_KEY_DOC, "model_uri", "run_id")}
+    types.update({c.name: c.arrow_type() for c in modality.details})
+    types["made_at"] = pa.timestamp("us", tz="UTC")
+    return pa.schema([pa.field(name, types[name]) for name in detail_docs(modality)])
+
+
+def with_details(schema: pa.Schema, modalities: Sequence[HasColumns]) -> pa.Schema:
+    """`schema` plus the in-flight detail columns of `modalities` that declare a table (what
+    the actors pass on; writers select the table's own columns)."""
+    import pyarrow as pa
+
+    extra = [
+        pa.field(details_column(m.name), detail_struct(m))
+        for m in modalities
+        if getattr(m, "details_table", "")
+    ]
+    return pa.schema([*schema, *extra])

@@ -70,6 +70,11 @@ class ScoreConfig:
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
+        details_output: where the detail tables go, one folder each (the per-face table:
+            ``faces/``), Hive-partitioned like the scores: ``auto`` beside the scores table
+            (``<output>-details``; none for a table at a bucket root), ``none`` for no
+            detail tables, or a folder. Join with the
+            scores on uri and run_id (README: query cookbook).
         dry_run: check what a run needs (the model resolves, its weights are staged) and
             compare the listing with the table, read-only (no lease, no Ray): print how many
             clips are new, changed or to retry; exit code 0 when a real run would score
@@ -97,6 +102,7 @@ class ScoreConfig:
     autocast: str = "auto"
     block_clips: int = 100
     device: str = "auto"
+    details_output: str = "auto"
     dry_run: bool = False
     media: MediaConfig = field(default_factory=MediaConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -137,6 +143,8 @@ class ScoreSummary:
     seconds: float = 0.0
     # dry runs: clips a real run would score, by why (new, changed, retry)
     pending: dict[str, int] | None = None
+    details: dict[str, int] = field(default_factory=dict)  # detail table -> rows written
+    checks: list[str] = field(default_factory=list)  # the pre-flight checks it passed
     # modality -> (clips where its head agreed with the fusion, clips it scored)
     agree_counts: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
@@ -144,7 +152,8 @@ class ScoreSummary:
         if self.pending is not None:
             from emotiw.table import describe_pending
 
-            return describe_pending(self.listed, self.skipped, self.pending, self.output)
+            pending = describe_pending(self.listed, self.skipped, self.pending, self.output)
+            return "\n  ".join([pending, *self.checks])
         classes = ", ".join(f"{k} {v}" for k, v in self.classes.items()) or "-"
         agree = ", ".join(f"{k} {v:.2f}" for k, v in self.agreement.items()) or "-"
         where = ", ".join(f"{k} ({v} clips)" for k, v in self.placement.items()) or "-"
@@ -157,6 +166,7 @@ class ScoreSummary:
             f"  agreement of each modality's head with the fusion: {agree}\n"
             f"  model stage ran on: {where}\n"
             + (f"  pools: {self.pools}\n" if self.pools else "")
+            + "".join(f"  {k} table: {v} rows\n" for k, v in self.details.items())
             + (f"  written to {self.output}" if self.scored + self.errors else "  nothing new")
         )
 
@@ -191,8 +201,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         LeaseHeld: another live run is writing `cfg.output` (and `cfg.job.wait` is off).
     """
     from emotiw import modalities
+    from emotiw.details import detail_root, paired
     from emotiw.packaging import read_configs
-    from emotiw.preflight import check_available
+    from emotiw.preflight import run_checks
     from emotiw.runtime import exclusive_output, plan_blocks, write_stream
     from emotiw.schema import SCORE_PARTITION, score_schema
     from emotiw.storage import video_id
@@ -204,7 +215,12 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     summary = ScoreSummary(run_id=run_id, output=cfg.output)
     ref = model_ref(cfg.model, cfg.tracking_uri)  # also checks the registry answers
     package_root, _, configs = read_configs(resolve_model_dir(ref.uri, cfg.tracking_uri))
-    check_available(configs.weight_names(), cfg.weights)  # one line, before any actor
+    gpus = amount(cfg.gpus_per_model_actor, "gpus_per_model_actor")
+    summary.checks = [  # each fails in one line, before any actor
+        f"model {ref.uri}: resolves ({', '.join(configs.modalities)})",
+        *run_checks(configs.weight_names(), cfg.weights, cfg.output, cfg.storage, gpus,
+                    ray_address, "--gpus-per-model-actor", "model"),
+    ]  # fmt: skip
     if cfg.dry_run:
         return _dry_run(cfg, ref, summary, score_schema(modalities.specs()), start)
     schema = score_schema(modalities.specs())
@@ -234,16 +250,21 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         refs, count = plan_blocks(items(), start_ray, cfg.block_clips)
         if count:
             ds = _pipeline(cfg, refs, pools, configs, package_root, ref, run_id)
-            writer = ChunkWriter(
+            main = ChunkWriter(
                 fs, root, run_id, schema, job.commit_every, job.commit_interval_s,
                 partition=lambda: f"{SCORE_PARTITION}={time.strftime('%Y-%m-%d', time.gmtime())}",
                 before_commit=lease.check, attempts=job.attempts, backoff_s=job.backoff_s,
             )  # fmt: skip
+            details = detail_root(cfg.details_output, cfg.output)
+            writer = paired(
+                main, configs.specs(), details, cfg.storage, "scored_at", summary.committed
+            )
             write_stream(
                 ds, writer, summary.committed,
                 lambda rows: _summarise(summary, rows, configs.modalities),
                 Progress("score", count, job.progress_interval_s),
             )  # fmt: skip
+            summary.details = writer.detail_counts()
     summary.errors = summary.committed.errors
     summary.scored = summary.committed.rows - summary.errors
     summary.seconds = time.monotonic() - start
@@ -342,7 +363,8 @@ def _summarise(summary: ScoreSummary, rows: Any, modalities: tuple[str, ...]) ->
     """Add a batch of score rows to the summary's class counts, agreement and placement."""
     from emotiw.config import CLASS_NAMES
 
-    table = rows.to_pydict()
+    names = [c for c in rows.column_names if c.endswith(("predicted", "model_device"))]
+    table = rows.select(names).to_pydict()
     predicted = table["predicted"]
     for c in CLASS_NAMES:
         summary.classes[c] = summary.classes.get(c, 0) + predicted.count(c)

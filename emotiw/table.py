@@ -11,11 +11,9 @@ one step. For a local table it is written in ``_staging/<run>/`` and renamed in.
 written to a temporary file and uploaded to its final key: an S3 object appears only when its
 upload completes, so a reader sees all of a chunk or none of it (a crash mid-upload leaves an
 invisible incomplete multipart upload; the bucket rule in infra/ aborts those after a day). A
-local run that dies leaves staging behind; the next writer (it holds the lease, so nobody
-writes those files any more) `recover`s it: a staged chunk whose Parquet footer reads (the
-writer closed it, the rename did not happen) is moved in (adopted) unless the table already
-has it; a partial one is deleted. Staging found on S3 (older versions staged there) gets the
-same treatment.
+local run that dies leaves staging behind; the next writer (it holds the lease) `recover`s
+it: a staged chunk whose Parquet footer reads is adopted unless the table has it; a partial
+one is deleted. Detail tables: `emotiw.details`.
 """
 
 from __future__ import annotations
@@ -154,8 +152,10 @@ class ChunkWriter:
     seconds), each committed atomically as soon as it is complete.
 
     `partition()` names the folder of the next chunk (e.g. ``scored_date=2026-11-26``; ""
-    for none); `before_commit()` runs before each move and may raise to stop the commit (the
-    lease check). Storage calls are retried like clip reads (`attempts`, `backoff_s`).
+    for none); `before_close(relative)` runs before a chunk's file is closed (a detail
+    table's chunk of that name is published then); `before_commit()` runs before each move
+    and may raise to stop the commit (the lease check). Storage calls are retried like clip
+    reads (`attempts`, `backoff_s`).
     """
 
     def __init__(
@@ -170,10 +170,12 @@ class ChunkWriter:
         before_commit: Callable[[], None] = lambda: None,
         attempts: int = 1,
         backoff_s: float = 0.0,
+        before_close: Callable[[str], None] = lambda relative: None,
     ) -> None:
         self.fs, self.root, self.run_id, self.schema = fs, root.rstrip("/"), run_id, schema
         self.commit_every, self.commit_interval_s = commit_every, commit_interval_s
         self.partition, self.before_commit = partition, before_commit
+        self.before_close = before_close
         self.attempts, self.backoff_s = attempts, backoff_s
         self.committed: list[Chunk] = []
         self._buffer: list[Any] = []
@@ -231,15 +233,20 @@ class ChunkWriter:
         self._writer.write_table(pa.concat_tables(self._buffer))
         self._buffer, self._buffered = [], 0
 
-    def commit(self) -> Chunk | None:
-        """Close the open chunk and publish it into the table (None if it has no rows)."""
+    def commit(self, relative: str = "") -> Chunk | None:
+        """Close the open chunk and publish it into the table (None if it has no rows), under
+        `relative` when given (a detail table's chunk takes its main table chunk's name)."""
         if not self._rows:
             return None
         self._flush()
+        self.before_close(self._relative)
         self._writer.close()
         self._writer = None
         self.before_commit()
-        source, target = f"{self._spool}/{self._relative}", f"{self.root}/{self._relative}"
+        source, target = (
+            f"{self._spool}/{self._relative}",
+            f"{self.root}/{relative or self._relative}",
+        )
         if self.fs.type_name == "local":  # a rename within the output's filesystem
             _mkdirs(self.fs, target)
             self.fs.move(source, target)
@@ -410,8 +417,3 @@ def describe_pending(
         f"dry run: {listed} clips listed, {skipped} already {done}, "
         f"{sum(counts.values())} to {verb} ({why}) into {output}"
     )
-
-
-def is_done(done: KeyIndex, uri: str, etag: str) -> bool:
-    """Whether `done_keys` says the clip at `uri` with `etag` needs no new row."""
-    return done.done(uri, etag)

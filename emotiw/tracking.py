@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,31 +130,98 @@ def log_tables(mlflow: Any, tables: dict[str, list[dict[str, Any]]]) -> None:
             )
 
 
-def _pyfunc_class() -> type:
-    from emotiw.pyfunc_model import EmotiwPyfunc
-
-    return EmotiwPyfunc
-
-
-# The alias training gives each version it registers; the schedule scores `champion`, which
-# only `emotiw promote` sets.
+# The candidate alias training gives each version it registers; the schedule scores
+# `champion`, which only `emotiw promote` sets.
 CANDIDATE = "candidate"
+# What the logged model needs on a clean machine beside the emotiw code it ships with: pinned
+# to the versions that trained it (the public version: torch 2.13.0+cpu -> torch==2.13.0, so a
+# CUDA build satisfies it too). tests/test_tracking.py installs exactly these into a fresh
+# virtualenv, loads the model and predicts.
+MODEL_REQUIREMENTS = (
+    "mlflow-skinny", "torch", "torchvision", "efficientnet-lite-pytorch", "numpy", "pandas",
+    "pyarrow", "safetensors", "pillow",
+)  # fmt: skip
+
+
+def model_requirements() -> list[str]:
+    """`MODEL_REQUIREMENTS` pinned to the installed versions."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
+def _mlflow_type(arrow_type: Any) -> Any:
+    import pyarrow as pa
+    from mlflow.types.schema import Array, DataType
+
+    if pa.types.is_list(arrow_type):
+        return Array(_mlflow_type(arrow_type.value_type))
+    checks = ((pa.types.is_string, "string"), (pa.types.is_boolean, "boolean"),
+              # integers as doubles: pandas holds an integer column with nulls as floats,
+              # which MLflow refuses to narrow (its documented advice)
+              (pa.types.is_integer, "double"),
+              (pa.types.is_float32, "float"), (pa.types.is_floating, "double"),
+              (pa.types.is_binary, "binary"))  # fmt: skip
+    for test, name in checks:
+        if test(arrow_type):
+            return DataType[name]
+    raise TypeError(f"no MLflow type for {arrow_type}")
+
+
+def model_signature() -> Any:
+    """The pyfunc model's signature: feature-table columns in (only ``video_id`` required:
+    the model reads the columns of its own modalities and says which one is missing; the
+    timestamp, which MLflow takes only without a time zone, is left out), ``video_id``,
+    ``prob_<class>`` and ``predicted`` out."""
+    import pyarrow as pa
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from emotiw.config import CLASS_NAMES
+    from emotiw.features import feature_schema
+
+    inputs = [ColSpec(_mlflow_type(f.type), f.name, required=f.name == "video_id")
+              for f in feature_schema() if not pa.types.is_timestamp(f.type)]  # fmt: skip
+    outputs = [ColSpec("string", "video_id"), *(ColSpec("float", f"prob_{c}") for c in CLASS_NAMES),
+               ColSpec("string", "predicted")]  # fmt: skip
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
 def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
-    """Log `package_dir` as a pyfunc model in the active run, register it and point the
-    ``candidate`` alias at the new version (never ``champion``: a trained model reaches the
-    schedule only when promoted); returns the ``models:/name/version`` URI."""
+    """Log `package_dir` as a models-from-code pyfunc model (`emotiw.pyfunc_model`, with the
+    emotiw code, a signature and pinned requirements) in the active run, register it and point
+    the ``candidate`` alias at the new version (never ``champion``: a trained model reaches
+    the schedule only when promoted); returns the ``models:/name/version`` URI."""
+    import emotiw
+    from emotiw import pyfunc_model
     from emotiw.packaging import ARTIFACT
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=_pyfunc_class()(),
-        artifacts={ARTIFACT: str(package_dir)},
-        registered_model_name=registered_name,
-    )
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(registered_name, CANDIDATE, version)
+    with warnings.catch_warnings():
+        # The signature is given; an input example would store a clip's JPEG frames (~0.4 MB)
+        # in every version, so MLflow's "input example was not provided" hint is not for us.
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={ARTIFACT: str(package_dir)},
+            code_paths=[str(Path(emotiw.__file__).parent)],
+            signature=model_signature(),
+            pip_requirements=model_requirements(),
+        )
+    # Registered through the client, not `registered_model_name=`: MLflow's fluent registration
+    # prints "Successfully registered model" / "Created version" on stderr unconditionally.
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(registered_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = str(client.create_model_version(
+        registered_name, info.model_uri, run_id=info.run_id, model_id=info.model_id
+    ).version)  # fmt: skip
+    client.set_registered_model_alias(registered_name, CANDIDATE, version)
     return f"models:/{registered_name}/{version}"
 
 

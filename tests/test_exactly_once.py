@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from emotiw import modalities
@@ -190,8 +191,19 @@ def test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing(
     assert "took over the lease of dead run" in rerun
     done = int(re.search(r"9 clips listed, (\d+) already scored", rerun).group(1))
     assert done >= len(partial)  # (plus a chunk adopted from staging, if one was closed)
-    assert_same_scores(by_clip(rows_of(str(out)), str(drop)), clean)
+    final = rows_of(str(out))
+    assert_same_scores(by_clip(final, str(drop)), clean)
     assert_nothing_to_clean(out)
+    assert_faces_once(final, out.parent / "scores-details" / "faces")
+
+
+def assert_faces_once(rows: list[dict[str, Any]], faces: Path) -> None:
+    """The per-face table holds each committed row's faces exactly once, under that row's
+    run (a killed run's faces whose scores never landed were pruned), and nothing else."""
+    got = Counter((f["uri"], f["run_id"]) for f in pq.read_table(faces).to_pylist())
+    want = {(r["uri"], r["run_id"]): r["n_faces"] for r in rows if r["n_faces"]}
+    assert dict(got) == want
+    assert_nothing_to_clean(faces)
 
 
 def test_s3_outage_and_dropped_reads_are_ridden_out(
@@ -257,7 +269,7 @@ def test_a_clip_failing_past_its_attempts_is_retried_by_the_next_run(
 def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, tmp_path) -> None:
     out = tmp_path / "features"
     args = ["--videos", str(drop), "--output", str(out), *SMOKE_ARGS, "--commit-every", "2",
-            "--extract-actors", "1"]  # fmt: skip
+            "--extract-actors", "1", "--details-output", "auto"]  # fmt: skip
     run = start_job("extract", *args)
     wait_for(lambda: committed_files(out), "a committed chunk")
     assert run.poll() is None, "the run finished before its driver could be killed"
@@ -270,3 +282,5 @@ def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, tmp_path) -> 
     for clip, row in rows.items():
         assert row["content_sha256"] == _sha(drop / clip), clip  # its own bytes, its own row
     assert_nothing_to_clean(out)
+    # behind --details-output: the per-face table beside the feature table, rows made once
+    assert_faces_once(list(rows.values()), tmp_path / "features-details" / "faces")

@@ -20,6 +20,8 @@ import yaml
 
 import emotiw
 from emotiw.cli import build_parser
+from emotiw.extract import ExtractConfig
+from emotiw.score import ScoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -167,6 +169,14 @@ def s3_urls(text: str) -> set[str]:
 # --- where each stage runs and what it needs (IAM) ---------------------------------------------
 
 
+def details_of(config: type, args: Any) -> str | None:
+    """Where a job's flags put its detail tables (the per-face table), or None."""
+    from emotiw.details import detail_root
+
+    default = config.__dataclass_fields__["details_output"].default  # type: ignore[attr-defined]
+    return detail_root(getattr(args, "details_output", default), args.output)
+
+
 def job_needs(tf: dict[str, Any], job: str, args: Any) -> dict[str, set[Grant]]:
     """What a job's code touches on S3, by where Ray runs it, read off the job's own flags:
     "driver" runs on the head (num-cpus 0, so nothing else does); "worker" is any worker node,
@@ -190,11 +200,15 @@ def job_needs(tf: dict[str, Any], job: str, args: Any) -> dict[str, set[Grant]]:
     if job == "score" and getattr(args, "dry_run", False):  # the schedule's pre-check, read-only
         return {"driver": listing(args.input) | listing(args.output) | read(args.output) | weights}
     if job == "score":
-        return {"driver": listing(args.input) | commit(args.output) | weights,
+        details = details_of(ScoreConfig, args)
+        tables = commit(args.output) | (commit(details) if details else set())
+        return {"driver": listing(args.input) | tables | weights,
                 "worker": read(args.input) | weights}  # fmt: skip
     if job == "extract":
         labels = read(args.labels) if args.labels else set()
-        return {"driver": listing(args.videos) | labels | commit(args.output) | weights,
+        details = details_of(ExtractConfig, args)
+        tables = commit(args.output) | (commit(details) if details else set())
+        return {"driver": listing(args.videos) | labels | tables | weights,
                 "worker": read(args.videos) | weights}  # fmt: skip
     if job == "train":
         features = set().union(*(read(u) | listing(u) for u in (args.features, args.val_features)))
@@ -209,6 +223,19 @@ def cluster_needs(tf: dict[str, Any], jobs: list[tuple[str, Any]]) -> dict[str, 
         for place, grants in job_needs(tf, job, args).items():
             needs[place] |= grants
     return needs
+
+
+def assert_no_download(args: Any, where: str) -> None:
+    """README: nothing downloads at job time on a cluster: every job there is run with
+    ``--no-allow-download`` (weights come from the staged directory or an installed package;
+    a missing file fails the driver's pre-check, exit 68)."""
+    assert getattr(args, "weights__allow_download", True) is False, f"{where}: may download"
+
+
+def test_no_cluster_job_downloads_weights() -> None:
+    for name in rayjobs():
+        for step, args in manifest_jobs(name):
+            assert_no_download(args, f"{name}: {step}")
 
 
 def manifest_jobs(name: str) -> list[tuple[str, Any]]:
@@ -295,7 +322,8 @@ def test_schedule_pod_role_is_the_dry_runs_read_only_needs() -> None:
 def test_rows_reach_tables_only_through_the_driver() -> None:
     """What lets workers hold no write grant: no Ray Data write (which would run as tasks on
     any node) anywhere in the package; tables are written by `table.ChunkWriter`, which only
-    the jobs' drivers create."""
+    the jobs' drivers create (directly, and through `details.paired` for the detail
+    tables)."""
     writes = re.compile(r"\.write_(parquet|datasink|json|csv|numpy|images|webdataset)\(")
     users = set()
     for path in (ROOT / "emotiw").rglob("*.py"):
@@ -303,12 +331,17 @@ def test_rows_reach_tables_only_through_the_driver() -> None:
         assert not writes.search(text), f"{path}: a Ray Data write runs on workers"
         if "ChunkWriter(" in text and path.name != "table.py":
             users.add(path.name)
-    assert users == {"score.py", "extract.py"}, users
+    assert users == {"score.py", "extract.py", "details.py"}, users
     for name in users:  # and there only in the driver's run function, not in an actor
         tree = ast.parse((ROOT / "emotiw" / name).read_text())
-        owners = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-                  and "ChunkWriter(" in ast.unparse(f)}  # fmt: skip
-        assert owners == {f"run_{name.removesuffix('.py')}"}, owners
+        for made in ("ChunkWriter", "paired"):
+            owners = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                      for call in ast.walk(f) if isinstance(call, ast.Call)
+                      and ast.unparse(call.func) == made}  # fmt: skip
+            if name == "details.py":
+                assert owners == ({"paired"} if made == "ChunkWriter" else set()), owners
+            else:
+                assert owners == {f"run_{name[:-3]}"}, (name, made, owners)
 
 
 def test_every_node_finds_the_weights_where_the_roles_allow() -> None:
@@ -683,7 +716,7 @@ def check_command(argv: list[str], tf: dict[str, Any]) -> None:
     def python_job(rest: list[str]) -> None:
         assert rest[0] == "python" and rest[1].startswith("jobs/"), rest
         exists(rest[1])
-        parse_job(Path(rest[1]).stem, rest[2:])
+        assert_no_download(parse_job(Path(rest[1]).stem, rest[2:]), " ".join(rest))
 
     tool = argv[0]
     if tool == "docker" and argv[1] == "build":

@@ -86,6 +86,25 @@ def test_features_round_trip_through_the_table(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_declared_detail_table_has_its_own_typed_columns(name: str) -> None:
+    """A modality with a detail table declares typed columns that do not clash with the keys
+    the table adds (uri, run_id, ...); `row_values` carries them in flight."""
+    from emotiw.schema import DETAIL_KEY_DOC, DETAIL_RUN_DOC, detail_schema, details_column
+
+    spec = modalities.get(name)
+    if not spec.details_table:
+        assert not spec.details
+        return
+    own = [c.name for c in spec.details]
+    assert len(set(own)) == len(own) and not set(own) & {*DETAIL_KEY_DOC, *DETAIL_RUN_DOC}
+    assert detail_schema(spec).names[3 : 3 + len(own)] == own
+    cfg = small(spec)
+    details = {c.name: np.zeros(2, np.float32) for c in spec.details}
+    out = Extraction(spec.example_inputs(cfg, 1)[0][0], details=details)
+    assert len(spec.row_values(out, cfg)[details_column(name)]) == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_head_shapes_gradients_and_optimizer(name: str) -> None:
     spec = modalities.get(name)
     cfg = small(spec)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from helpers import (
 
 BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
 CLASSES = ("positive", "neutral", "negative")
+FER = face.FER_CLASSES
 
 pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
 
@@ -125,6 +127,18 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
         assert "sha256:5793" in weights["scene"]  # Lite0's shipped ImageNet weights
     assert "7 scored, 3 errors (empty 1, no_frames 1, not_media 1)" in stdout
     assert "0 errors retryable" in stdout
+    # the per-face table beside it: each face of each committed row, once, same run
+    faces = pq.read_table(tmp_path / "scores-details" / "faces").to_pylist()
+    per_clip = Counter(r["uri"] for r in faces)
+    assert per_clip == {r["uri"]: r["n_faces"] for r in good if r["n_faces"]}
+    assert f"faces table: {len(faces)} rows" in stdout and len(faces) > 0
+    assert {r["run_id"] for r in faces} == {r["run_id"] for r in rows}
+    for f in faces:
+        assert 0 <= f["left"] < f["right"] <= 480 and 0 <= f["top"] < f["bottom"] <= 320
+        assert f["right"] - f["left"] >= 40 and 0 <= f["slot"] < 12
+        assert abs(sum(f[f"prob_{e}"] for e in FER) - 1) < 1e-4
+        assert f["timestamp_s"] == pytest.approx(f["frame_index"] / f["fps"], rel=1e-5)
+        assert f["model_uri"] == str(package)
 
     # a scheduled rerun over the same files adds nothing
     again = run_score("--input", str(corpus), "--output", str(out), "--model", str(package))
@@ -164,6 +178,7 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     assert run_job(*score, "--dry-run", check=False).returncode == 4  # nothing new
     dry = run_job(*score, rescore, "--dry-run").stdout
     assert "10 clips listed, 0 already scored, 10 to score (10 new" in dry
+    assert f"output {out}: writable" in dry and "GPUs: " in dry and "weights: " in dry
     assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in run_score(*score[1:], rescore)
     assert run_job(*score, rescore, "--dry-run", check=False).returncode == 4
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -181,6 +196,14 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     ]
     assert {a, b} == {str(package), str(other)} and clips == 7 and 0 <= agreement <= 1
     assert sum(n for _, n in book["faces per clip (faces kept over the 12 sampled frames)"]) == 15
+    current_faces = duckdb.sql(
+        f"SELECT sum(n_faces) FROM (SELECT * FROM read_parquet('{glob}', hive_partitioning = "
+        "true) WHERE error IS NULL QUALIFY row_number() OVER (PARTITION BY uri ORDER BY "
+        "scored_at DESC) = 1)"
+    ).fetchall()[0][0]
+    joined = book["the faces of each clip's current score: when, where, and what FER saw "
+                  "(per-face table)"]  # fmt: skip
+    assert len(joined) == current_faces > 0
 
 
 def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_env) -> None:

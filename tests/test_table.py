@@ -20,7 +20,7 @@ from emotiw.config import JobConfig
 from emotiw.errors import LeaseHeld, LeaseLost, StorageError
 from emotiw.lease import Lease
 from emotiw.storage import arrow_filesystem
-from emotiw.table import ChunkWriter, data_files, done_keys, is_done, read, recover
+from emotiw.table import ChunkWriter, data_files, done_keys, read, recover
 
 SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("error_reason", pa.string())])
 
@@ -115,10 +115,10 @@ def test_done_keys_retry_transient_errors_and_match_old_rows(tmp_path) -> None:
     writer.close()
     done = done_keys(fs, root, SCHEMA)
     uris = rows(3)["uri"].to_pylist()
-    assert is_done(done, uris[0], "e0") and is_done(done, uris[1], "e1")
-    assert not is_done(done, uris[2], "e2") and not is_done(done, uris[0], "changed")
-    assert is_done(done, "old", "any etag")  # written before etags were recorded
-    assert not is_done(done_keys(fs, root, SCHEMA, final_errors=False), uris[1], "e1")
+    assert done.done(uris[0], "e0") and done.done(uris[1], "e1")
+    assert not done.done(uris[2], "e2") and not done.done(uris[0], "changed")
+    assert done.done("old", "any etag")  # written before etags were recorded
+    assert not done_keys(fs, root, SCHEMA, final_errors=False).done(uris[1], "e1")
     # what a dry run reports for each kind of pending clip
     history = done_keys(fs, root, SCHEMA, seen=True)
     asked = [(uris[0], "e0"), (uris[0], "e9"), (uris[2], "e2"), ("never-seen", "e"), ("old", "x")]
@@ -136,9 +136,8 @@ def test_done_keys_of_one_model_only(tmp_path) -> None:
     writer.write(pa.table({"uri": ["a", "b"], "etag": ["1", "1"], "error_reason": [None, None],
                            "model_uri": ["models:/m/1", "models:/m/2"]}, schema))  # fmt: skip
     writer.close()
-    assert is_done(done_keys(fs, root, schema), "a", "1") and is_done(
-        done_keys(fs, root, schema), "b", "1"
-    )
+    everything = done_keys(fs, root, schema)
+    assert everything.done("a", "1") and everything.done("b", "1")
     v2 = done_keys(fs, root, schema, seen=True, model_uri="models:/m/2")
     assert v2.status("a", "1") == "new" and v2.status("b", "1") == "done"
 
@@ -248,11 +247,16 @@ def test_retry_call_retries_transient_failures_only() -> None:
 
 
 def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
+    """A progress line per interval through the ``emotiw`` logger: text for people, JSON
+    with the numbers as fields for log shippers, nothing below the chosen level."""
     import io
+    import json
 
+    from emotiw import logs
     from emotiw.runtime import Progress
 
     out = io.StringIO()  # not a terminal
+    logs.setup("info", "text", stream=out)
     progress = Progress("score", 10, interval_s=0.05, stream=out)
     progress.update(2, 0)  # within the interval: nothing yet
     time.sleep(0.06)
@@ -266,3 +270,19 @@ def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
     silent.update(10, 0)
     silent.close()
     assert quiet.getvalue() == ""
+    shipped = io.StringIO()
+    logs.setup("info", "json", stream=shipped)
+    progress = Progress("extract", 4, interval_s=0.01, stream=shipped)
+    time.sleep(0.02)
+    progress.update(4, 0)
+    record = json.loads(shipped.getvalue().splitlines()[0])
+    assert record["level"] == "info" and record["logger"] == "emotiw.progress"
+    assert (record["job"], record["done"], record["total"], record["eta_s"]) == ("extract", 4, 4, 0)
+    assert record["message"].startswith("extract: 4/4 clips") and record["time"].endswith("Z")
+    warnings_only = io.StringIO()
+    logs.setup("warning", "text", stream=warnings_only)
+    progress = Progress("score", 4, interval_s=0.01, stream=warnings_only)
+    progress.update(4, 0)
+    progress.close()
+    assert warnings_only.getvalue() == ""
+    logs.setup("info", "text")

@@ -96,7 +96,7 @@ class Column:
     """One feature-table column a modality writes: name, arrow type name, meaning."""
 
     name: str
-    type: str  # "float32", "int32", "bool" or "list<float32>"
+    type: str  # "float32", "int32", "int16", "bool" or "list<float32>"
     doc: str
 
     def arrow_type(self) -> pa.DataType:
@@ -104,7 +104,8 @@ class Column:
 
         if self.type == "list<float32>":
             return pa.list_(pa.float32())
-        return {"float32": pa.float32(), "int32": pa.int32(), "bool": pa.bool_()}[self.type]
+        kinds = {"float32": pa.float32(), "int32": pa.int32(), "int16": pa.int16()}
+        return {**kinds, "bool": pa.bool_()}[self.type]
 
 
 class Modality:
@@ -119,6 +120,9 @@ class Modality:
         presence: the feature-table column saying whether a clip has the modality (a count or
             a bool; null counts as absent): fusion's presence mask.
         stats: the per-clip stat columns the extractor reports (name -> `Column`).
+        details_table: name of the modality's detail table (``faces``: one row per detail the
+            extractor reports in `Extraction.details`), or "" for none.
+        details: that table's own columns (`emotiw.schema.detail_schema` adds the keys).
         vote_weight: weight in weighted voting.
         weight_specs: the pretrained weight files this modality registers.
         presets: preset name -> Config, or None where the preset leaves the modality out (a
@@ -130,6 +134,8 @@ class Modality:
     order: ClassVar[int] = 100
     presence: ClassVar[str]
     stats: ClassVar[tuple[Column, ...]] = ()
+    details_table: ClassVar[str] = ""
+    details: ClassVar[tuple[Column, ...]] = ()
     vote_weight: ClassVar[float] = 1.0
     weight_specs: ClassVar[tuple[WeightSpec, ...]] = ()
     presets: ClassVar[Mapping[str, Any]] = {}
@@ -160,10 +166,19 @@ class Modality:
         return self.stage(cfg) == MODEL_STAGE
 
     def row_values(self, out: Extraction, cfg: Any) -> dict[str, Any]:
-        """Feature-table values of one clip: the flattened features and the stats."""
+        """Feature-table values of one clip: the flattened features and the stats (and, in
+        flight to the detail table, its details as a list of dicts)."""
+        from emotiw.schema import details_column
+
         values: dict[str, Any] = {self.name: np.asarray(out.features, np.float32).reshape(-1)}
         for column in self.stats:
             values[column.name] = _cast(out.stats.get(column.name), column.type)
+        if self.details_table and out.details:
+            names = [c.name for c in self.details]
+            lists = [np.asarray(out.details[n]).tolist() for n in names]
+            values[details_column(self.name)] = [
+                dict(zip(names, v, strict=True)) for v in zip(*lists, strict=True)
+            ]
         return values
 
     def read_inputs(self, table: Mapping[str, Sequence[Any]], cfg: Any) -> tuple[np.ndarray, ...]:
@@ -254,7 +269,7 @@ def _cast(value: Any, kind: str) -> Any:
         return None
     if kind == "bool":
         return bool(value)
-    if kind == "int32":
+    if kind in ("int32", "int16"):
         return int(value)
     if kind == "float32":
         return float(value)

@@ -51,9 +51,19 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 )
 FER_WEIGHTS = "fer-mini-xception"
 CNN_DETECTOR_WEIGHTS = "dlib-cnn-face-detector"
-# Per-face detail rows: one row per kept face of a sampled frame.
+# Per-face detail rows (the per-face table): one row per kept face of a sampled frame.
 FACE_BOX_COLUMNS: tuple[str, ...] = ("top", "right", "bottom", "left")
 FACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in FER_CLASSES)
+DETAIL_COLUMNS: tuple[Column, ...] = (
+    Column("slot", "int16", "sampled frame slot 0..11 (the features' time step)"),
+    Column("frame_index", "int32", "index of the decoded frame in the video stream"),
+    Column("timestamp_s", "float32", "the frame's time in the video: frame_index / fps"),
+    Column("fps", "float32", "the video stream's frame rate the timestamp used"),
+    *(Column(c, "int16", f"face box {c} edge, pixels of the decoded frame (480x320 unless "
+             "--media-width/-height)") for c in FACE_BOX_COLUMNS),
+    *(Column(c, "float32", f"FER probability of {e}")
+      for c, e in zip(FACE_PROB_COLUMNS, FER_CLASSES, strict=True)),
+)  # fmt: skip
 # ITU-R BT.601 luma, as OpenCV's RGB2GRAY which the FER model's authors used.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -280,9 +290,13 @@ class Extractor:
         features = frame_features(per_frame, self.cfg.n_frames)
         slots = np.repeat(np.arange(len(boxes)), counts)
         all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int64)
+        fps = float(clip.meta.fps or 0.0)
+        index = clip.frame_indices[slots].astype(np.int32)
         details: dict[str, np.ndarray] = {
             "slot": slots.astype(np.int16),
-            "frame_index": clip.frame_indices[slots].astype(np.int32),
+            "frame_index": index,
+            "timestamp_s": (index / fps if fps else np.full(len(index), np.nan)).astype(np.float32),
+            "fps": np.full(len(index), fps, np.float32),
         }
         for j, column in enumerate(FACE_BOX_COLUMNS):
             details[column] = all_boxes[:, j].astype(np.int16)
@@ -355,6 +369,8 @@ class Face(Modality):
     order = 40
     presence = "n_faces"
     stats = (Column("n_faces", "int32", "faces kept over the 12 frames"),)
+    details_table = "faces"
+    details = DETAIL_COLUMNS
     vote_weight = 0.05
     weight_specs = WEIGHT_SPECS
     presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": Config()}

@@ -46,8 +46,8 @@ locals {
 }
 
 # Scoring driver: checks the weights are staged (before any actor starts), lists the input,
-# holds the lease and commits chunks under scores/ (reads the table's keys to skip what is
-# done). The model comes from the MLflow server over HTTP.
+# holds the lease and commits chunks under scores/ and the per-face table's under details/
+# (reads the table's keys to skip what is done; prunes a dead run's orphan detail chunks). The model comes from the MLflow server over HTTP.
 data "aws_iam_policy_document" "score_driver" {
   statement {
     sid       = "ListBuckets"
@@ -62,7 +62,7 @@ data "aws_iam_policy_document" "score_driver" {
   statement {
     sid       = "CommitScores"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*"]
+    resources = ["${aws_s3_bucket.data["output"].arn}/scores/*", "${aws_s3_bucket.data["output"].arn}/details/*"]
   }
 }
 

@@ -1,0 +1,98 @@
+"""The registered MLflow model as a user of the registry gets it: a models-from-code pyfunc
+with a signature and pinned requirements, loaded and run in a fresh virtualenv that has only
+those requirements installed (no emotiw on any index: the code ships with the model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from emotiw.corpus import write_sample_corpus
+from emotiw.features import ClipFeatureExtractor, feature_schema, rows_to_table
+from helpers import make_package, smoke_configs
+
+PREDICT = """
+import json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import emotiw  # not installed here: loading the model put its code on the path
+out = model.predict(pd.read_parquet(sys.argv[2]))
+print(json.dumps({"emotiw": emotiw.__file__, "rows": out.to_dict(orient="records")}))
+"""
+
+
+@pytest.mark.slow
+def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    import mlflow
+
+    from emotiw.tracking import CANDIDATE, MODEL_REQUIREMENTS, log_package, mlflow_client
+
+    # a feature table of real extracted rows (in-process: no Ray needed for two clips)
+    clips = tmp_path / "clips"
+    write_sample_corpus(str(clips), 3, seed=5)
+    configs = smoke_configs()
+    extractor = ClipFeatureExtractor(configs)
+    rows = [
+        extractor(str(p), p.stem, p.read_bytes(), None, "r") for p in sorted(clips.glob("*.mp4"))
+    ]
+    features = tmp_path / "features.parquet"
+    pq.write_table(rows_to_table(rows).select(feature_schema().names), features)
+
+    client = mlflow_client(None, "package-test", str(tmp_path / "mlruns"))
+    package = make_package(tmp_path / "model" / "emotiw-test", configs)
+    with client.start_run():
+        uri = log_package(client, package, "emotiw-test")
+    version = mlflow.MlflowClient().get_model_version_by_alias("emotiw-test", CANDIDATE)
+    assert uri == f"models:/emotiw-test/{version.version}"
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl"))
+    )
+    # models from code: the model is this file, not a pickle; the emotiw code ships with it
+    meta = mlflow.models.Model.load(str(local / "MLmodel"))
+    pyfunc = meta.flavors["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert pyfunc["model_code_path"].endswith("pyfunc_model.py")
+    assert not list(local.rglob("python_model.pkl"))
+    assert (local / "code" / "emotiw" / "packaging.py").is_file()
+    inputs = {c.name: c for c in meta.signature.inputs.inputs}
+    assert inputs["video_id"].required and not inputs["face"].required
+    assert [c.name for c in meta.signature.outputs.inputs][-1] == "predicted"
+    requirements = (local / "requirements.txt").read_text().split()
+    assert [r.split("==")[0] for r in requirements] == list(MODEL_REQUIREMENTS)
+    assert all("==" in r and "+" not in r for r in requirements)
+    expected = mlflow.pyfunc.load_model(str(local)).predict(pq.read_table(features).to_pandas())
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "-r", str(local / "requirements.txt")],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    run = subprocess.run(
+        [python, "-c", PREDICT, str(local), str(features)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.splitlines()[-1])
+    assert got["emotiw"].startswith(str(local / "code"))  # not installed: shipped with the model
+    assert [r["video_id"] for r in got["rows"]] == list(expected["video_id"])
+    assert [r["predicted"] for r in got["rows"]] == list(expected["predicted"])
+    probs = [[r[f"prob_{c}"] for c in ("positive", "neutral", "negative")] for r in got["rows"]]
+    assert np.allclose(
+        probs, expected[["prob_positive", "prob_neutral", "prob_negative"]], atol=1e-5
+    )
+
+
+def test_the_model_file_names_the_package_artifact_as_packaging_does() -> None:
+    """pyfunc_model.py repeats `packaging.ARTIFACT` (MLflow runs it as the model file)."""
+    from emotiw import packaging, pyfunc_model
+
+    assert pyfunc_model.ARTIFACT == packaging.ARTIFACT
