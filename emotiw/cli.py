@@ -160,11 +160,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from emotiw.train import TrainConfig, run_train
 
     configs = train_configs(args)
-    fusion_cfg = fusion.Config(
-        **{"modalities": configs.modalities, **flags.given(args, fusion.Config, "fusion__")}
-    )
+    given = flags.given(args, fusion.Config, "fusion__")
+    preset = fusion.PRESETS.get(args.preset, {})
+    fusion_cfg = fusion.Config(**{"modalities": configs.modalities, **preset, **given})
+    given_train = flags.given(args, TrainConfig)
+    paper = args.preset == "paper"  # the deployed models' schedule, and leak-free stacking
+    given_train.setdefault("schedule", "paper" if paper else "uniform")
+    given_train.setdefault("stacking_folds", 5 if paper else 0)
     cfg = TrainConfig(
-        **flags.given(args, TrainConfig),
+        **given_train,
         configs=configs,
         fusion=fusion_cfg,
         storage=storage_config(args),

@@ -18,7 +18,9 @@ def add_model_args(p: argparse.ArgumentParser, heads: bool = True) -> None:
 
     presets = sorted({k for s in modalities.specs() for k in s.presets}) or ["paper"]
     group = p.add_argument_group("modalities")
-    group.add_argument("--preset", choices=presets, default="paper", help="modality settings")
+    group.add_argument(
+        "--preset", choices=presets, default="paper", help="modality and fusion settings"
+    )
     group.add_argument(
         "--modalities",
         type=lambda text: tuple(v for v in text.split(",") if v),

@@ -86,7 +86,9 @@ def run_demo(cfg: DemoConfig) -> int:
             TrainConfig(
                 features=str(work / "features"),
                 configs=configs,
-                fusion=fusion.Config(modalities=configs.modalities),
+                fusion=fusion.Config(modalities=configs.modalities, **fusion.PRESETS["cpu-smoke"]),
+                schedule="uniform",  # the cpu-smoke preset's few epochs, not the paper's
+                stacking_folds=0,
                 epochs=cfg.epochs,
                 fusion_epochs=cfg.fusion_epochs,
                 batch_size=8,

@@ -12,7 +12,11 @@ from typing import Any
 from emotiw import metrics
 from emotiw.config import StorageConfig
 
-COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "cross_entropy", "n"]
+# Measured: accuracy, macro and support-weighted precision / recall / F1 (the authors' code
+# mostly reported weighted averages); then the paper's figure for the same row.
+PAPER = "paper (P / R / F1)"
+COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "precision_weighted",
+           "recall_weighted", "f1_weighted", PAPER, "cross_entropy", "n"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
 
     from emotiw.features import read_rows, to_feature_set
     from emotiw.inference import predict
+    from emotiw.modalities import paper
     from emotiw.packaging import load_model
     from emotiw.tracking import log_tables, mlflow_client, resolve_model_dir
 
@@ -65,7 +70,8 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     confusions = {}
     for name, head in package.heads.items():
         probs, preds = predict(head, data, name)
-        tables["modalities"].append({"model": name, **metrics.scores(data.labels, probs, preds)})
+        row = {"model": name, **metrics.scores(data.labels, probs, preds)}
+        tables["modalities"].append({**row, PAPER: paper.cell(paper.TABLE1.get(name))})
         confusions[f"head-{name}"] = metrics.confusion(data.labels, preds)
     main = package.default
     for variant, model in package.fusions.items():
@@ -73,11 +79,14 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
         row = {"model": variant, **metrics.scores(data.labels, probs, preds)}
         confusions[f"fusion-{variant}"] = metrics.confusion(data.labels, preds)
         if variant.startswith(f"{main}-without-"):
-            tables["ablation"].append(row)
+            left_out = variant.removeprefix(f"{main}-without-")
+            figures = paper.TABLE3_WITHOUT.get(left_out) if main == "fc" else None
+            note = paper.INVALID.get(("table3", left_out), "")
+            tables["ablation"].append({**row, PAPER: paper.cell(figures, note)})
         else:
-            tables["fusion"].append(row)
+            tables["fusion"].append({**row, PAPER: paper.cell(paper.TABLE2.get(variant))})
             if variant == main:
-                tables["ablation"].insert(0, {**row, "model": f"{main} (all)"})
+                tables["ablation"].insert(0, {**row, "model": f"{main} (all)", PAPER: "-"})
     titles = {
         "modalities": "Table 1: each modality's head",
         "fusion": "Table 2: fusion methods",

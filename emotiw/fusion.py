@@ -29,6 +29,11 @@ from emotiw import modalities as registry
 from emotiw.config import CLASS_NAMES
 
 METHODS = ("fc", "vae", "soft", "hard", "weighted")
+# Fusion settings per modality preset (`--preset`); a flag overrides. "paper" = the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu-smoke": {"hidden_units": 64, "presence_flags": True, "l2": 0.0, "lr": 1e-3},
+}
 VOTING = ("soft", "hard", "weighted")
 N_CLASSES = len(CLASS_NAMES)
 
@@ -46,24 +51,32 @@ class Config:
         vote_weights: per-modality weights of ``weighted`` voting (``hard`` is a plain
             majority, ``soft`` an unweighted mean, as in the paper); a modality not named
             gets its registered ``vote_weight``.
-        hidden_units: width of the Dense + ReLU layer of FC fusion, and of the VAE's encoder
-            and decoder.
+        hidden_units: width of the Dense + ReLU layer of FC fusion (deployed: 72, the
+            authors' tuned width for audio + scene + pose), and of the VAE's encoder and decoder.
+        presence_flags: FC fusion also takes a 0/1 flag per modality (a missing modality's
+            zeros are then told apart from features); the deployed model had none.
+        l2: Keras' kernel L2 on FC fusion's output layer (deployed: 0.01).
         train_heads: fine-tune the heads with the fusion; False keeps them frozen.
         latent_dim: the VAE's latent size (paper: 20).
         kl_weight, recon_weight: weights of the VAE's KL and reconstruction terms next to the
             classifier's cross-entropy.
-        lr: Adam learning rate of the fusion's own layers.
+        lr: Adam learning rate of the fusion's own layers (deployed: 0.01).
+
+    Defaults: the deployed FC fusion (../shared/paper/authors-models.md 5b); `PRESETS` names
+    the cpu-smoke preset's settings (those used before, which the synthetic corpus trains).
     """
 
     method: str = "fc"
     modalities: tuple[str, ...] = field(default_factory=registry.names)
     vote_weights: dict[str, float] = field(default_factory=dict)
-    hidden_units: int = 64
+    hidden_units: int = 72
+    presence_flags: bool = False
+    l2: float = 0.01
     train_heads: bool = False
     latent_dim: int = 20
     kl_weight: float = 1.0
     recon_weight: float = 1.0
-    lr: float = 1e-3
+    lr: float = 0.01
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,8 +93,8 @@ class Config:
             and sum(self.vote_weights.get(m, 0.0) for m in self.modalities) <= 0
         ):
             raise ValueError("weighted voting needs a positive weight for a fused modality")
-        if min(self.hidden_units, self.latent_dim) < 1 or self.lr <= 0:
-            raise ValueError("hidden_units, latent_dim and lr must be positive")
+        if min(self.hidden_units, self.latent_dim) < 1 or self.lr <= 0 or self.l2 < 0:
+            raise ValueError("hidden_units, latent_dim and lr must be positive, l2 >= 0")
         if self.kl_weight < 0 or self.recon_weight < 0:
             raise ValueError("kl_weight and recon_weight must be >= 0")
 
@@ -196,20 +209,23 @@ class Fusion(nn.Module):
 
 
 class FCFusion(Fusion):
-    """Early fusion (paper's best): concatenated hidden layers and presence flags ->
-    Dense + ReLU -> Dense(3)."""
+    """Early fusion (paper's best): concatenated hidden layers (and presence flags) ->
+    Dense + ReLU -> Dense(3); deployed over audio 32 + scene 30 + pose 128 (+ face 8)."""
 
     def __init__(self, heads: Mapping[str, nn.Module], cfg: Config) -> None:
         super().__init__(heads, cfg)
+        flags = len(cfg.modalities) if cfg.presence_flags else 0
         self.net = nn.Sequential(
-            nn.Linear(self.hidden_dim() + len(cfg.modalities), cfg.hidden_units),
+            nn.Linear(self.hidden_dim() + flags, cfg.hidden_units),
             nn.ReLU(),
             nn.Linear(cfg.hidden_units, N_CLASSES),
         )
 
     def forward(self, inputs: Inputs, present: Present) -> torch.Tensor:
         hidden, mask = self.hidden(inputs, present)
-        return self.net(torch.cat([hidden, mask.to(hidden.dtype)], dim=1))
+        if self.cfg.presence_flags:
+            hidden = torch.cat([hidden, mask.to(hidden.dtype)], dim=1)
+        return self.net(hidden)
 
 
 @dataclass
@@ -340,6 +356,14 @@ def build(heads: Mapping[str, nn.Module], cfg: Config | None = None) -> Fusion:
 
 
 def optimizer(model: Fusion) -> torch.optim.Optimizer | None:
-    """Adam over the trainable parameters; None when there are none (voting, frozen heads)."""
+    """Adam over the trainable parameters (Keras' kernel L2 on FC fusion's output layer as
+    weight decay 2 * l2); None when there are none (voting, frozen heads)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=model.cfg.lr) if params else None
+    if not params:
+        return None
+    if not isinstance(model, FCFusion) or not model.cfg.l2:
+        return torch.optim.Adam(params, lr=model.cfg.lr)
+    out = model.net[-1].weight
+    rest = [p for p in params if p is not out]
+    groups = [{"params": [out], "weight_decay": 2 * model.cfg.l2}, {"params": rest}]
+    return torch.optim.Adam(groups, lr=model.cfg.lr)

@@ -299,4 +299,5 @@ def test_head_layout_and_optimizer() -> None:
     assert head.forward_features(torch.randn(4, 12, 22)).shape == (4, 8) and head.feature_dim == 8
     opt = spec.optimizer(spec.parameter_groups(head, cfg), cfg)
     assert opt.param_groups[0]["lr"] == 0.005
-    assert (head.lstm.hidden_size, head.lstm.bidirectional) == (32, True)
+    assert head.lstm.output_size == 64  # Keras BiLSTM(32); cpu-smoke: torch's LSTM
+    assert modalities.get("face").head(face.Face.presets["cpu-smoke"]).lstm.hidden_size == 32

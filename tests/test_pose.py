@@ -174,10 +174,13 @@ def test_head_layout_and_optimizer() -> None:
     spec = modalities.get("pose")
     cfg = pose.Config()
     head = spec.head(cfg)
-    assert head.forward_features(torch.randn(5, 12, 27)).shape == (5, 32) and head.feature_dim == 32
+    x = torch.randn(5, 12, 27)  # deployed: no hidden layer, the fusion takes the BiLSTM's 128
+    assert head.forward_features(x).shape == (5, 128) and head.feature_dim == 128
     group = spec.optimizer(spec.parameter_groups(head, cfg), cfg).param_groups[0]
-    assert (group["lr"], group["weight_decay"]) == (0.01, 0.01)
-    assert head.lstm.hidden_size == 64 and head.lstm.bidirectional
+    assert (group["lr"], group["weight_decay"]) == (1e-3, 0.02)  # Keras l2(0.01) on kernels
+    assert head.lstm.output_size == 128
+    hidden = pose.Head(pose.Config(fc_units=32, lstm="torch"))  # the layout before
+    assert hidden.forward_features(x).shape == (5, 32) and hidden.lstm.hidden_size == 64
 
 
 def test_config_validation() -> None:

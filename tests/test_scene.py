@@ -4,6 +4,8 @@ JPEG frames for the feature table."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -94,7 +96,9 @@ def test_config_validation_and_map_size() -> None:
         {"padding": "causal"},
         {"kernel_size": 2},
         {"frame_height": 16},
-        {"frame_height": 64, "frame_width": 64},  # 2x2 maps: no room for a valid 3x3 kernel
+        {"frame_height": 64, "frame_width": 64, "padding": "valid"},  # 2x2 maps, 3x3 kernel
+        {"pooling": "max"},
+        {"recurrent_activation": "relu"},
         {"placement": "tpu"},
     ):
         with pytest.raises(ValueError):
@@ -157,7 +161,9 @@ def test_head_shapes_masks_and_frozen_backbone_gradients(backbone: str) -> None:
     assert maps.shape == (2, 12, scene.BACKBONE_CHANNELS[backbone], 3, 4)
     assert maps[1, 4:].abs().sum() == 0 and maps[1, :4].abs().sum() > 0
     hidden = head.forward_features(frames, mask)
-    assert hidden.shape == (2, head.feature_dim) == (2, 3 * 10 * 1 * 2)
+    assert hidden.shape == (2, head.feature_dim) == (2, 3 * 10)  # deployed: pooled per head
+    flat = scene.Head(dataclasses.replace(cfg, padding="valid", pooling="flatten"))
+    assert flat.feature_dim == 3 * 10 * 1 * 2  # the cpu-smoke preset: last states flattened
     logits = head.forward_head(hidden)
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     logits.sum().backward()
@@ -184,7 +190,7 @@ def test_fine_tuned_backbone_gets_gradients_and_l2_groups() -> None:
     spec = get("scene")
     assert spec.parameter_groups(head, cfg) == groups
     opt = spec.optimizer(groups, cfg)
-    assert opt.defaults["lr"] == 0.01
+    assert opt.defaults["lr"] == 1e-3  # deployed (the paper's text says 0.01)
 
 
 def test_head_trains_a_step_on_cached_maps() -> None:

@@ -132,14 +132,16 @@ def test_extract_train_and_score_with_a_fifth_modality(local_ray, tmp_path: Path
 
     result = run_train(
         TrainConfig(
-            features=str(tmp_path / "features"), configs=configs, epochs=2, fusion_epochs=2,
-            batch_size=4, workers=2, run_dir=str(tmp_path / "run"),
+            features=str(tmp_path / "features"), configs=configs, schedule="uniform", epochs=2,
+            fusion_epochs=2, batch_size=4, workers=2, run_dir=str(tmp_path / "run"),
+            stacking_folds=2,  # the fusion on out-of-fold head outputs (and in-sample)
             worker_cache_mb=0,  # the large-table path: Ray Data splits, each worker streams
 
             tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         )
     )  # fmt: skip
     assert {"toy", "audio", "fusion:fc", "fusion:fc-without-toy"} <= set(result.scores)
+    assert "fusion:fc-in-sample" in result.scores  # stacking: the in-sample fusion to compare
     assert result.model.fusion.cfg.modalities == ("audio", "toy")
 
     out = tmp_path / "scores"

@@ -208,6 +208,11 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     assert (out / "metrics.md").exists() and (out / "confusion-fusion-fc.png").exists()
     lines = (out / "modalities.csv").read_text().splitlines()
     assert lines[0].startswith("model,accuracy") and len(lines) == 4
+    # the paper's figures beside the measured ones, row by row (Tables 1-3)
+    assert "f1_weighted | paper (P / R / F1)" in stdout
+    assert "| scene | " in stdout and "0.547 / 0.540 / 0.541" in stdout  # Table 1
+    assert "0.639 / 0.629 / 0.626" in stdout and "0.658 / 0.620 / 0.608" in stdout  # Table 2
+    assert "0.641 / 0.632 / 0.630" in stdout  # Table 3: fc without face (Aud-Sce-Pose)
 
 
 def test_bad_inputs_fail_fast_with_clear_messages(tmp_path: Path) -> None:

@@ -95,10 +95,10 @@ class Config:
             model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
             extraction pool). See the pose benchmark for why ``gpu`` is the default.
         n_frames: sequence length.
-        lstm_units: BiLSTM units of the head (paper's best: 64).
-        fc_units: width of the head's hidden layer (the one fusion concatenates).
-        lr: Adam learning rate (paper: 0.01).
-        weight_decay: L2 penalty (paper: 0.01 on each layer).
+        lstm_units: BiLSTM units of the head (paper's best: 64); lstm: ``keras`` or ``torch``.
+        fc_units: width of a hidden layer (0, deployed: none; fusion takes the 128-d BiLSTM).
+        lr: Adam learning rate (deployed: 1e-3; the paper's text says 0.01).
+        l2: Keras' kernel L2 on the BiLSTM's and the output layer's kernels (deployed: 0.01).
     """
 
     weights: str = PRETRAINED
@@ -112,9 +112,10 @@ class Config:
     placement: str = field(default="gpu", metadata=base.RUNTIME)
     n_frames: int = 12
     lstm_units: int = field(default=64, metadata=base.HEAD)
-    fc_units: int = field(default=32, metadata=base.HEAD)
-    lr: float = field(default=0.01, metadata=base.HEAD)
-    weight_decay: float = field(default=0.01, metadata=base.HEAD)
+    lstm: str = field(default="keras", metadata=base.HEAD)
+    fc_units: int = field(default=0, metadata=base.HEAD)
+    lr: float = field(default=1e-3, metadata=base.HEAD)
+    l2: float = field(default=0.01, metadata=base.HEAD)
 
     def __post_init__(self) -> None:
         if self.weights not in (PRETRAINED, RANDOM_INIT):
@@ -129,10 +130,12 @@ class Config:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.placement not in ("cpu", "gpu"):
             raise ValueError(f"placement must be 'cpu' or 'gpu', got {self.placement!r}")
-        if min(self.n_frames, self.lstm_units, self.fc_units) < 1 or self.lr <= 0:
-            raise ValueError("n_frames, lstm_units, fc_units and lr must be positive")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
+        if (
+            min(self.n_frames, self.lstm_units) < 1
+            or self.lr <= 0
+            or min(self.fc_units, self.l2) < 0
+        ):
+            raise ValueError("n_frames, lstm_units, lr must be positive; fc_units, l2 >= 0")
 
 
 def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
@@ -141,7 +144,6 @@ def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
 
 
 FEATURE_SHAPE: tuple[int, int] = feature_shape()
-
 
 # --- pure maths ------------------------------------------------------------------------------
 
@@ -359,15 +361,13 @@ def _detail_columns(
 
 
 class Head(BiLSTMHead):
-    """BiLSTM(64) -> FC(32, ReLU) -> FC(3) over ``[B, 12, 27]`` pose features (paper 5.2)."""
+    """BiLSTM(64) -> FC(3) over ``[B, 12, 27]`` pose features (deployed; paper 5.2)."""
 
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg or Config()
-        super().__init__(
-            n_features=len(FEATURE_COLUMNS),
-            lstm_units=self.cfg.lstm_units,
-            fc_units=self.cfg.fc_units,
-        )
+        c = self.cfg
+        super().__init__(n_features=len(FEATURE_COLUMNS), lstm_units=c.lstm_units,
+                         fc_units=c.fc_units, lstm=c.lstm)  # fmt: skip
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -390,18 +390,17 @@ WEIGHT_SPEC = WeightSpec(
 
 
 class Pose(Modality):
-    """Body pose: Keypoint R-CNN -> ``[12, 27]`` -> BiLSTM head (paper 5.2). Its extractor
-    runs in the model stage by default (`Config.placement`), on the row's JPEG frames."""
+    """Body pose: Keypoint R-CNN -> ``[12, 27]`` -> BiLSTM head (paper 5.2); extracted in the
+    model stage by default (`Config.placement`), on the row's JPEG frames."""
 
     name = NAME
     Config = Config
     order = 20
     presence = "n_people"
     stats = (Column("n_people", "int32", "people kept over the 12 frames"),)
-    vote_weight = 0.1
+    vote_weight = 0.07
     weight_specs = (WEIGHT_SPEC,)
-    # The CPU smoke set leaves pose out: Keypoint R-CNN costs ~9.5 s per clip on 2 cores and
-    # its weights cannot be installed offline (`jobs/benchmark.py pose`).
+    # cpu-smoke leaves pose out: ~9.5 s a clip on 2 cores, weights not offline (benchmark)
     presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": None}
     feature_doc = "[12, 27] float32, flattened (13 joints x (x, y), mean over people; count)"
 
@@ -411,10 +410,11 @@ class Pose(Modality):
     def on_device(self, cfg: Config, device: str) -> Config:
         return dataclasses.replace(cfg, device=device)
 
-    def optimizer(self, params: Any, cfg: Config) -> torch.optim.Optimizer:
-        """Adam with L2 weight decay (torch adds wd * w to the gradient: the gradient of
-        (wd / 2) * ||w||^2, i.e. Keras' l2(0.01) up to its factor of 2)."""
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    def parameter_groups(self, head: Head, cfg: Config) -> list[dict[str, Any]]:
+        """Keras' l2 on the kernels as Adam weight decay 2 * l2 (its loss term's gradient)."""
+        kernels = {id(p) for p in head.kernels()}
+        rest = [p for p in head.parameters() if id(p) not in kernels]
+        return [{"params": head.kernels(), "weight_decay": 2 * cfg.l2}, {"params": rest}]
 
 
 register(Pose())

@@ -21,13 +21,26 @@ class TrainConfig:
         features: the training feature table (path or ``s3://``).
         val_features: a separate validation table (VGAF's val set); None: split `features`.
         val_fraction: share of each class held out when splitting.
+        group_by: regular expression over a clip's file stem whose first group names its
+            source video: clips of one group land on the same side of the split (VGAF names
+            clips ``<video>_<clip>``, and clips cut from one video look alike, so a per-clip
+            split leaks). A stem that does not match is its own group; "" splits per clip.
         seed: seeds the split, initialisation, shuffling and VAE sampling.
         configs: modalities and their settings (must match how the table was extracted).
         fusion: the main fusion variant (FC early fusion by default).
         ablation: also train the main fusion without each modality (paper Table 3).
-        epochs: epochs of each head.
-        fusion_epochs: epochs of each fusion variant.
-        batch_size: clips per step on each worker.
+        schedule: ``paper``: each head and the FC fusion train with the deployed model's own
+            epochs, batch size, checkpoint metric (validation loss or accuracy) and early
+            stopping (`emotiw.modalities.paper.TRAINING`); ``uniform``: `epochs`,
+            `fusion_epochs` and `batch_size` for all, the checkpoint of lowest validation loss.
+            The command line's default follows ``--preset`` (paper -> paper, else uniform).
+        stacking_folds: train the fusion on out-of-fold head outputs (`emotiw.train.stacking`:
+            K folds by source video, each head trained K more times) and also, for comparison,
+            on the in-sample ones (variant ``<method>-in-sample``); 0: in-sample only. The
+            command line's default follows ``--preset`` (paper -> 5, else 0).
+        epochs: epochs of each head (``uniform``, and models the paper table does not name).
+        fusion_epochs: epochs of each fusion variant (the same).
+        batch_size: clips per step on each worker (the same).
         workers: Ray Train workers (2 CPU workers here).
         use_gpu: one GPU per Ray Train worker.
         tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a SQLite store
@@ -59,10 +72,13 @@ class TrainConfig:
     features: str
     val_features: str | None = None
     val_fraction: float = 0.25
+    group_by: str = r"^(\d+)_\d+$"
     seed: int = 0
     configs: ModalityConfigs = field(default_factory=ModalityConfigs.preset)
     fusion: fusion.Config = field(default_factory=fusion.Config)
     ablation: bool = True
+    schedule: str = "paper"
+    stacking_folds: int = 5
     epochs: int = 30
     fusion_epochs: int = 60
     batch_size: int = 16
@@ -84,6 +100,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
+        if self.schedule not in ("paper", "uniform"):
+            raise ValueError(f"schedule must be 'paper' or 'uniform', got {self.schedule!r}")
+        if self.stacking_folds == 1 or self.stacking_folds < 0:
+            raise ValueError("stacking_folds must be 0 (off) or at least 2")
+        if self.stacking_folds and self.fusion.train_heads:
+            raise ValueError("stacking needs frozen heads (fusion.train_heads off)")
+        if self.group_by:
+            import re
+
+            if re.compile(self.group_by).groups < 1:
+                raise ValueError(f"group_by needs a capturing group: {self.group_by!r}")
         if min(self.epochs, self.fusion_epochs, self.batch_size, self.workers) < 1:
             raise ValueError("epochs, fusion_epochs, batch_size and workers must be >= 1")
         if self.prepare_actors < 0 or self.prepare_batch_size < 1:
@@ -102,6 +129,27 @@ class TrainResult:
     run_id: str
     model_uri: str
     scores: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one model trains: epochs, batch size, the metric that picks the checkpoint, and
+    early stopping on validation loss after `patience` epochs without improvement (0: none)."""
+
+    epochs: int
+    batch_size: int
+    select_by: str = "val_loss"
+    patience: int = 0
+
+
+def schedule_for(cfg: TrainConfig, model: str) -> Schedule:
+    """The `Schedule` of a modality's head (`model` = its name) or of FC fusion (``fusion``)."""
+    from emotiw.modalities import paper
+
+    epochs = cfg.fusion_epochs if model == "fusion" else cfg.epochs
+    if cfg.schedule == "paper" and model in paper.TRAINING:
+        return Schedule(**paper.TRAINING[model])  # type: ignore[arg-type]
+    return Schedule(epochs, cfg.batch_size)
 
 
 def fusion_variants(cfg: TrainConfig) -> dict[str, fusion.Config]:

@@ -110,16 +110,52 @@ def recorded_front_ends(
 
 
 def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): `fraction` of each class (at least one) held out, seeded."""
+    """Indices (train, val): about `fraction` of each class (at least one) held out, seeded.
+    With `groups` that hold more than one clip, whole groups move (clips of one source video
+    never sit on both sides): groups are visited in a seeded order and one goes to
+    validation while the class most of its clips have is short of its share."""
     rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        val.extend(idx[: max(1, round(fraction * len(idx)))] if len(idx) > 1 else [])
-    val_idx = np.sort(np.asarray(val, dtype=int))
+    names, group_of = np.unique(
+        np.asarray(groups if groups is not None else []), return_inverse=True
+    )
+    if groups is None or len(names) == len(labels):  # one clip per group: per-clip split
+        val = []
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            val.extend(idx[: max(1, round(fraction * len(idx)))] if len(idx) > 1 else [])
+        val_idx = np.sort(np.asarray(val, dtype=int))
+        return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
+    classes = np.unique(labels)
+    want = {c: max(1, round(fraction * int((labels == c).sum()))) for c in classes}
+    have = dict.fromkeys(classes, 0)
+    members = [np.flatnonzero(group_of == g) for g in range(len(names))]
+    chosen: list[int] = []
+    for g in rng.permutation(len(names)):
+        counts = np.bincount(np.searchsorted(classes, labels[members[g]]), minlength=len(classes))
+        major = classes[int(counts.argmax())]
+        left = len(labels) - len(chosen) - len(members[g])  # keep a training set
+        if have[major] < want[major] and left > 0:
+            chosen.extend(members[g].tolist())
+            for c, n in zip(classes, counts, strict=True):
+                have[c] += int(n)
+    val_idx = np.sort(np.asarray(chosen, dtype=int))
     return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
+
+
+def source_groups(uris: np.ndarray, pattern: str) -> np.ndarray | None:
+    """Each clip's source-video group: the first group of `pattern` over its file stem (the
+    stem itself when it does not match); None without a pattern (per-clip split)."""
+    import re
+
+    from emotiw.storage import video_id
+
+    if not pattern:
+        return None
+    regex = re.compile(pattern)
+    stems = [video_id(str(u)) for u in uris]
+    return np.asarray([(m.group(1) if (m := regex.match(s)) else s) for s in stems], dtype=str)
 
 
 def table_provenance(rows: Any) -> dict[str, str]:

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from emotiw.train.config import TrainConfig
-from emotiw.train.data import PrepareBatch, hidden_batch, stratified_split, table_keys
+from emotiw.train.data import (
+    PrepareBatch,
+    hidden_batch,
+    source_groups,
+    stratified_split,
+    table_keys,
+)
 
 
 @dataclass
@@ -37,7 +43,9 @@ def load(cfg: TrainConfig, ray_address: str | None = None) -> TrainingData:
     if cfg.val_features:
         train, val = keys, table_keys(cfg.val_features, cfg.storage)
     else:
-        train_idx, val_idx = stratified_split(keys.labels, cfg.val_fraction, cfg.seed)
+        uris = np.asarray([k.split("\n", 1)[0] for k in keys.keys])
+        groups = source_groups(uris, cfg.group_by)
+        train_idx, val_idx = stratified_split(keys.labels, cfg.val_fraction, cfg.seed, groups)
         train, val = keys.subset(train_idx), keys.subset(val_idx)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(

@@ -24,7 +24,13 @@ from emotiw.tracking import (
     model_card,
 )
 from emotiw.train import dataset as train_data
-from emotiw.train.config import TrainConfig, TrainResult, fusion_variants
+from emotiw.train.config import (
+    Schedule,
+    TrainConfig,
+    TrainResult,
+    fusion_variants,
+    schedule_for,
+)
 from emotiw.train.data import columns_of
 from emotiw.train.worker import FusionSpec, HeadSpec, worker_loop
 
@@ -34,10 +40,11 @@ def fit(
     name: str,
     spec: HeadSpec | FusionSpec,
     data: tuple[Any, Any],
-    epochs: int,
+    schedule: Schedule,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """One TorchTrainer run over the (train, val) datasets (materialised: for a head, only
-    its modality's columns); the best checkpoint's state dict and the per-epoch history."""
+    its modality's columns); the state dict of the checkpoint `schedule.select_by` picked
+    and the per-epoch history."""
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
@@ -60,8 +67,7 @@ def fit(
         worker_loop,
         train_loop_config={
             "spec": spec,
-            "epochs": epochs,
-            "batch_size": cfg.batch_size,
+            "schedule": schedule,
             "cache_bytes": cfg.worker_cache_mb * 2**20,
             "split": split,
         },
@@ -74,17 +80,24 @@ def fit(
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute=schedule.select_by,
+                checkpoint_score_order=_mode(schedule.select_by),
             ),
         ),
-    )
+    )  # fmt: skip
     result = trainer.fit()
-    checkpoint = result.get_best_checkpoint(metric="val_loss", mode="min")
+    checkpoint = result.get_best_checkpoint(
+        metric=schedule.select_by, mode=_mode(schedule.select_by)
+    )
     with checkpoint.as_directory() as folder:
         state = load_file(os.path.join(folder, "model.safetensors"))
     history = list(result.return_value or [])
-    _print_progress(name, history, epochs, time.monotonic() - start)
+    _print_progress(name, history, schedule, time.monotonic() - start)
     return state, history
+
+
+def _mode(metric: str) -> str:
+    return "max" if metric.endswith("accuracy") else "min"
 
 
 def _storage(cfg: TrainConfig) -> tuple[str, Any]:
@@ -100,7 +113,10 @@ def _storage(cfg: TrainConfig) -> tuple[str, Any]:
     return path, fs
 
 
-def _print_progress(name: str, history: list[dict[str, float]], epochs: int, took: float) -> None:
+def _print_progress(
+    name: str, history: list[dict[str, float]], schedule: Schedule, took: float
+) -> None:
+    epochs = schedule.epochs
     every = max(1, epochs // 10)  # at most ~10 progress lines per run
     for row in history:
         if (row["epoch"] + 1) % every and row["epoch"] + 1 != epochs:
@@ -111,18 +127,19 @@ def _print_progress(name: str, history: list[dict[str, float]], epochs: int, too
             flush=True,
         )
     if history:
-        best = min(history, key=lambda r: r["val_loss"])
+        key = schedule.select_by
+        best = (max if _mode(key) == "max" else min)(history, key=lambda r: r[key])
+        stopped = f", stopped early after {len(history)}" if len(history) < epochs else ""
         print(
-            f"{name}: best val_loss {best['val_loss']:.4f} at epoch {best['epoch'] + 1} "
-            f"(val_accuracy {best['val_accuracy']:.3f}), {took:.0f} s",
+            f"{name}: best {key} {best[key]:.4f} at epoch {best['epoch'] + 1} "
+            f"(val_loss {best['val_loss']:.4f}, val_accuracy {best['val_accuracy']:.3f})"
+            f"{stopped}, {took:.0f} s",
             flush=True,
         )
 
 
 def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     """Train every head and fusion variant; log, package and register the model."""
-    from safetensors.torch import save
-
     data = train_data.load(cfg, ray_address)
     datasets = (data.train, data.val)
     mlflow = mlflow_client(cfg.tracking_uri, cfg.experiment, cfg.run_dir)
@@ -132,6 +149,7 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     with mlflow.start_run(run_name="train") as parent:
         job = {k: getattr(cfg, k) for k in ("features", "val_features", "seed", "epochs")}
         job.update(fusion_epochs=cfg.fusion_epochs, batch_size=cfg.batch_size)
+        job.update(schedule=cfg.schedule, stacking_folds=cfg.stacking_folds)
         job.update(workers=cfg.workers, n_train=data.n_train, n_val=data.n_val)
         mlflow.log_params(flat_params("", job))
         modality_params = {m: dataclasses.asdict(cfg.configs.of(m)) for m in cfg.configs.modalities}
@@ -139,14 +157,13 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
         mlflow.log_dict(data.provenance, "weights_provenance.json")
         for spec in cfg.configs.specs():
             name, mcfg = spec.name, cfg.configs.of(spec.name)
-            head_spec = HeadSpec(name, mcfg, cfg.seed)
             with mlflow.start_run(run_name=f"head:{name}", nested=True):
                 mlflow.log_params(flat_params(name, mcfg))
-                state, history = fit(cfg, f"head-{name}", head_spec, datasets, cfg.epochs)
+                schedule = schedule_for(cfg, name)
+                mlflow.log_params(flat_params(f"{name}.schedule", schedule))
+                head, states[name], history = _train_head(cfg, name, datasets)
                 log_history(mlflow, history)
-                head = spec.head_with_frontend(mcfg, state, cfg.weights).eval()
                 heads[name] = head
-                states[name] = save({k: v.contiguous() for k, v in head.state_dict().items()})
                 labels, probs, preds = train_data.predict(head, data.val, name)
                 scores[name] = log_scores(mlflow, f"{name} head", labels, probs, preds)
         fusions = _train_fusions(cfg, mlflow, heads, states, data, scores)
@@ -167,6 +184,36 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     return TrainResult(package, package_dir, parent.info.run_id, model_uri, scores)
 
 
+def _train_head(
+    cfg: TrainConfig, name: str, datasets: tuple[Any, Any], fold: int | None = None
+) -> tuple[nn.Module, bytes, list[dict[str, float]]]:
+    """One head trained on `datasets` (train, val): the head with its front-end, its state
+    as safetensors bytes, and the history."""
+    from safetensors.torch import save
+
+    from emotiw import modalities as registry
+
+    spec, mcfg = registry.get(name), cfg.configs.of(name)
+    tag = f"head-{name}" if fold is None else f"head-{name}-fold{fold}"
+    state, history = fit(cfg, tag, HeadSpec(name, mcfg, cfg.seed), datasets,
+                         schedule_for(cfg, name))  # fmt: skip
+    head = spec.head_with_frontend(mcfg, state, cfg.weights).eval()
+    return head, save({k: v.contiguous() for k, v in head.state_dict().items()}), history
+
+
+def _out_of_fold(cfg: TrainConfig, data: train_data.TrainingData) -> Any:
+    """The training clips' hidden layers from heads that did not train on them."""
+    from emotiw.train import stacking
+
+    def train_heads(rows: Any, k: int) -> dict[str, bytes]:
+        return {m: _train_head(cfg, m, (rows, data.val), fold=k)[1] for m in cfg.configs.modalities}
+
+    def hidden(rows: Any, states: dict[str, bytes]) -> Any:
+        return train_data.hidden(cfg, rows, states)
+
+    return stacking.out_of_fold_hidden(cfg, data.train, train_heads, hidden)
+
+
 def _train_fusions(
     cfg: TrainConfig,
     mlflow: Any,
@@ -176,19 +223,22 @@ def _train_fusions(
     scores: dict[str, dict[str, float]],
 ) -> dict[str, fusion.Fusion]:
     """Every fusion variant over the trained heads; logs each one's scores into `scores`."""
-    hidden = None
+    hidden = in_sample = None
     if not cfg.fusion.train_heads:  # frozen heads: run each once, not once per epoch
-        hidden = (
-            train_data.hidden(cfg, data.train, states),
-            train_data.hidden(cfg, data.val, states),
-        )
+        in_sample = train_data.hidden(cfg, data.train, states)
+        val_hidden = train_data.hidden(cfg, data.val, states)
+        train_hidden = _out_of_fold(cfg, data) if cfg.stacking_folds else in_sample
+        hidden = (train_hidden, val_hidden)
+    variants = {name: (fcfg, hidden) for name, fcfg in fusion_variants(cfg).items()}
+    if cfg.stacking_folds and in_sample is not None:  # the comparison evaluate reports
+        variants[f"{cfg.fusion.method}-in-sample"] = (cfg.fusion, (in_sample, hidden[1]))
     fusions: dict[str, fusion.Fusion] = {}
-    for variant, fcfg in fusion_variants(cfg).items():
+    for variant, (fcfg, rows) in variants.items():
         with mlflow.start_run(run_name=f"fusion:{variant}", nested=True):
             mlflow.log_params(flat_params("fusion", fcfg))
             model = fusion.build(heads, fcfg)
             if fusion.optimizer(model) is not None:
-                if hidden is None:
+                if rows is None:
                     spec = FusionSpec(
                         cfg.configs, fcfg, cfg.seed,
                         head_states={m: states[m] for m in fcfg.modalities},
@@ -196,9 +246,9 @@ def _train_fusions(
                 else:
                     dims = {m: int(heads[m].feature_dim) for m in fcfg.modalities}
                     spec = FusionSpec(cfg.configs, fcfg, cfg.seed, precomputed=dims)
+                schedule = schedule_for(cfg, "fusion" if fcfg.method == "fc" else variant)
                 state, history = fit(
-                    cfg, f"fusion-{variant}", spec, hidden or (data.train, data.val),
-                    cfg.fusion_epochs,
+                    cfg, f"fusion-{variant}", spec, rows or (data.train, data.val), schedule
                 )  # fmt: skip
                 log_history(mlflow, history)
                 own = {k: v for k, v in state.items() if not k.startswith("heads.")}

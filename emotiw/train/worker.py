@@ -1,7 +1,8 @@
 """What one Ray Train worker runs: build the head or fusion a spec describes, train it with
 DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), report validation
-metrics every epoch and a checkpoint whenever the validation cross-entropy improves (the
-paper's model selection)."""
+metrics every epoch and a checkpoint whenever the schedule's selection metric improves
+(validation cross-entropy, or accuracy where the deployed model was picked by it), and stop
+early when validation loss has not improved for the schedule's patience."""
 
 from __future__ import annotations
 
@@ -98,9 +99,10 @@ def optimizer(trainable: Trainable, spec: HeadSpec | FusionSpec) -> tuple[Any, A
 
 
 def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
-    """Ray Train worker: train for `epochs` on this worker's shard of the "train" dataset,
-    report validation metrics (over the whole "val" dataset) every epoch and a checkpoint
-    whenever the validation cross-entropy improves. Returns the history."""
+    """Ray Train worker: train for the schedule's epochs on this worker's shard of the
+    "train" dataset, report validation metrics (over the whole "val" dataset) every epoch and
+    a checkpoint whenever the selection metric improves; every worker computes the same
+    validation figures, so all stop early at the same epoch. Returns the history."""
     import ray.train
     import ray.train.torch
     from safetensors.torch import save_file
@@ -120,9 +122,10 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         trainable, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     unwrapped = model.module if hasattr(model, "module") else model
-    best, history = float("inf"), []
-    size = config["batch_size"]
-    for epoch in range(config["epochs"]):
+    schedule = config["schedule"]
+    selection, history = Selection(schedule.select_by, schedule.patience), []
+    size = schedule.batch_size
+    for epoch in range(schedule.epochs):
         model.train()
         total, seen, started = 0.0, 0, time.perf_counter()
         seed = spec.seed + epoch
@@ -155,8 +158,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             "epoch_s": epoch_s,  # this worker's training steps (validation excluded)
         }
         history.append(row)
-        if row["val_loss"] < best:
-            best = row["val_loss"]
+        if selection.improved(row):
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:
@@ -169,7 +171,33 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
                 ray.train.report(row, checkpoint=checkpoint)
         else:
             ray.train.report(row)
+        if selection.stop():
+            break
     return history
+
+
+class Selection:
+    """Which epoch's checkpoint to keep and when to stop, as Keras' ``ModelCheckpoint(monitor=
+    select_by, save_best_only=True)`` and ``EarlyStopping(monitor="val_loss", patience)``:
+    a checkpoint only on a strict improvement (loss down, accuracy up); stop after `patience`
+    epochs (0: never) without a lower validation loss."""
+
+    def __init__(self, select_by: str, patience: int = 0) -> None:
+        self.key, self.patience = select_by, patience
+        self.sign = -1.0 if select_by.endswith("accuracy") else 1.0  # lower is better
+        self.best = self.lowest_loss = float("inf")
+        self.since = 0
+
+    def improved(self, row: dict[str, float]) -> bool:
+        self.since = 0 if row["val_loss"] < self.lowest_loss else self.since + 1
+        self.lowest_loss = min(self.lowest_loss, row["val_loss"])
+        if self.sign * row[self.key] < self.best:
+            self.best = self.sign * row[self.key]
+            return True
+        return False
+
+    def stop(self) -> bool:
+        return bool(self.patience) and self.since >= self.patience
 
 
 def evaluate(
