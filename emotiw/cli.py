@@ -375,19 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         ours = _our_error(exc)
         trace = exc if args.verbose else None
+        message, code = f"emotiw {args.command}: error: {_one_line(ours or exc)}", ExitCode.USAGE
         if isinstance(ours, LeaseHeld | LeaseLost):
             message = f"emotiw {args.command}: {ours.message}"
-        elif ours is not None:
-            message = f"emotiw {args.command}: error: {_one_line(ours)}"
-        elif isinstance(exc, ValueError):  # a config value the dataclasses reject
-            message = f"emotiw {args.command}: error: {_one_line(exc)}"
-        else:
+        if ours is not None:
+            code = ours.exit_code
+        elif not isinstance(exc, ValueError):  # (a ValueError: a config value rejected)
             hint = "" if args.verbose else " (--verbose prints the traceback)"
             message = f"emotiw {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)}"
-            message += hint
-        code = ours.exit_code if ours is not None else (
-            ExitCode.USAGE if isinstance(exc, ValueError) else ExitCode.FAILED
-        )  # fmt: skip
+            message, code = message + hint, ExitCode.FAILED
         log.error(message, exc_info=trace, extra=_fields(code, ours))
         return code
 

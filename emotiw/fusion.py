@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +65,8 @@ class Config:
     Defaults: the deployed FC fusion (../shared/paper/authors-models.md 5b); `PRESETS` names
     the cpu-smoke preset's settings (those used before, which the synthetic corpus trains).
     """
+
+    BEFORE: ClassVar[dict[str, Any]] = {"presence_flags": True, "l2": 0.0}  # older packages
 
     method: str = "fc"
     modalities: tuple[str, ...] = field(default_factory=registry.names)

@@ -54,10 +54,13 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """A frozen config dataclass from JSON values (lists back to tuples)."""
+    """A frozen config dataclass from JSON values (lists back to tuples). A field the JSON
+    lacks (a package saved before the field existed) takes the value that code behaved as,
+    ``cls.BEFORE[field]``, not today's default, so an old package loads the model it saved."""
     names = {f.name for f in dataclasses.fields(cls)}
     clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
-    return cls(**clean)
+    before = getattr(cls, "BEFORE", {})
+    return cls(**{**{k: v for k, v in before.items() if k in names}, **clean})
 
 
 def save_model(

@@ -157,8 +157,8 @@ def _mlflow_type(arrow_type: Any) -> Any:
     if pa.types.is_list(arrow_type):
         return Array(_mlflow_type(arrow_type.value_type))
     checks = ((pa.types.is_string, "string"), (pa.types.is_boolean, "boolean"),
-              # integers as doubles: pandas holds an integer column with nulls as floats,
-              # which MLflow refuses to narrow (its documented advice)
+              # small integers as doubles: pandas holds an integer column with nulls as
+              # floats, which MLflow refuses to narrow, and an int32 widens to a double exactly
               (pa.types.is_integer, "double"),
               (pa.types.is_float32, "float"), (pa.types.is_floating, "double"),
               (pa.types.is_binary, "binary"))  # fmt: skip
@@ -169,19 +169,21 @@ def _mlflow_type(arrow_type: Any) -> Any:
 
 
 def model_signature() -> Any:
-    """The pyfunc model's signature: feature-table columns in (only ``video_id`` required:
-    the model reads the columns of its own modalities and says which one is missing; the
-    timestamp, which MLflow takes only without a time zone, is left out), ``video_id``,
-    ``prob_<class>`` and ``predicted`` out."""
-    import pyarrow as pa
+    """The pyfunc model's signature: in, the feature-table columns a model reads (only
+    ``video_id`` required: the model says which of its modalities' columns is missing; the
+    table's other columns are ignored), out ``video_id``, ``prob_<class>`` and ``predicted``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
+    from emotiw import modalities as registry
     from emotiw.config import CLASS_NAMES
     from emotiw.features import feature_schema
+    from emotiw.schema import FRAMES_COLUMN
 
+    read = {"video_id", "uri", "error", "n_frames", FRAMES_COLUMN}  # (labels: not needed)
+    read |= {c.name for spec in registry.specs() for c in spec.columns()}
     inputs = [ColSpec(_mlflow_type(f.type), f.name, required=f.name == "video_id")
-              for f in feature_schema() if not pa.types.is_timestamp(f.type)]  # fmt: skip
+              for f in feature_schema() if f.name in read]  # fmt: skip
     outputs = [ColSpec("string", "video_id"), *(ColSpec("float", f"prob_{c}") for c in CLASS_NAMES),
                ColSpec("string", "predicted")]  # fmt: skip
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))

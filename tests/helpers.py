@@ -155,8 +155,11 @@ def smoke_configs() -> Any:
     return ModalityConfigs.preset("cpu-smoke")
 
 
-def make_package(folder: Path, configs: Any, seed: int = 0) -> Path:
-    """A packaged model of seeded random-init heads and an FC fusion over `configs`."""
+def make_package(
+    folder: Path, configs: Any, seed: int = 0, fusion_options: dict[str, Any] | None = None
+) -> Path:
+    """A packaged model of seeded random-init heads and an FC fusion over `configs`
+    (`fusion_options`: its settings other than the defaults)."""
     import torch
 
     from emotiw import fusion
@@ -168,7 +171,8 @@ def make_package(folder: Path, configs: Any, seed: int = 0) -> Path:
         cfg = configs.of(spec.name)
         heads[spec.name] = spec.head_with_frontend(cfg, spec.head(cfg).state_dict())
         provenance.update({k: str(v) for k, v in spec.provenance(heads[spec.name]).items()})
-    fc = fusion.build(heads, fusion.Config(method="fc", modalities=configs.modalities))
+    options = {"method": "fc", "modalities": configs.modalities, **(fusion_options or {})}
+    fc = fusion.build(heads, fusion.Config(**options))
     package = PackagedModel(configs, heads, {"fc": fc}, "fc", provenance, {"note": "test"})
     return save_model(folder, package)
 

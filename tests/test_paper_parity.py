@@ -142,3 +142,31 @@ def test_paper_schedule_per_model_and_keras_selection() -> None:
     assert [by_loss.improved({"val_loss": v, "val_accuracy": 0}) for v in (1, 2, 0.5)] == [
         True, False, True]  # fmt: skip
     assert not by_loss.stop()
+
+
+def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) -> None:
+    """A registered model from before the paper preset followed the deployed models: its
+    manifest lacks the new fields, which then take the values that code behaved as
+    (`Config.BEFORE`), not today's defaults."""
+    import json
+
+    from emotiw.packaging import MANIFEST, load_model
+    from helpers import make_package, smoke_configs
+
+    # as the fusion was then: presence flags in its input, no L2
+    package = make_package(
+        tmp_path / "old", smoke_configs(), fusion_options=fusion.PRESETS["cpu-smoke"]
+    )
+    manifest = json.loads((package / MANIFEST).read_text())
+    added = {"scene": ("pooling", "recurrent_activation"), "face": ("lstm",), "audio": ("head",)}
+    for name, fields in added.items():
+        for field in fields:
+            del manifest["configs"][name][field]
+    manifest["configs"]["audio"]["normalise"] = True  # a bool then
+    for variant in manifest["fusions"].values():
+        del variant["presence_flags"], variant["l2"]
+    (package / MANIFEST).write_text(json.dumps(manifest))
+    model = load_model(package)
+    assert model.configs.of("scene").pooling == "flatten" and model.heads["scene"].feature_dim > 30
+    assert model.configs.of("face").lstm == "torch" and model.configs.of("audio").head == "compact"
+    assert model.configs.of("audio").normalise == "zscore" and model.fusion.cfg.presence_flags

@@ -81,6 +81,8 @@ class Config:
             per 10,000 steps; 0.9991 per epoch is that at VGAF's 84 steps of 32 clips).
     """
 
+    BEFORE: ClassVar[dict[str, Any]] = {"head": "compact"}  # packages saved before `head`
+
     features: str = "openl3"
     content_type: str = "music"
     weights: str = PRETRAINED

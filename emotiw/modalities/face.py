@@ -92,6 +92,8 @@ class Config:
         lr: Adam learning rate of the head (paper: 0.005).
     """
 
+    BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch"}  # packages saved before `lstm`
+
     detector: str = "hog"
     upsample: int = 1
     detect_scale: float = 0.75

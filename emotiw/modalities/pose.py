@@ -83,8 +83,7 @@ class Config:
     Attributes:
         weights: ``pretrained`` (the registry's COCO weights) or ``random-init`` (tests).
         seed: seed of random-init weights.
-        input_size: the model's input short side in pixels (the speed knob; the sampled
-            frames are 480x320, so 320 is native resolution).
+        input_size: the model's input short side in pixels (the speed knob; 320: native).
         score_threshold: minimum person detection score.
         keypoint_threshold: minimum keypoint score (Keypoint R-CNN heatmap logit) for a joint
             to count as detected.
@@ -95,12 +94,13 @@ class Config:
             model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
             extraction pool). See the pose benchmark for why ``gpu`` is the default.
         n_frames: sequence length.
-        lstm_units: BiLSTM units of the head (paper's best: 64); lstm: ``keras`` or ``torch``.
+        lstm_units, lstm: BiLSTM units (paper's best: 64); ``keras`` or ``torch`` LSTM.
         fc_units: width of a hidden layer (0, deployed: none; fusion takes the 128-d BiLSTM).
         lr: Adam learning rate (deployed: 1e-3; the paper's text says 0.01).
         l2: Keras' kernel L2 on the BiLSTM's and the output layer's kernels (deployed: 0.01).
     """
 
+    BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch"}  # packages saved before `lstm`
     weights: str = PRETRAINED
     seed: int = 0
     input_size: int = 320

@@ -80,6 +80,9 @@ class Config:
         placement: the pipeline stage that runs the backbone; ``gpu`` (the model stage).
     """
 
+    # Fields added later, as packages saved before them behaved (`packaging._from_dict`).
+    BEFORE: ClassVar[dict[str, Any]] = {"pooling": "flatten", "recurrent_activation": "sigmoid"}
+
     backbone: str = "resnet50"
     weights: str = PRETRAINED
     seed: int = 0
