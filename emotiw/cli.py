@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from emotiw import flags, logs
-from emotiw.cli_modalities import add_model_args, modality_configs, storage_config, train_configs
+from emotiw.cli_modalities import (
+    add_model_args,
+    modality_configs,
+    storage_config,
+    train_config,
+)
 from emotiw.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
 from emotiw.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
@@ -156,24 +161,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from emotiw import fusion
-    from emotiw.train import TrainConfig, run_train
+    from emotiw.train import run_train
 
-    configs = train_configs(args)
-    given = flags.given(args, fusion.Config, "fusion__")
-    preset = fusion.PRESETS.get(args.preset, {})
-    fusion_cfg = fusion.Config(**{"modalities": configs.modalities, **preset, **given})
-    given_train = flags.given(args, TrainConfig)
-    paper = args.preset == "paper"  # the deployed models' schedule, and leak-free stacking
-    given_train.setdefault("schedule", "paper" if paper else "uniform")
-    given_train.setdefault("stacking_folds", 5 if paper else 0)
-    cfg = TrainConfig(
-        **given_train,
-        configs=configs,
-        fusion=fusion_cfg,
-        storage=storage_config(args),
-        weights=_weights(args),
-    )
+    cfg = train_config(args, _weights(args))
     result = run_train(cfg, args.address)
     print(f"registered {result.model_uri} (package {result.package_dir}, run {result.run_id})")
     print("validation accuracy: " + ", ".join(

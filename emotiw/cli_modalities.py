@@ -100,3 +100,26 @@ def train_configs(args: argparse.Namespace) -> Any:
     configs = modality_configs(args)
     given = {name: _modality_flags(args, name) for name in configs.modalities}
     return configs.with_front_ends(recorded, given)
+
+
+def train_config(args: argparse.Namespace, weights: Any) -> Any:
+    """The train job's config from its flags: the modality configs (`train_configs`), the
+    preset's fusion settings under the fusion flags, and, unless given, the preset's training
+    schedule and stacking (``paper``: the deployed models' schedule and 5-fold stacking; any
+    other preset, or ``--epochs`` / ``--fusion-epochs`` / ``--batch-size`` given: uniform)."""
+    from emotiw import fusion
+    from emotiw.train import TrainConfig
+
+    configs = train_configs(args)
+    given = flags.given(args, fusion.Config, "fusion__")
+    preset = fusion.PRESETS.get(args.preset, {})
+    fusion_cfg = fusion.Config(**{"modalities": configs.modalities, **preset, **given})
+    given_train = flags.given(args, TrainConfig)
+    paper = args.preset == "paper"
+    uniform = {"epochs", "fusion_epochs", "batch_size"} & set(given_train)  # asked for
+    given_train.setdefault("schedule", "paper" if paper and not uniform else "uniform")
+    given_train.setdefault("stacking_folds", 5 if paper else 0)
+    return TrainConfig(
+        **given_train, configs=configs, fusion=fusion_cfg, storage=storage_config(args),
+        weights=weights,
+    )  # fmt: skip

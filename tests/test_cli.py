@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,7 +293,8 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
 
     import pyarrow as pa
 
-    from emotiw.cli import build_parser, train_configs
+    from emotiw.cli import build_parser
+    from emotiw.cli_modalities import train_configs
     from emotiw.features import ModalityConfigs, feature_schema
     from emotiw.storage import arrow_filesystem
     from emotiw.table import ChunkWriter
@@ -312,6 +314,22 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
     def configs(*flags: str) -> ModalityConfigs:
         return train_configs(parser.parse_args(["train", "--features", train, *flags]))
 
+    # the preset picks the training schedule and stacking unless a flag says otherwise
+    from emotiw.cli_modalities import train_config
+
+    def job(*flags: str) -> Any:
+        return train_config(parser.parse_args(["train", "--features", train, *flags]), None)
+
+    paper = job("--val-features", val)
+    assert (paper.schedule, paper.stacking_folds, paper.fusion.hidden_units) == ("paper", 5, 72)
+    assert (job("--epochs", "3").schedule, job("--epochs", "3").stacking_folds) == ("uniform", 5)
+    quick = job("--preset", "cpu-smoke")
+    assert (quick.schedule, quick.stacking_folds, quick.fusion.presence_flags) == (
+        "uniform",
+        0,
+        True,
+    )
+    assert job("--preset", "cpu-smoke", "--schedule", "paper").schedule == "paper"
     got = configs("--val-features", val, "--scene-lr", "0.002")
     assert got.modalities == ("scene", "audio", "face")  # the table's, not the paper preset's
     assert got.of("scene").backbone == "efficientnet-lite0" and got.of("audio").features == "logmel"

@@ -33,7 +33,8 @@ class TrainConfig:
             epochs, batch size, checkpoint metric (validation loss or accuracy) and early
             stopping (`emotiw.modalities.paper.TRAINING`); ``uniform``: `epochs`,
             `fusion_epochs` and `batch_size` for all, the checkpoint of lowest validation loss.
-            The command line's default follows ``--preset`` (paper -> paper, else uniform).
+            The command line's default follows ``--preset`` (paper -> paper, else uniform),
+            and is uniform when ``--epochs``, ``--fusion-epochs`` or ``--batch-size`` is given.
         stacking_folds: train the fusion on out-of-fold head outputs (`emotiw.train.stacking`:
             K folds by source video, each head trained K more times) and also, for comparison,
             on the in-sample ones (variant ``<method>-in-sample``); 0: in-sample only. The
