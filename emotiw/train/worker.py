@@ -171,7 +171,12 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
                 ray.train.report(row, checkpoint=checkpoint)
         else:
             ray.train.report(row)
-        if selection.stop():
+        stop = torch.tensor([float(selection.stop())], device=device)
+        if world > 1:  # one decision for all: a worker leaving alone would hang the others
+            import torch.distributed as dist
+
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
             break
     return history
 
