@@ -57,10 +57,11 @@ def detail_rows(block: Any, spec: Any, made_at: str) -> Any:
     own = {c.name for c in spec.details}
     columns = []
     for f in schema:
+        source = made_at if f.name == "made_at" else f.name
         if f.name in own:
             columns.append(pc.struct_field(flat, f.name))
-        elif f.name in block.column_names or f.name == "made_at":
-            columns.append(block[made_at if f.name == "made_at" else f.name].take(parents))
+        elif source in block.column_names:
+            columns.append(block[source].take(parents))
         else:  # model_uri in the extract job's tables
             columns.append(pa.nulls(len(parents), f.type))
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema, strict=True)],

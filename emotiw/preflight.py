@@ -63,12 +63,15 @@ def locate(name: str, cfg: WeightsConfig | None = None) -> str | None:
     return None
 
 
-def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> None:
-    """Raise `WeightsError` (``missing_weights``, one line: where it looked and how to stage
-    it) for the first of `names` that no source has."""
+def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> dict[str, str]:
+    """Where each of `names` would be taken from (`locate`); raise `WeightsError`
+    (``missing_weights``, one line: where it looked and how to stage it) for the first that
+    no source has."""
     cfg = cfg or WeightsConfig()
+    found: dict[str, str] = {}
     for name in dict.fromkeys(names):
-        if locate(name, cfg) is None:
+        where = locate(name, cfg)
+        if where is None:
             spec = get_spec(name)
             looked = ", ".join(source for source, _ in _sources(spec, cfg)) or "no source set"
             raise WeightsError(
@@ -77,6 +80,8 @@ def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> N
                 "stage the file in a weights directory and set EMOTIW_WEIGHTS or "
                 f"--weights-dir (README, Pretrained weights), or use {RANDOM_INIT} weights",
             )
+        found[name] = where
+    return found
 
 
 def check_output(output: str, storage: Any = None) -> str:
@@ -154,9 +159,7 @@ def run_checks(
     """A job's driver-side checks before anything starts (each raises its own one-line
     error): the weights are staged, the output can be written, the GPUs asked for can come.
     Returns a line per check (what a dry run prints)."""
-    names = list(dict.fromkeys(weight_names))
-    check_available(names, weights)
-    where = {n: (locate(n, weights) or "?").split(":", 1)[0] for n in names}
-    found = ", ".join(f"{n} ({w})" for n, w in where.items()) or "none needed"
+    where = check_available(weight_names, weights)
+    found = ", ".join(f"{n} ({w.split(':', 1)[0]})" for n, w in where.items()) or "none needed"
     return [f"weights: {found}", check_output(output, storage),
             check_gpus(gpus, ray_address, flag, stage)]  # fmt: skip

@@ -89,18 +89,20 @@ class Progress:
             self._report(time.monotonic())
 
     def _report(self, now: float) -> None:
-        rate = self.done / max(now - self.start, 1e-9)
-        left = (self.total - self.done) / rate if rate else None
+        rate, left = self._rate(now)
         fields = {"job": self.what, "done": self.done, "total": self.total,
                   "clips_per_s": round(rate, 3), "errors": self.errors,
                   "eta_s": None if left is None else round(left, 1)}  # fmt: skip
         self.log.info(self.line(now), extra={"fields": fields})
 
+    def _rate(self, now: float) -> tuple[float, float | None]:
+        """Clips per second so far, and the seconds left at that rate (None before any)."""
+        rate = self.done / max(now - self.start, 1e-9)
+        return rate, ((self.total - self.done) / rate if rate else None)
+
     def line(self, now: float) -> str:
-        took = max(now - self.start, 1e-9)
-        rate = self.done / took
-        left = (self.total - self.done) / rate if rate else float("inf")
-        eta = "-" if left == float("inf") else time.strftime("%H:%M:%S", time.gmtime(left))
+        rate, left = self._rate(now)
+        eta = "-" if left is None else time.strftime("%H:%M:%S", time.gmtime(left))
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         return (
             f"{self.what}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, "

@@ -73,8 +73,8 @@ class ScoreConfig:
         details_output: where the detail tables go, one folder each (the per-face table:
             ``faces/``), Hive-partitioned like the scores: ``auto`` beside the scores table
             (``<output>-details``; none for a table at a bucket root), ``none`` for no
-            detail tables, or a folder. Join with the
-            scores on uri and run_id (README: query cookbook).
+            detail tables, or a folder. Join with the scores on uri and run_id (README: query
+            cookbook).
         dry_run: check what a run needs (the model resolves, its weights are staged) and
             compare the listing with the table, read-only (no lease, no Ray): print how many
             clips are new, changed or to retry; exit code 0 when a real run would score
@@ -221,9 +221,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         *run_checks(configs.weight_names(), cfg.weights, cfg.output, cfg.storage, gpus,
                     ray_address, "--gpus-per-model-actor", "model"),
     ]  # fmt: skip
-    if cfg.dry_run:
-        return _dry_run(cfg, ref, summary, score_schema(modalities.specs()), start)
     schema = score_schema(modalities.specs())
+    if cfg.dry_run:
+        return _dry_run(cfg, ref, summary, schema, start)
     job = cfg.job
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
         fs, root, lease,

@@ -135,7 +135,7 @@ def log_tables(mlflow: Any, tables: dict[str, list[dict[str, Any]]]) -> None:
 CANDIDATE = "candidate"
 # What the logged model needs on a clean machine beside the emotiw code it ships with: pinned
 # to the versions that trained it (the public version: torch 2.13.0+cpu -> torch==2.13.0, so a
-# CUDA build satisfies it too). tests/test_tracking.py installs exactly these into a fresh
+# CUDA build satisfies it too). tests/test_model_package.py installs exactly these into a fresh
 # virtualenv, loads the model and predicts.
 MODEL_REQUIREMENTS = (
     "mlflow-skinny", "torch", "torchvision", "efficientnet-lite-pytorch", "numpy", "pandas",
@@ -194,9 +194,13 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
     emotiw code, a signature and pinned requirements) in the active run, register it and point
     the ``candidate`` alias at the new version (never ``champion``: a trained model reaches
     the schedule only when promoted); returns the ``models:/name/version`` URI."""
+    import importlib.util
+
     import emotiw
-    from emotiw import pyfunc_model
     from emotiw.packaging import ARTIFACT
+
+    # the file's path, not an import: importing runs its `set_model` in this process
+    model_file = importlib.util.find_spec("emotiw.pyfunc_model").origin  # type: ignore[union-attr]
 
     with warnings.catch_warnings():
         # The signature is given; an input example would store a clip's JPEG frames (~0.4 MB)
@@ -204,7 +208,7 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model.__file__,
+            python_model=model_file,
             artifacts={ARTIFACT: str(package_dir)},
             code_paths=[str(Path(emotiw.__file__).parent)],
             signature=model_signature(),

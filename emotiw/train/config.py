@@ -143,6 +143,11 @@ class Schedule:
     patience: int = 0
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a validation metric is better (accuracy; not a loss)."""
+    return metric.endswith("accuracy")
+
+
 def schedule_for(cfg: TrainConfig, model: str) -> Schedule:
     """The `Schedule` of a modality's head (`model` = its name) or of FC fusion (``fusion``)."""
     from emotiw.modalities import paper

@@ -117,9 +117,8 @@ def stratified_split(
     never sit on both sides): groups are visited in a seeded order and one goes to
     validation while the class most of its clips have is short of its share."""
     rng = np.random.default_rng(seed)
-    names, group_of = np.unique(
-        np.asarray(groups if groups is not None else []), return_inverse=True
-    )
+    if groups is not None:
+        names, group_of = np.unique(np.asarray(groups), return_inverse=True)
     if groups is None or len(names) == len(labels):  # one clip per group: per-clip split
         val = []
         for c in np.unique(labels):

@@ -29,6 +29,7 @@ from emotiw.train.config import (
     TrainConfig,
     TrainResult,
     fusion_variants,
+    higher_is_better,
     schedule_for,
 )
 from emotiw.train.data import columns_of
@@ -97,7 +98,7 @@ def fit(
 
 
 def _mode(metric: str) -> str:
-    return "max" if metric.endswith("accuracy") else "min"
+    return "max" if higher_is_better(metric) else "min"
 
 
 def _storage(cfg: TrainConfig) -> tuple[str, Any]:

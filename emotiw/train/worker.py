@@ -22,6 +22,7 @@ from emotiw import fusion
 from emotiw import modalities as registry
 from emotiw.features import ModalityConfigs
 from emotiw.inference import batch
+from emotiw.train.config import higher_is_better
 from emotiw.train.shards import ShardCache, lockstep, strided
 
 
@@ -189,7 +190,7 @@ class Selection:
 
     def __init__(self, select_by: str, patience: int = 0) -> None:
         self.key, self.patience = select_by, patience
-        self.sign = -1.0 if select_by.endswith("accuracy") else 1.0  # lower is better
+        self.sign = -1.0 if higher_is_better(select_by) else 1.0  # lower is better
         self.best = self.lowest_loss = float("inf")
         self.since = 0
 
