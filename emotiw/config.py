@@ -7,6 +7,7 @@ not deep inside a worker.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +46,12 @@ class MediaConfig:
             averaging) is the right filter for downscaling and 2x cheaper than BILINEAR here.
         jpeg_quality: quality of the sampled frames stored in the feature table (JPEG is
             ~20x smaller than the scene backbone's maps; see `jobs/benchmark.py scene`).
+        geometry: ``aspect``: a clip's frames keep the video's displayed aspect ratio (its
+            rotation and pixel aspect applied) at width x height's pixel count, e.g. 523x294
+            for 16:9 and 294x523 for a 9:16 phone video, so face and pose detection see
+            people undistorted at the same cost; the scene model's input is resized to exactly
+            width x height from them (`emotiw.frames.fit`). ``stretch``: every frame exactly
+            width x height, as the authors' frames were (a 9:16 video squashed ~2.7x).
     """
 
     frame_step: int = 10
@@ -57,6 +64,7 @@ class MediaConfig:
     timeout_s: float = 60.0
     interpolation: str = "AREA"
     jpeg_quality: int = 90
+    geometry: str = "aspect"
 
     def __post_init__(self) -> None:
         _require(self.frame_step >= 1, f"frame_step must be >= 1, got {self.frame_step}")
@@ -80,11 +88,24 @@ class MediaConfig:
         _require(
             1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100]: {self.jpeg_quality}"
         )
+        _require(
+            self.geometry in ("aspect", "stretch"),
+            f"geometry must be 'aspect' or 'stretch', got {self.geometry!r}",
+        )
 
     @property
     def frame_shape(self) -> tuple[int, int, int, int]:
-        """Shape of `Clip.frames`: (n_frames, height, width, 3)."""
+        """The scene model's input frames: (n_frames, height, width, 3)."""
         return (self.n_frames, self.height, self.width, 3)
+
+    def frame_size(self, width: int, height: int, pixel_aspect: float = 1.0) -> tuple[int, int]:
+        """(width, height) of the sampled frames of a video displayed at `width` x `height`
+        pixels of aspect `pixel_aspect` (see `geometry`)."""
+        if self.geometry == "stretch" or min(width, height) <= 0:
+            return self.width, self.height
+        aspect = width * (pixel_aspect if pixel_aspect > 0 else 1.0) / height
+        area = self.width * self.height
+        return max(round(math.sqrt(area * aspect)), 16), max(round(math.sqrt(area / aspect)), 16)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,22 @@ def encode_frames(frames: np.ndarray, mask: np.ndarray, quality: int = 90) -> li
     return out
 
 
+def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``[T, h, w, 3]`` frames resized to exactly ``[T, height, width, 3]`` (bicubic,
+    as the authors made their 480x320 frames): the scene model's input from frames that keep
+    the video's aspect ratio (`MediaConfig.geometry`). Frames of that size pass unchanged."""
+    from PIL import Image
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    out = np.zeros((len(frames), height, width, 3), dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        if frame.any():  # padded frames stay zeros
+            image = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
+            out[t] = np.asarray(image)
+    return out
+
+
 def decode_frames(
     blobs: list[bytes], height: int | None = None, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

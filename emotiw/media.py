@@ -4,6 +4,7 @@ One demux pass reads the video and audio streams together and stops as soon as b
 the models need: `n_frames` frames taken every `frame_step`-th decoded frame (paper 4.1) and
 the audio up to `max_duration_s`. Only the sampled frames are converted to RGB (and resized in
 the same swscale call), because colour conversion costs several times more than decoding.
+Frames keep the video's displayed aspect ratio (`MediaConfig.geometry`), upright.
 Every failure is a `DecodeError` with a machine-readable reason; a decode never runs past
 `timeout_s`.
 """
@@ -66,7 +67,9 @@ class Clip:
     """A decoded clip, fixed-shape so batches can be stacked.
 
     Attributes:
-        frames: uint8 ``[n_frames, height, width, 3]`` RGB; zeros where padded.
+        frames: uint8 ``[n_frames, height, width, 3]`` RGB, upright; zeros where padded. The
+            size is `MediaConfig.frame_size` of the video's (480x320's pixel count at its
+            aspect by default; exactly 480x320 with ``geometry="stretch"``).
         frame_mask: bool ``[n_frames]``; False where the clip had no frame to sample.
         frame_indices: int32 ``[n_frames]`` decoded-frame index of each sample; -1 if padded.
         audio: float32 mono samples at `audio_rate`, at most max_duration_s long; empty if none.
@@ -235,7 +238,7 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
     audio = container.streams.audio[0] if container.streams.audio else None
 
     sampler = _FrameSampler(video, cfg)
-    frames = np.zeros(cfg.frame_shape, dtype=np.uint8)
+    frames: np.ndarray | None = None  # sized at the first sampled frame (`_frame_geometry`)
     # One reformatter for the clip: frame.to_ndarray(width=...) would build a new swscale
     # context per frame, which costs 3x the conversion itself.
     reformatter = av.video.reformatter.VideoReformatter()
@@ -276,13 +279,18 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
                 hit = sampler.slot_for(frame)
                 if hit is not None:
                     slot, index = hit
-                    frames[slot] = reformatter.reformat(
+                    if frames is None:
+                        turns, width, height = _frame_geometry(frame, video, cfg)
+                        upright = (width, height) if turns % 2 else (height, width)
+                        frames = np.zeros((cfg.n_frames, *upright, 3), dtype=np.uint8)
+                    rgb = reformatter.reformat(
                         frame,
-                        width=cfg.width,
-                        height=cfg.height,
+                        width=width,
+                        height=height,
                         format="rgb24",
                         interpolation=cfg.interpolation,
                     ).to_ndarray()
+                    frames[slot] = np.rot90(rgb, turns) if turns else rgb
                     sampler.mask[slot], sampler.indices[slot] = True, index
                     if sampler.full:
                         video_done = True
@@ -298,7 +306,7 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
             else:  # a mid-stream rate or layout change (rare): keep the first one's samples
                 errors += 1
 
-    if not sampler.mask.any():
+    if frames is None or not sampler.mask.any():
         raise DecodeError(
             DecodeReason.NO_FRAMES,
             f"{label}: no video frame could be decoded ({errors} corrupt packets; "
@@ -317,6 +325,18 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
         audio_rate=cfg.audio_rate,
         meta=meta,
     )
+
+
+def _frame_geometry(frame: Any, video: Any, cfg: MediaConfig) -> tuple[int, int, int]:
+    """(turns, width, height): the size the coded frame is resized to, and the quarter turns
+    counter-clockwise (the stream's display matrix, as players apply it) that stand it up."""
+    turns = round((frame.rotation or 0) / 90) % 4
+    sar = video.sample_aspect_ratio
+    pixel = float(sar) if sar else 1.0
+    if turns % 2:  # shown rotated: the displayed width is the coded height
+        width, height = cfg.frame_size(frame.height, frame.width, 1.0 / pixel)
+        return turns, height, width
+    return turns, *cfg.frame_size(frame.width, frame.height, pixel)
 
 
 _INT_SCALE = {

@@ -51,17 +51,57 @@ def test_single_frame_clip(make_clip) -> None:
     assert clip.frame_mask.tolist() == [True] + [False] * 11
 
 
-@pytest.mark.parametrize("size", [(640, 360), (320, 240), (1280, 720)])
-def test_resizes_to_configured_shape(make_clip, size: tuple[int, int]) -> None:
-    clip = decode(make_clip(n_frames=30, size=size, tone_hz=None))
-    assert clip.frames.shape == (12, 320, 480, 3)
+@pytest.mark.parametrize(
+    ("size", "aspect_kept"),
+    [((640, 360), (294, 523)), ((320, 240), (339, 453)), ((1280, 720), (294, 523)),
+     ((480, 320), (320, 480)), ((360, 640), (523, 294)), ((400, 400), (392, 392))],
+)  # fmt: skip
+def test_frames_keep_the_aspect_ratio_at_the_configured_pixel_count(
+    make_clip, size: tuple[int, int], aspect_kept: tuple[int, int]
+) -> None:
+    path = make_clip(n_frames=30, size=size, tone_hz=None)
+    clip = decode(path)
+    assert clip.frames.shape == (12, *aspect_kept, 3)
+    h, w = aspect_kept
+    assert abs(w * h - 480 * 320) / (480 * 320) < 0.01 and abs(w / h - size[0] / size[1]) < 0.01
     assert (clip.meta.width, clip.meta.height) == size
     # A flat frame stays flat and keeps its colour through the resize.
     assert (clip.frames[2] == np.array(frame_colour(20), dtype=np.uint8)).all()
+    stretched = decode(path, MediaConfig(geometry="stretch"))  # the authors' frames
+    assert stretched.frames.shape == (12, 320, 480, 3)
+
+
+def test_frames_are_upright_and_pixel_aspect_is_applied(tmp_path) -> None:
+    """A phone's portrait video is often coded landscape with a display rotation, and some
+    codecs store non-square pixels: the frames come out as a player shows them."""
+    import av
+
+    upright = np.zeros((64, 36, 3), np.uint8)  # 9:16, a white band at the top
+    upright[:8] = 255
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 36, "yuv444p"
+        stream.set_display_rotation(-90)  # shown turned a quarter clockwise
+        coded = np.ascontiguousarray(np.rot90(upright, 1))  # the sensor's landscape frame
+        for _ in range(12):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")))
+        out.mux(stream.encode(None))
+    clip = decode(path)
+    assert clip.frames.shape == (12, 523, 294, 3)  # portrait, 9:16
+    top, bottom = clip.frames[0, :40].mean(), clip.frames[0, -200:].mean()
+    assert top > 200 and bottom < 30, (top, bottom)
+    assert decode(path, MediaConfig(geometry="stretch")).frames.shape == (12, 320, 480, 3)
+    assert MediaConfig().frame_size(720, 576, 64 / 45) == (523, 294)  # PAL 16:9 anamorphic
+    with pytest.raises(ValueError, match="geometry"):
+        MediaConfig(geometry="letterbox")
 
 
 def test_custom_output_size(make_clip) -> None:
-    clip = decode(make_clip(n_frames=30, tone_hz=None), MediaConfig(width=224, height=160))
+    path = make_clip(n_frames=30, tone_hz=None)  # 480x320
+    clip = decode(path, MediaConfig(width=224, height=160))
+    assert clip.frames.shape == (12, 155, 232, 3)  # 224x160's pixels at 3:2
+    clip = decode(path, MediaConfig(width=224, height=160, geometry="stretch"))
     assert clip.frames.shape == (12, 160, 224, 3)
 
 
@@ -210,7 +250,7 @@ def test_corrupt_payload_never_crashes(sample_corpus: Path) -> None:
     except DecodeError as exc:  # acceptable, as long as it is the project's error
         assert exc.reason in set(DecodeReason)
     else:
-        assert clip.frames.shape == (12, 320, 480, 3)
+        assert clip.frames.shape == (12, 294, 523, 3)  # the corpus is 16:9
         assert np.isfinite(clip.audio).all()
 
 

@@ -13,7 +13,7 @@ import torch
 from emotiw import modalities
 from emotiw import weights as W
 from emotiw.media import decode
-from emotiw.modalities import pose
+from emotiw.modalities import pose, pose_vector
 
 
 def test_coco_mapping_is_what_the_docs_say() -> None:
@@ -23,14 +23,14 @@ def test_coco_mapping_is_what_the_docs_say() -> None:
         "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
         "left_ankle",
     )  # fmt: skip
-    assert pose.COCO_FOR_JOINT["neck"] == (
+    assert pose_vector.COCO_FOR_JOINT["neck"] == (
         coco.index("left_shoulder"),
         coco.index("right_shoulder"),
     )
     for joint in pose.JOINTS[1:]:
-        assert coco[pose.COCO_FOR_JOINT[joint]] == joint
+        assert coco[pose_vector.COCO_FOR_JOINT[joint]] == joint
     dropped = {"nose", "left_eye", "right_eye", "left_ear", "right_ear"}
-    used = {coco[i] for j in pose.JOINTS[1:] for i in [pose.COCO_FOR_JOINT[j]]}
+    used = {coco[i] for j in pose.JOINTS[1:] for i in [pose_vector.COCO_FOR_JOINT[j]]}
     assert used.isdisjoint(dropped) and len(used) == 12
     assert pose.FEATURE_COLUMNS[:2] == ("neck_x", "neck_y")
     assert pose.FEATURE_COLUMNS[-1] == "n_people" and len(pose.FEATURE_COLUMNS) == 27
@@ -39,54 +39,70 @@ def test_coco_mapping_is_what_the_docs_say() -> None:
 def test_coco_to_joints_values_and_neck() -> None:
     points = np.stack([np.arange(17.0), 100 + np.arange(17.0)], axis=-1)[None]  # x = COCO index
     visible = np.ones((1, 17), bool)
-    joints, seen = pose.coco_to_joints(points, visible)
+    joints, seen = pose_vector.coco_to_joints(points, visible)
     assert joints.shape == (1, 13, 2) and seen.all()
     assert joints[0, 0].tolist() == [5.5, 105.5]  # neck = mean of shoulders 5 and 6
     assert joints[0, 1, 0] == 6 and joints[0, 4, 0] == 5  # right / left shoulder
     assert joints[0, -1, 0] == 15  # left ankle
     visible[0, 6] = False  # right shoulder unseen -> neck unseen too
-    _, seen = pose.coco_to_joints(points, visible)
+    _, seen = pose_vector.coco_to_joints(points, visible)
     assert not seen[0, 0] and not seen[0, 1] and seen[0, 4]
 
 
-def test_normalise_person_keeps_aspect_and_ignores_unseen() -> None:
+def test_normalise_person_follows_the_sheet() -> None:
     joints = np.zeros((13, 2), np.float32)
     seen = np.zeros(13, bool)
     joints[0], joints[7], joints[12] = (110, 200), (100, 300), (130, 400)
     seen[[0, 7, 12]] = True
     joints[5] = (9999, -9999)  # unseen: must not move the box
-    out = pose.normalise_person(joints, seen)
-    # extent x 30, y 200 -> one scale of 200 for both axes
-    np.testing.assert_allclose(out[0], [10 / 200, 0])
+    out = pose_vector.normalise_person(joints, seen)
+    # x and y min-max scaled separately: extent x 30, y 200
+    np.testing.assert_allclose(out[0], [10 / 30, 0])
     np.testing.assert_allclose(out[7], [0, 100 / 200])
-    np.testing.assert_allclose(out[12], [30 / 200, 1])
-    assert not out[5].any() and out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(out[12], [1, 1])
+    assert (out[~seen] == -1).all()  # a missing joint is (-1, -1)
+    # invariant to stretching one axis (what detection on aspect-kept frames relies on)
+    stretched = joints * np.array([2.7, 1.0], np.float32)
+    np.testing.assert_allclose(pose_vector.normalise_person(stretched, seen), out, rtol=1e-6)
     single = np.zeros(13, bool)
     single[3] = True
-    assert not pose.normalise_person(joints, single).any()  # one joint: no extent
+    one = pose_vector.normalise_person(joints, single)  # zero extent: 0, not the authors' NaN
+    assert one[3].tolist() == [0, 0] and (one[~single] == -1).all() and np.isfinite(one).all()
+    assert not pose_vector.normalise_person(joints, np.zeros(13, bool)).any()  # nobody: zeros
+    # the rule before the sheet: one scale for both axes, unseen joints 0
+    old = pose_vector.normalise_person(joints, seen, "extent")
+    np.testing.assert_allclose(old[0], [10 / 200, 0])
+    assert not old[5].any()
 
 
-def test_frame_features_average_only_detected_joints() -> None:
+def test_frame_features_mean_over_people_with_missing_joints_as_minus_one() -> None:
     a = np.zeros((13, 2), np.float32)
     a[0], a[1] = (0, 0), (10, 10)
     b = np.zeros((13, 2), np.float32)
-    b[0], b[1], b[2] = (0, 0), (20, 0), (0, 20)
+    b[0], b[1], b[2] = (0, 0), (20, 10), (0, 20)
     seen_a = np.zeros(13, bool)
     seen_a[[0, 1]] = True
     seen_b = np.zeros(13, bool)
     seen_b[[0, 1, 2]] = True
+    nobody = np.zeros(13, bool)  # a person without a detected joint: counted, not averaged
     frames = [
-        (np.stack([a, b]), np.stack([seen_a, seen_b])),
+        (np.stack([a, b, a]), np.stack([seen_a, seen_b, nobody])),
         (np.zeros((0, 13, 2)), np.zeros((0, 13), bool)),
     ]
-    out = pose.frame_features(frames, n_frames=4)
+    out = pose_vector.frame_features(frames, n_frames=4)
     assert out.shape == (4, 27) and out.dtype == np.float32
-    np.testing.assert_allclose(out[0, 0:2], [0, 0])  # neck: both at origin
-    np.testing.assert_allclose(out[0, 2:4], [(1 + 1) / 2, (1 + 0) / 2])  # mean of (1,1),(1,0)
-    np.testing.assert_allclose(out[0, 4:6], [0, 1])  # only b has joint 2: not halved by a zero
-    assert not out[0, 6:26].any()
-    assert out[0, 26] == 2
+    np.testing.assert_allclose(out[0, 0:2], [0, 0])  # neck: both at the origin
+    np.testing.assert_allclose(out[0, 2:4], [1, (1 + 0.5) / 2])  # a (1, 1), b (1, 0.5)
+    np.testing.assert_allclose(out[0, 4:6], [(-1 + 0) / 2, (-1 + 1) / 2])  # a lacks joint 2
+    assert (out[0, 6:26] == -1).all()  # nobody has these joints
+    assert out[0, 26] == 3  # the raw person count
     assert not out[1:].any()
+    only_nobody = pose_vector.frame_features([(a[None], nobody[None])])
+    assert not only_nobody[0, :26].any() and only_nobody[0, 26] == 1
+    old = pose_vector.frame_features(frames, n_frames=4, rule="extent")
+    np.testing.assert_allclose(old[0, 4:6], [0, 1])  # extent: only b has joint 2
+    with pytest.raises(ValueError, match="frame_vector"):
+        pose_vector.frame_features(frames, rule="openpose")
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -111,7 +127,7 @@ def test_extractor_end_to_end_random_init(extractor, sample_corpus: Path) -> Non
     counts = out.features[:, 26]
     assert set(counts.tolist()) <= {0.0, 1.0} and out.stats["n_people"] == counts.sum()
     coords = out.features[:, :26]
-    assert coords.min() >= 0 and coords.max() <= 1
+    assert coords.min() >= -1 and coords.max() <= 1
     assert set(out.details) == set(pose.DETAIL_COLUMNS) and out.n_details == counts.sum()
     assert str(extractor.provenance["pose"]) == "torchvision-keypointrcnn-coco random-init(seed=1)"
     # Determinism: a second extractor with the same seed gives the same features.

@@ -235,5 +235,12 @@ def test_extractor_passes_frames_and_counts(make_clip) -> None:
     out = spec.extractor(scene.Config())(clip)
     assert out.features.shape == scene.FEATURE_SHAPE and out.features.dtype == np.uint8
     assert out.stats == {"n_frames": 4} and out.n_details == 0
+    small = spec.extractor(scene.Config(frame_height=160, frame_width=240))(clip)
+    assert small.features.shape == (12, 160, 240, 3)  # fitted to the scene model's input
+    portrait = decode(make_clip(n_frames=40, size=(360, 640)))  # 294x523 frames
+    fitted = spec.extractor(scene.Config())(portrait).features
+    assert portrait.frames.shape[1:3] == (523, 294) and fitted.shape == scene.FEATURE_SHAPE
+    assert not fitted[~portrait.frame_mask].any()  # padded frames stay zeros
+    np.testing.assert_allclose(fitted[0].mean((0, 1)), portrait.frames[0].mean((0, 1)), atol=2)
     with pytest.raises(ValueError, match="scene expects"):
-        spec.extractor(scene.Config(frame_height=160, frame_width=240))(clip)
+        spec.extractor(scene.Config(n_frames=6))(clip)

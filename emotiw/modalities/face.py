@@ -59,8 +59,11 @@ DETAIL_COLUMNS: tuple[Column, ...] = (
     Column("frame_index", "int32", "index of the decoded frame in the video stream"),
     Column("timestamp_s", "float32", "the frame's time in the video: frame_index / fps"),
     Column("fps", "float32", "the video stream's frame rate the timestamp used"),
-    *(Column(c, "int16", f"face box {c} edge, pixels of the decoded frame (480x320 unless "
-             "--media-width/-height)") for c in FACE_BOX_COLUMNS),
+    Column("frame_width", "int16", "width of the sampled frame the box is in: the video's "
+           "aspect ratio at 480x320's pixel count (x video width / frame_width = source px)"),
+    Column("frame_height", "int16", "height of the sampled frame the box is in"),
+    *(Column(c, "int16", f"face box {c} edge, pixels of the sampled frame")
+      for c in FACE_BOX_COLUMNS),
     *(Column(c, "float32", f"FER probability of {e}")
       for c, e in zip(FACE_PROB_COLUMNS, FER_CLASSES, strict=True)),
 )  # fmt: skip
@@ -301,6 +304,8 @@ class Extractor:
             "frame_index": index,
             "timestamp_s": (index / fps if fps else np.full(len(index), np.nan)).astype(np.float32),
             "fps": np.full(len(index), fps, np.float32),
+            "frame_height": np.full(len(index), clip.frames.shape[1], np.int16),
+            "frame_width": np.full(len(index), clip.frames.shape[2], np.int16),
         }
         for j, column in enumerate(FACE_BOX_COLUMNS):
             details[column] = all_boxes[:, j].astype(np.int16)

@@ -8,11 +8,11 @@ stage, running on CPU and GPU through the same torch code. Its 17 COCO points ar
 the paper's 13 body joints (OpenPose BODY_25 order, face and feet dropped); COCO has no neck,
 so the neck is the shoulders' midpoint, present only when both shoulders are.
 
-Per-frame features (`FEATURE_COLUMNS`, 27 values): for each of the 13 joints the x and y
-position, normalised per person into [0, 1] by the extent of that person's detected joints
-(one scale for both axes, so relative distances are preserved), averaged over the frame's
-people that have the joint (undetected joints are ignored, not averaged in as zeros); then the
-person count. Frames without people, and padded frames, are zeros.
+Per-frame features (`FEATURE_COLUMNS`, 27 values): the 13 joints' (x, y), normalised per person
+and averaged over the frame's people, then the person count; the rules, and where they depart
+from the authors' code, are in `emotiw.modalities.pose_vector`. Detection runs on frames that
+keep the video's aspect ratio (`MediaConfig.geometry`); per-axis normalisation makes the vector
+independent of it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,15 @@ from emotiw.modalities.base import (
     resolve_device,
 )
 from emotiw.modalities.nets.bilstm import BiLSTMHead
+from emotiw.modalities.pose_vector import (
+    COCO_KEYPOINTS,
+    FEATURE_COLUMNS,
+    FRAME_VECTORS,
+    JOINTS,
+    coco_to_joints,
+    frame_features,
+    joint_scores,
+)
 from emotiw.weights import (
     PRETRAINED,
     RANDOM_INIT,
@@ -49,27 +58,6 @@ if TYPE_CHECKING:
 
 NAME = "pose"
 WEIGHTS = "torchvision-keypointrcnn-coco"
-COCO_KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-JOINTS: tuple[str, ...] = (
-    "neck",
-    "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle",
-    "left_hip", "left_knee", "left_ankle",
-)  # fmt: skip
-# COCO index of each joint; the neck is derived from both shoulders.
-COCO_FOR_JOINT: dict[str, int | tuple[int, int]] = {
-    "neck": (COCO_KEYPOINTS.index("left_shoulder"), COCO_KEYPOINTS.index("right_shoulder")),
-    **{j: COCO_KEYPOINTS.index(j) for j in JOINTS[1:]},
-}
-FEATURE_COLUMNS: tuple[str, ...] = (
-    *(f"{joint}_{axis}" for joint in JOINTS for axis in ("x", "y")),
-    "n_people",
-)
 DETAIL_COLUMNS: tuple[str, ...] = (
     "slot", "frame_index", "x1", "y1", "x2", "y2", "score",
     *(f"{joint}_{part}" for joint in JOINTS for part in ("x", "y", "score")),
@@ -94,13 +82,16 @@ class Config:
             model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
             extraction pool). See the pose benchmark for why ``gpu`` is the default.
         n_frames: sequence length.
+        frame_vector: ``sheet`` (the authors' rules, `pose_vector`) or ``extent`` (the rule
+            before them, which models trained on it keep).
         lstm_units, lstm: BiLSTM units (paper's best: 64); ``keras`` or ``torch`` LSTM.
         fc_units: width of a hidden layer (0, deployed: none; fusion takes the 128-d BiLSTM).
         lr: Adam learning rate (deployed: 1e-3; the paper's text says 0.01).
         l2: Keras' kernel L2 on the BiLSTM's and the output layer's kernels (deployed: 0.01).
     """
 
-    BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch"}  # packages saved before `lstm`
+    # packages saved before these fields
+    BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch", "frame_vector": "extent"}
     weights: str = PRETRAINED
     seed: int = 0
     input_size: int = 320
@@ -111,6 +102,7 @@ class Config:
     device: str = field(default="auto", metadata=base.RUNTIME)
     placement: str = field(default="gpu", metadata=base.RUNTIME)
     n_frames: int = 12
+    frame_vector: str = "sheet"
     lstm_units: int = field(default=64, metadata=base.HEAD)
     lstm: str = field(default="keras", metadata=base.HEAD)
     fc_units: int = field(default=0, metadata=base.HEAD)
@@ -128,6 +120,8 @@ class Config:
             raise ValueError("min_person_px must be >= 0 and max_people >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.frame_vector not in FRAME_VECTORS:
+            raise ValueError(f"frame_vector must be one of {FRAME_VECTORS}")
         if self.placement not in ("cpu", "gpu"):
             raise ValueError(f"placement must be 'cpu' or 'gpu', got {self.placement!r}")
         if (
@@ -144,68 +138,6 @@ def feature_shape(cfg: Config | None = None) -> tuple[int, int]:
 
 
 FEATURE_SHAPE: tuple[int, int] = feature_shape()
-
-# --- pure maths ------------------------------------------------------------------------------
-
-
-def coco_to_joints(keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """COCO ``[P, 17, 2]`` points and ``[P, 17]`` visibility -> the 13 joints ``[P, 13, 2]``
-    and their visibility ``[P, 13]``; the neck is the shoulders' midpoint when both are seen."""
-    keypoints = np.asarray(keypoints, dtype=np.float32).reshape(-1, len(COCO_KEYPOINTS), 2)
-    visible = np.asarray(visible, dtype=bool).reshape(-1, len(COCO_KEYPOINTS))
-    joints = np.zeros((len(keypoints), len(JOINTS), 2), dtype=np.float32)
-    seen = np.zeros((len(keypoints), len(JOINTS)), dtype=bool)
-    for j, joint in enumerate(JOINTS):
-        source = COCO_FOR_JOINT[joint]
-        if isinstance(source, tuple):
-            a, b = source
-            joints[:, j] = (keypoints[:, a] + keypoints[:, b]) / 2
-            seen[:, j] = visible[:, a] & visible[:, b]
-        else:
-            joints[:, j] = keypoints[:, source]
-            seen[:, j] = visible[:, source]
-    return joints, seen
-
-
-def normalise_person(joints: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """One person's ``[13, 2]`` joints into [0, 1]: minus the detected joints' top-left corner,
-    divided by the larger side of their extent (aspect kept). Undetected joints become 0."""
-    out = np.zeros_like(joints, dtype=np.float32)
-    if not seen.any():
-        return out
-    points = joints[seen]
-    low = points.min(axis=0)
-    scale = float((points.max(axis=0) - low).max())
-    out[seen] = (points - low) / scale if scale > 0 else 0.0
-    return out
-
-
-def frame_features(
-    people: list[tuple[np.ndarray, np.ndarray]], n_frames: int | None = None
-) -> np.ndarray:
-    """Per-frame 27-d features.
-
-    Args:
-        people: per frame, (joints ``[P, 13, 2]`` in pixels, detected ``[P, 13]``).
-        n_frames: output length; missing frames are zeros.
-
-    Returns:
-        float32 ``[n_frames, 27]``: per joint the mean normalised (x, y) over the people that
-        have it, then the person count P.
-    """
-    n_frames = len(people) if n_frames is None else n_frames
-    out = np.zeros((n_frames, len(FEATURE_COLUMNS)), dtype=np.float32)
-    for t, (joints, seen) in enumerate(people[:n_frames]):
-        if len(joints) == 0:
-            continue
-        norm = np.stack([normalise_person(j, s) for j, s in zip(joints, seen, strict=True)])
-        counts = seen.sum(axis=0)  # people having each joint
-        sums = (norm * seen[..., None]).sum(axis=0)
-        mean = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
-        out[t, :-1] = mean.reshape(-1)
-        out[t, -1] = len(joints)
-    return out
-
 
 # --- front-end -------------------------------------------------------------------------------
 
@@ -266,7 +198,7 @@ class Extractor:
         point_scores = output["keypoints_scores"][index]
         joints, seen = coco_to_joints(points, point_scores >= cfg.keypoint_threshold)
         return {"boxes": boxes[index], "scores": scores[index], "joints": joints,
-                "seen": seen, "joint_scores": _joint_scores(point_scores)}  # fmt: skip
+                "seen": seen, "joint_scores": joint_scores(point_scores)}  # fmt: skip
 
     def __call__(self, clip: Clip) -> Extraction:
         return self.extract(clip.frames, clip.frame_mask, clip.frame_indices)
@@ -307,25 +239,13 @@ class Extractor:
             kept = self.people(output)
             per_slot[slot] = (kept["joints"], kept["seen"])
             rows.append((int(slot), kept))
-        features = frame_features(per_slot, self.cfg.n_frames)
+        features = frame_features(per_slot, self.cfg.n_frames, self.cfg.frame_vector)
         counts = [len(p[0]) for p in per_slot]
         return Extraction(
             features=features,
             details=_detail_columns(rows, frame_indices),
             stats={"n_people": int(sum(counts)), "frames_with_people": sum(c > 0 for c in counts)},
         )
-
-
-def _joint_scores(point_scores: np.ndarray) -> np.ndarray:
-    """COCO keypoint scores ``[P, 17]`` -> per joint ``[P, 13]`` (neck: the weaker shoulder)."""
-    out = np.zeros((len(point_scores), len(JOINTS)), dtype=np.float32)
-    for j, joint in enumerate(JOINTS):
-        source = COCO_FOR_JOINT[joint]
-        if isinstance(source, tuple):
-            out[:, j] = np.minimum(point_scores[:, source[0]], point_scores[:, source[1]])
-        else:
-            out[:, j] = point_scores[:, source]
-    return out
 
 
 def _detail_columns(

@@ -150,11 +150,13 @@ class Extractor:
         self.provenance: dict[str, Provenance] = {}
 
     def __call__(self, clip: Clip) -> Extraction:
-        expected = feature_shape(self.cfg)
-        if clip.frames.shape != expected:
-            raise ValueError(f"scene expects frames {expected}, got {clip.frames.shape}")
+        from emotiw.frames import fit
+
+        if len(clip.frames) != self.cfg.n_frames:
+            raise ValueError(f"scene expects {self.cfg.n_frames} frames, got {len(clip.frames)}")
+        frames = fit(clip.frames, self.cfg.frame_height, self.cfg.frame_width)
         return Extraction(
-            features=clip.frames, stats={"n_frames": int(np.count_nonzero(clip.frame_mask))}
+            features=frames, stats={"n_frames": int(np.count_nonzero(clip.frame_mask))}
         )
 
 
@@ -328,17 +330,18 @@ class Scene(Modality):
         return {}
 
     def read_inputs(self, table: Any, cfg: Config) -> tuple[np.ndarray, ...]:
-        from emotiw.frames import decode_frames
+        from emotiw.frames import decode_frames, fit
         from emotiw.schema import FRAMES_COLUMN
 
         column = table[FRAMES_COLUMN]
         if any(v is None for v in column):
             raise ValueError("the feature table has no frames for some clips")
-        decoded = [decode_frames(v, cfg.frame_height, cfg.frame_width) for v in column]
+        decoded = [decode_frames(v) for v in column]  # each clip's own aspect ratio
         if not decoded:
             shape = (0, cfg.n_frames, cfg.frame_height, cfg.frame_width, 3)
             return np.zeros(shape, np.uint8), np.zeros((0, cfg.n_frames), bool)
-        return np.stack([f for f, _ in decoded]), np.stack([m for _, m in decoded])
+        frames = [fit(f, cfg.frame_height, cfg.frame_width) for f, _ in decoded]
+        return np.stack(frames), np.stack([m for _, m in decoded])
 
     def example_inputs(self, cfg: Config, n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
         rng = np.random.default_rng(seed)
