@@ -93,11 +93,6 @@ class MediaConfig:
             f"geometry must be 'aspect' or 'stretch', got {self.geometry!r}",
         )
 
-    @property
-    def frame_shape(self) -> tuple[int, int, int, int]:
-        """The scene model's input frames: (n_frames, height, width, 3)."""
-        return (self.n_frames, self.height, self.width, 3)
-
     def frame_size(self, width: int, height: int, pixel_aspect: float = 1.0) -> tuple[int, int]:
         """(width, height) of the sampled frames of a video displayed at `width` x `height`
         pixels of aspect `pixel_aspect` (see `geometry`)."""

@@ -102,10 +102,17 @@ class ModalityConfigs:
                 f"the feature table has no {', '.join(missing)} features (it was extracted with "
                 f"{', '.join(recorded) or 'none'}); drop them from --modalities or re-extract"
             )
+        from emotiw.modalities.base import front_end_fields
+
         configs = {}
         for name, cfg in self.configs.items():
             known = {f.name for f in dataclasses.fields(cfg)}
             values = {k: v for k, v in recorded[name].items() if k in known}
+            # a front-end field the table lacks did not exist yet: its features were made as
+            # the code then behaved (`Config.BEFORE`)
+            before = getattr(cfg, "BEFORE", {})
+            for missing in (set(front_end_fields(type(cfg))) - set(recorded[name])) & set(before):
+                values[missing] = before[missing]
             for field_name in given.get(name, ()):
                 mine = _plain(getattr(cfg, field_name))
                 if field_name in values and values[field_name] != mine:

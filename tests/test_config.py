@@ -20,7 +20,7 @@ def test_paper_defaults() -> None:
     cfg = MediaConfig()
     assert (cfg.frame_step, cfg.n_frames) == (10, 12)  # every 10th frame, first 12 kept
     assert (cfg.width, cfg.height) == (480, 320)
-    assert cfg.frame_shape == (12, 320, 480, 3)
+    assert cfg.frame_size(1920, 1080) == (523, 294) and cfg.frame_size(480, 320) == (480, 320)
     assert cfg.audio_rate == 48_000
     assert cfg.max_duration_s > 0
     assert CLASS_NAMES == ("positive", "neutral", "negative")

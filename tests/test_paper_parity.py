@@ -129,6 +129,11 @@ def test_paper_schedule_per_model_and_keras_selection() -> None:
     assert schedule_for(paper, "toy") == Schedule(30, 16)  # a model the paper has not
     uniform = TrainConfig(features="x", schedule="uniform", epochs=7, batch_size=4)
     assert schedule_for(uniform, "audio") == Schedule(7, 4)
+    capped = TrainConfig(features="x", max_epochs=250)  # a quick trial of the paper schedule
+    assert schedule_for(capped, "audio") == Schedule(250, 32, "val_accuracy", 300)
+    assert schedule_for(capped, "scene") == Schedule(5, 6, "val_loss", 0)
+    with pytest.raises(ValueError, match="max_epochs"):
+        TrainConfig(features="x", max_epochs=-1)
     # checkpoint on strictly better accuracy; stop after 2 epochs without a lower loss
     rows = [(1.0, 0.5), (0.9, 0.5), (0.95, 0.6), (0.97, 0.4), (0.99, 0.7)]
     pick = Selection("val_accuracy", patience=2)
@@ -170,3 +175,15 @@ def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) 
     assert model.configs.of("scene").pooling == "flatten" and model.heads["scene"].feature_dim > 30
     assert model.configs.of("face").lstm == "torch" and model.configs.of("audio").head == "compact"
     assert model.configs.of("audio").normalise == "zscore" and model.fusion.cfg.presence_flags
+    # pose's frame vector before the sheet's rules (its extractor runs in the model stage,
+    # so an old model's pose features are computed as they were when it was trained)
+    from emotiw.packaging import _from_dict
+
+    old_pose = {k: v for k, v in dataclasses.asdict(pose.Config()).items() if k != "frame_vector"}
+    assert _from_dict(pose.Config, old_pose).frame_vector == "extent"
+    configs = ModalityConfigs.create(pose.Config())  # a feature table extracted before it
+    recorded = {"pose": {k: v for k, v in configs.front_ends()["pose"].items()
+                         if k != "frame_vector"}}  # fmt: skip
+    assert configs.with_front_ends(recorded, {}).of("pose").frame_vector == "extent"
+    assert configs.with_front_ends(configs.front_ends(), {}).of("pose").frame_vector == "sheet"
+    assert pose.Config().frame_vector == "sheet"

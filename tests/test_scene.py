@@ -235,12 +235,19 @@ def test_extractor_passes_frames_and_counts(make_clip) -> None:
     out = spec.extractor(scene.Config())(clip)
     assert out.features.shape == scene.FEATURE_SHAPE and out.features.dtype == np.uint8
     assert out.stats == {"n_frames": 4} and out.n_details == 0
-    small = spec.extractor(scene.Config(frame_height=160, frame_width=240))(clip)
-    assert small.features.shape == (12, 160, 240, 3)  # fitted to the scene model's input
-    portrait = decode(make_clip(n_frames=40, size=(360, 640)))  # 294x523 frames
-    fitted = spec.extractor(scene.Config())(portrait).features
-    assert portrait.frames.shape[1:3] == (523, 294) and fitted.shape == scene.FEATURE_SHAPE
-    assert not fitted[~portrait.frame_mask].any()  # padded frames stay zeros
+    # a portrait clip's frames pass on at 9:16; read back from the table they are fitted to
+    # the scene model's 480x320 input
+    from emotiw.frames import encode_frames
+    from emotiw.schema import FRAMES_COLUMN
+
+    portrait = decode(make_clip(n_frames=40, size=(360, 640)))
+    assert spec.extractor(scene.Config())(portrait).features.shape == (12, 523, 294, 3)
+    table = {FRAMES_COLUMN: [encode_frames(portrait.frames, portrait.frame_mask)]}
+    (fitted,), (mask,) = spec.read_inputs(table, scene.Config())
+    assert fitted.shape == scene.FEATURE_SHAPE and (mask == portrait.frame_mask).all()
+    assert not fitted[~mask].any()  # padded frames stay zeros
     np.testing.assert_allclose(fitted[0].mean((0, 1)), portrait.frames[0].mean((0, 1)), atol=2)
+    small = spec.read_inputs(table, scene.Config(frame_height=160, frame_width=240))[0]
+    assert small.shape == (1, 12, 160, 240, 3)
     with pytest.raises(ValueError, match="scene expects"):
         spec.extractor(scene.Config(n_frames=6))(clip)

@@ -133,7 +133,8 @@ class Config:
 
 
 def feature_shape(cfg: Config | None = None) -> tuple[int, int, int, int]:
-    """Per-clip features: the decoded frames, uint8 ``[T, H, W, 3]``."""
+    """The head's input per clip: the frames fitted to ``[T, H, W, 3]`` uint8 (`read_inputs`;
+    the extractor passes each clip's frames on at the video's aspect ratio)."""
     cfg = cfg or Config()
     return (cfg.n_frames, cfg.frame_height, cfg.frame_width, 3)
 
@@ -142,21 +143,19 @@ FEATURE_SHAPE = feature_shape()
 
 
 class Extractor:
-    """CPU stage: the decoded frames pass through unchanged (the backbone is part of the
-    model, see the module docstring); ``stats['n_frames']`` counts the real ones."""
+    """CPU stage: the decoded frames pass through unchanged, at the video's aspect ratio (the
+    backbone is part of the model, see the module docstring, and `read_inputs` fits the
+    stored frames to its 480x320 input); ``stats['n_frames']`` counts the real ones."""
 
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
         self.cfg = cfg or Config()
         self.provenance: dict[str, Provenance] = {}
 
     def __call__(self, clip: Clip) -> Extraction:
-        from emotiw.frames import fit
-
         if len(clip.frames) != self.cfg.n_frames:
             raise ValueError(f"scene expects {self.cfg.n_frames} frames, got {len(clip.frames)}")
-        frames = fit(clip.frames, self.cfg.frame_height, self.cfg.frame_width)
         return Extraction(
-            features=frames, stats={"n_frames": int(np.count_nonzero(clip.frame_mask))}
+            features=clip.frames, stats={"n_frames": int(np.count_nonzero(clip.frame_mask))}
         )
 
 
