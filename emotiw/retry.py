@@ -25,7 +25,21 @@ def transient_exception(exc: BaseException) -> bool:
         return is_transient(exc.reason)
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
         return False
-    return isinstance(exc, OSError | TimeoutError | ConnectionError | MemoryError)
+    network = (OSError, TimeoutError, ConnectionError, MemoryError, *_botocore_network())
+    return isinstance(exc, network)
+
+
+def _botocore_network() -> tuple[type[BaseException], ...]:
+    """botocore's connection and HTTP errors (endpoint refused, connection closed, read
+    timeout), which s3fs raises as they are for direct S3 calls (`call_s3`: the lease,
+    listings): they are not `OSError`s, yet an endpoint that is down for a few seconds is
+    exactly what a retry is for."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # S3 support not installed: nothing of it can be raised
+        return ()
+    return (BotoConnectionError, HTTPClientError)
 
 
 def call(

@@ -324,3 +324,19 @@ def size(url: str, cfg: StorageConfig | None = None) -> int:
         return int(fs.size(path))
     except Exception as exc:
         raise _storage_error(exc, url, cfg) from None
+
+
+def upload_file(local_path: str, fs: pyarrow.fs.FileSystem, target: str) -> None:
+    """Upload a local file as the object `target` of a pyarrow filesystem and check that it
+    landed whole, else raise `OSError` (transient: the caller retries). pyarrow's
+    `copy_files` can return normally although the upload's last part failed (the error only
+    logged: "Error ignored when destroying file ... UploadPart"): a committed chunk was
+    silently missing after an endpoint outage (tests' `FaultyS3Proxy`). So: the stream is
+    closed explicitly (its error raised) and the object's size read back."""
+    import shutil
+
+    with open(local_path, "rb") as source, fs.open_output_stream(target) as out:
+        shutil.copyfileobj(source, out, 8 << 20)
+    landed, want = fs.get_file_info(target).size, os.path.getsize(local_path)
+    if landed != want:
+        raise OSError(f"{target}: the upload did not land whole ({landed} of {want} bytes)")

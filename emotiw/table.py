@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from emotiw import retry
+from emotiw import retry, storage
 
 STAGING = "_staging"
 LEASE = "_lease.json"
@@ -251,14 +251,9 @@ class ChunkWriter:
             _mkdirs(self.fs, target)
             self.fs.move(source, target)
         else:  # one upload: the object appears whole when it completes (a retry rewrites it)
-            from pyarrow import fs as pafs
-
             retry.call(
-                lambda: pafs.copy_files(
-                    source, target, source_filesystem=self._local, destination_filesystem=self.fs
-                ),
-                self.attempts, self.backoff_s,
-            )  # fmt: skip
+                lambda: storage.upload_file(source, self.fs, target), self.attempts, self.backoff_s
+            )
             self._local.delete_file(source)
         chunk = Chunk(target, self._rows)
         self.committed.append(chunk)

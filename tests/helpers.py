@@ -186,8 +186,9 @@ def write_bad_files(folder: Path) -> None:
 class FaultyS3Proxy:
     """A real HTTP proxy in front of the S3 test server, for fault injection into a job that
     runs in another process: `fail_gets` drops the connection of the next GETs of a key
-    (every client retry layer sees a network failure), `outage` stops listening for a few
-    seconds (connection refused) and then serves again. The S3 server keeps its data."""
+    (every client retry layer sees a network failure), `outage` cuts every open connection
+    (a request in flight may have reached S3 without its answer reaching the client) and
+    refuses new ones for a few seconds, then serves again. The S3 server keeps its data."""
 
     def __init__(self, upstream: str) -> None:
         import threading
@@ -201,6 +202,8 @@ class FaultyS3Proxy:
         self.dropped = 0
         self.lock = threading.Lock()
         self.server: Any = None
+        self.connections: set[Any] = set()  # client sockets open now (kept alive between calls)
+        self.cut = 0  # connections cut by `stop` / `outage`
         self.start()
 
     def fail_gets(self, key_part: str, times: int) -> None:
@@ -220,13 +223,29 @@ class FaultyS3Proxy:
         import threading
         from http.server import ThreadingHTTPServer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _proxy_handler(self))
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a connection cut by `outage` mid-request: expected, not news
+
+        self.server = Server(("127.0.0.1", self.port), _proxy_handler(self))
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def stop(self) -> None:
+        """Stop listening and cut the open connections (keep-alive ones would otherwise go
+        on being served: a client with a pooled connection would never see the outage)."""
+        import contextlib
+        import socket
+
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            open_now, self.connections = list(self.connections), set()
+            self.cut += len(open_now)
+        for sock in open_now:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def outage(self, seconds: float) -> None:
         """Refuse connections for `seconds` (returns at once)."""
@@ -245,6 +264,16 @@ def _proxy_handler(proxy: FaultyS3Proxy) -> type:
 
         def log_message(self, *args: object) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy.lock:
+                proxy.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with proxy.lock:
+                proxy.connections.discard(self.connection)
+            super().finish()
 
         def _body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

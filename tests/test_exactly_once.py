@@ -211,8 +211,10 @@ def test_s3_outage_and_dropped_reads_are_ridden_out(
 ) -> None:
     """Output at the root of a new, empty bucket; a clip whose GETs drop 12 times in a row
     (past the tries inside one s3fs call, `storage.LIBRARY_TRIES`: the job's own retry is what
-    saves it) and the endpoint refusing connections for 6 s after the first chunk is
-    committed."""
+    saves it) and the endpoint down for 6 s after the first chunk is committed: open
+    connections cut, new ones refused. (This found two losses: a lease left behind when the
+    release met botocore's connection error, and a chunk counted as committed whose upload
+    pyarrow's `copy_files` had lost; see `storage.upload_file`.)"""
     from emotiw.storage import fsspec_filesystem
 
     fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)

@@ -16,6 +16,7 @@ from emotiw.storage import (
     read_bytes,
     redact,
     split_url,
+    upload_file,
     video_id,
     write_bytes,
 )
@@ -109,6 +110,43 @@ def test_fsspec_and_arrow_filesystems_agree(s3_bucket: str, s3_storage: StorageC
     raw = read_bytes(url, s3_storage)  # through s3fs
     assert raw[:4] == b"PAR1"
     assert pq.read_table(path, filesystem=fs).column("x").to_pylist() == [1, 2, 3]
+
+
+def test_upload_lands_whole_or_raises_when_the_endpoint_drops(
+    s3_bucket: str, s3_storage: StorageConfig, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """How a chunk is committed to S3: with the endpoint cut at different moments of the
+    upload, `upload_file` either raises OSError (the commit retries) or the whole object is
+    there; never a normal return without it (pyarrow's `copy_files` did that once)."""
+    import dataclasses
+    import os
+    import threading
+    import time
+
+    from helpers import FaultyS3Proxy
+
+    source = tmp_path / "chunk.parquet"
+    source.write_bytes(os.urandom(6 << 20))
+    proxy = FaultyS3Proxy(s3_env["AWS_ENDPOINT_URL_S3"])
+    direct, root = arrow_filesystem(s3_bucket, s3_storage)
+    try:
+        fs, _ = arrow_filesystem(s3_bucket, dataclasses.replace(s3_storage, endpoint_url=proxy.url))
+        outcomes = []
+        for i, cut_after in enumerate((0.0, 0.02, 0.05, 0.1)):  # a clean upload takes ~0.2 s
+            threading.Timer(cut_after, proxy.outage, (1.0,)).start()
+            try:
+                start = time.monotonic()
+                upload_file(str(source), fs, f"{root}/t{i}")
+                outcomes.append(f"returned {time.monotonic() - start:.2f}")
+                assert direct.get_file_info(f"{root}/t{i}").size == 6 << 20, i
+            except OSError:
+                outcomes.append(f"raised {time.monotonic() - start:.2f}")
+            time.sleep(1.5)  # the endpoint is back
+        assert proxy.cut >= 1, outcomes  # the cuts met open connections
+        upload_file(str(source), fs, f"{root}/after")
+        assert direct.get_file_info(f"{root}/after").size == 6 << 20
+    finally:
+        proxy.stop()
 
 
 def test_arrow_filesystem_local(tmp_path: Path) -> None:

@@ -191,6 +191,37 @@ def test_a_lease_write_that_landed_unanswered_is_still_ours(table_url) -> None:
     assert lease.store.read() is None  # nothing left for the next run to wait on
 
 
+def test_lease_renewal_and_release_ride_out_an_endpoint_outage(s3_bucket, s3_storage, s3_env):
+    """The endpoint goes down (open connections cut, new ones refused) while a run holds the
+    lease: a renewal before a commit and the release at the end wait for it to come back
+    (botocore's connection errors are transient) instead of failing the run or leaving the
+    lease for the next run to wait on. The outage outlasts the tries inside one botocore call
+    (~3 s with `storage.LIBRARY_TRIES`); before botocore's errors counted as transient, the
+    renewal raised and the release gave up, leaving the lease."""
+    import dataclasses
+
+    from helpers import FaultyS3Proxy
+
+    proxy = FaultyS3Proxy(s3_env["AWS_ENDPOINT_URL_S3"])
+    try:
+        storage = dataclasses.replace(s3_storage, endpoint_url=proxy.url)
+        lease = Lease.acquire(s3_bucket, storage, "run-a", job(lease_ttl_s=60, attempts=6,
+                                                               backoff_s=0.5))  # fmt: skip
+        for step in ("renewal", "release"):
+            proxy.outage(8.0)
+            start = time.monotonic()
+            if step == "renewal":
+                lease.info = dataclasses.replace(lease.info, expires_at=time.time())
+                lease.check()  # renews: its expiry is due
+                assert lease.info.expires_at > time.time() + 50 and lease.lost is None
+            else:
+                lease.release()
+            assert time.monotonic() - start > 7, step  # it waited for the endpoint
+        assert lease.store.read() is None
+    finally:
+        proxy.stop()
+
+
 def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(table_url, tmp_path) -> None:
     """A SIGKILLed driver cannot release its lease; its pid is gone, so no ttl wait."""
     url, storage = table_url
@@ -244,6 +275,13 @@ def test_retry_call_retries_transient_failures_only() -> None:
                    sleep=waits.append)  # fmt: skip
     assert waits == [1.0, 2.0]  # not_found is final: no wait, no retry
     assert retry.delays(8, 1.0)[-1] == retry.MAX_BACKOFF_S
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    # What s3fs lets through from direct S3 calls (the lease, listings) when the endpoint is
+    # down or slow: not OSErrors, but transient; an answer from S3 (ClientError) is not.
+    assert retry.transient_exception(EndpointConnectionError(endpoint_url="http://s3"))
+    assert retry.transient_exception(ReadTimeoutError(endpoint_url="http://s3"))
+    assert not retry.transient_exception(ClientError({"Error": {"Code": "403"}}, "GetObject"))
 
 
 def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
