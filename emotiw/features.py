@@ -85,6 +85,14 @@ class ModalityConfigs:
             for name, cfg in self.configs.items()
         }
 
+    def with_backend(self, backend: str) -> ModalityConfigs:
+        """These configs with every front-end network run by `backend` (the modalities whose
+        Config has a ``backend`` field; `modalities.nets.backends`)."""
+        return ModalityConfigs({
+            name: dataclasses.replace(cfg, backend=backend) if hasattr(cfg, "backend") else cfg
+            for name, cfg in self.configs.items()
+        })  # fmt: skip
+
     def with_front_ends(
         self, recorded: Mapping[str, Mapping[str, Any]], given: Mapping[str, Iterable[str]]
     ) -> ModalityConfigs:

@@ -138,6 +138,7 @@ class ClipScorer:
         backoff_s: float = 0.0,
         frame_batch: int = 32,
         autocast: str = "auto",
+        backend: str = "eager",
     ) -> None:
         from emotiw.packaging import load_model
 
@@ -147,7 +148,7 @@ class ClipScorer:
         self.amp = autocast_dtype(autocast, self.device)
         self.package = load_model(package_dir, device=str(self.device))
         self.ref = ref
-        self.configs = self.package.configs
+        self.configs = self.package.configs.with_backend(backend)  # model-stage front-ends
         self.placement = placement or str(self.device)
         self.extractors: dict[str, Any] = {}
         loaded: dict[str, str] = {}
@@ -160,6 +161,10 @@ class ClipScorer:
         # A row's `weights`: the package's (heads, training-time front-ends), overridden by
         # what this run loaded: the CPU stage's front-ends (the feature row's) and the model
         # stage's (`loaded`), so the column says which weights scored the clip.
+        for spec in self.configs.specs():  # heads whose front-end a backend may run (scene)
+            if spec.name in self.package.heads:
+                head, cfg = self.package.heads[spec.name], self.configs.of(spec.name)
+                loaded.update({k: str(v) for k, v in spec.with_backend(head, cfg, weights).items()})
         self.provenance = dict(self.package.provenance)
         self.loaded = loaded
         self.specs = {s.name: s for s in self.configs.specs()}

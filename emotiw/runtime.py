@@ -157,6 +157,7 @@ class ModelActor:
         job: JobConfig,
         frame_batch: int = 32,
         autocast: str = "auto",
+        backend: str = "eager",
     ) -> None:
         import ray
 
@@ -176,7 +177,7 @@ class ModelActor:
         with unpacked(files) as folder:  # loaded into memory, then the copy goes
             self.scorer = ClipScorer(
                 folder, ref, weights, str(device), placement, job.attempts, job.backoff_s,
-                frame_batch, autocast,
+                frame_batch, autocast, backend,
             )  # fmt: skip
         self.run_id = run_id
 

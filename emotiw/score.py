@@ -70,6 +70,9 @@ class ScoreConfig:
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
+        backend: what runs the CNN front-ends on CPU (face FER, OpenL3, the keypoint
+            detector's backbone): ``eager`` PyTorch, ``compile``, ``onnxruntime`` or
+            ``openvino`` (README: CPU inference backends); each row's `weights` says which ran.
         details_output: where the detail tables go, one folder each (the per-face table:
             ``faces/``), Hive-partitioned like the scores: ``auto`` beside the scores table
             (``<output>-details``; none for a table at a bucket root), ``none`` for no
@@ -102,6 +105,7 @@ class ScoreConfig:
     autocast: str = "auto"
     block_clips: int = 100
     device: str = "auto"
+    backend: str = "eager"
     details_output: str = "auto"
     dry_run: bool = False
     media: MediaConfig = field(default_factory=MediaConfig)
@@ -123,6 +127,9 @@ class ScoreConfig:
             if low < 1 or (high and low > high):
                 raise ValueError("a pool's minimum must be >= 1 and <= its maximum (0: no cap)")
         amount(self.gpus_per_model_actor, "gpus_per_model_actor")
+        from emotiw.modalities.nets.backends import check
+
+        check(self.backend)
         if self.cpus_per_extract_actor <= 0 or self.cpus_per_model_actor < 0:
             raise ValueError("cpus_per_extract_actor must be > 0 and cpus_per_model_actor >= 0")
 
@@ -341,7 +348,8 @@ def _pipeline(
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         ExtractActor,
-        fn_constructor_args=(configs, cfg.media, cfg.weights, cfg.storage, run_id, cfg.job, True),
+        fn_constructor_args=(configs.with_backend(cfg.backend), cfg.media, cfg.weights,
+                             cfg.storage, run_id, cfg.job, True),
         batch_size=1,
         compute=actor_pool(cfg.min_extract_actors, cfg.extract_actors),
         num_cpus=cfg.cpus_per_extract_actor,
@@ -350,7 +358,11 @@ def _pipeline(
     return ds.map_batches(
         ModelActor,
         fn_constructor_args=(package, ref, cfg.weights, cfg.device, run_id, cfg.job),
-        fn_constructor_kwargs={"frame_batch": cfg.frame_batch_size, "autocast": cfg.autocast},
+        fn_constructor_kwargs={
+            "frame_batch": cfg.frame_batch_size,
+            "autocast": cfg.autocast,
+            "backend": cfg.backend,
+        },
         batch_size=cfg.model_batch_size,
         batch_format="pyarrow",
         compute=actor_pool(cfg.min_model_actors, int(pools["model_max"])),

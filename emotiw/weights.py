@@ -97,17 +97,19 @@ class Provenance:
     converted_sha256: str | None = None
     seed: int | None = None
     pinned_on_first_use: bool = False
+    backend: str = "eager"  # what ran the network (`modalities.nets.backends`), fallback noted
 
     @property
     def is_random(self) -> bool:
         return self.source == RANDOM_INIT
 
     def __str__(self) -> str:
+        run_by = f" [run by {self.backend}]" if self.backend != "eager" else ""
         if self.is_random:
-            return f"{self.name} {RANDOM_INIT}(seed={self.seed})"
+            return f"{self.name} {RANDOM_INIT}(seed={self.seed}){run_by}"
         digest = f" sha256:{self.sha256}" if self.sha256 else ""
         pinned = " [no published checksum; pinned on first use]" if self.pinned_on_first_use else ""
-        return f"{self.name}{digest} ({self.source}){pinned}"
+        return f"{self.name}{digest} ({self.source}){pinned}{run_by}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,7 @@ class Provenance:
             "converted_sha256": self.converted_sha256,
             "seed": self.seed,
             "pinned_on_first_use": self.pinned_on_first_use,
+            "backend": self.backend,
         }
 
 

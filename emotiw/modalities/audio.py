@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from emotiw.config import CLASS_NAMES
 from emotiw.modalities import register
 from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality, resolve_device
-from emotiw.modalities.nets import openl3
+from emotiw.modalities.nets import backends, openl3
 from emotiw.modalities.nets.keras_lstm import KerasBiLSTM
 from emotiw.weights import (
     PRETRAINED,
@@ -71,6 +71,8 @@ class Config:
             windows 43 % slower (the activations of a large batch do not stay in cache), and
             64 on CUDA (not measured here: no GPU was available).
         device: ``auto``, ``cpu`` or ``cuda``.
+        backend: what runs the OpenL3 network on CPU: ``eager`` PyTorch, ``compile``,
+            ``onnxruntime`` or ``openvino`` (`modalities.nets.backends`; in the provenance).
         head: ``deployed`` (`DeployedHead`: the authors' model, layer for layer) or
             ``compact`` (`Head`: ReLU convolutions of kernel 3 and a 2-layer BiLSTM, the
             cpu-smoke preset's).
@@ -93,6 +95,7 @@ class Config:
     normalise: str = "l2"
     window_batch: int = field(default=0, metadata=RUNTIME)
     device: str = field(default="auto", metadata=RUNTIME)
+    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
     head: str = field(default="deployed", metadata=HEAD)
     conv_channels: tuple[int, int, int] = field(default=(64, 512, 512), metadata=HEAD)
     lstm_units: int = field(default=128, metadata=HEAD)
@@ -116,6 +119,7 @@ class Config:
             raise ValueError("silence_peak must be >= 0, lr > 0 and lr_decay in (0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        backends.check(self.backend)
         if len(self.conv_channels) != 3 or min(self.conv_channels) < 1 or self.lstm_units < 1:
             raise ValueError("conv_channels must be three positive widths; lstm_units >= 1")
 
@@ -195,6 +199,14 @@ class Extractor:
             model = LogMel().eval()
             self.provenance = {"audio": Provenance("logmel", "builtin:emotiw logmel (no weights)")}
         self.model = model.to(self.device)
+        self.embed: Any = self.model
+        if self.cfg.features == "openl3":
+            example = torch.zeros(1, 1, openl3.N_MELS, openl3.N_FRAMES, device=self.device)
+            core, self.provenance["audio"] = backends.run_with(
+                openl3.SpectrogramEmbedding(self.model), example, self.cfg.backend,
+                self.provenance["audio"], weights,
+            )  # fmt: skip
+            self.embed = lambda windows: core(self.model.frontend(windows))
         auto_batch = 64 if self.device.type == "cuda" else 2
         self.window_batch = self.cfg.window_batch or auto_batch
 
@@ -235,7 +247,7 @@ class Extractor:
         with torch.inference_mode():
             for start in range(0, len(windows), self.window_batch):
                 chunk = torch.from_numpy(windows[start : start + self.window_batch])
-                parts.append(self.model(chunk.to(self.device)).float().cpu().numpy())
+                parts.append(self.embed(chunk.to(self.device)).float().cpu().numpy())
         return np.concatenate(parts)
 
 

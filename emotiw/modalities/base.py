@@ -233,6 +233,13 @@ class Modality:
         """Weights provenance of a built head's pretrained parts (none by default)."""
         return {}
 
+    def with_backend(
+        self, head: torch.nn.Module, cfg: Any, weights: WeightsConfig | None = None
+    ) -> dict[str, Provenance]:
+        """Scoring: let `cfg.backend` run the head's front-end network, if it has one
+        (`nets.backends`; scene's backbone). Returns the provenance of what changed."""
+        return {}
+
     def parameter_groups(self, head: torch.nn.Module, cfg: Any) -> list[dict[str, Any]]:
         """Optimiser parameter groups (per-group weight decay where the paper regularises)."""
         return [{"params": [p for p in head.parameters() if p.requires_grad]}]

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from emotiw.modalities import register
-from emotiw.modalities.base import HEAD, Column, Extraction, Modality
+from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality
+from emotiw.modalities.nets import backends
 from emotiw.modalities.nets.bilstm import BiLSTMHead
 from emotiw.weights import (
     PRETRAINED,
@@ -93,6 +94,8 @@ class Config:
         lstm: ``keras`` (Keras' LSTM and parameter count, deployed) or ``torch`` (cuDNN).
         fc_units: width of the head's hidden layer, the one fusion concatenates (paper: 8).
         lr: Adam learning rate of the head (paper: 0.005).
+        backend: what runs the FER network: ``eager`` PyTorch, ``compile``, ``onnxruntime``
+            or ``openvino`` (`modalities.nets.backends`; recorded in the provenance).
     """
 
     BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch"}  # packages saved before `lstm`
@@ -110,8 +113,10 @@ class Config:
     lstm: str = field(default="keras", metadata=HEAD)
     fc_units: int = field(default=8, metadata=HEAD)
     lr: float = field(default=0.005, metadata=HEAD)
+    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
+        backends.check(self.backend)
         if self.detector not in ("hog", "cnn"):
             raise ValueError(f"detector must be 'hog' or 'cnn', got {self.detector!r}")
         if not 0 <= self.upsample <= 3:
@@ -259,8 +264,12 @@ class Extractor:
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
         self.cfg = cfg or Config()
         self.detector = FaceDetector(self.cfg, weights)
-        self.fer, fer_provenance = load_fer(self.cfg, weights)
+        fer, fer_provenance = load_fer(self.cfg, weights)
         self.input_size = int(get_spec(FER_WEIGHTS).metadata["input_size"])
+        example = torch.zeros(1, 1, self.input_size, self.input_size)
+        self.fer, fer_provenance = backends.run_with(
+            fer, example, self.cfg.backend, fer_provenance, weights
+        )
         self.provenance: dict[str, Provenance] = {
             "face_detector": self.detector.provenance,
             "fer": fer_provenance,

@@ -34,6 +34,7 @@ from emotiw.modalities.base import (
     Modality,
     resolve_device,
 )
+from emotiw.modalities.nets import backends
 from emotiw.modalities.nets.bilstm import BiLSTMHead
 from emotiw.modalities.pose_vector import (
     COCO_KEYPOINTS,
@@ -78,6 +79,9 @@ class Config:
         min_person_px: minimum person box height in frame pixels.
         max_people: people kept per frame, highest scores first.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        backend: what runs the detector's ResNet-50-FPN backbone on CPU (most of its cost):
+            ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino``
+            (`modalities.nets.backends`; recorded in the provenance). RPN and heads stay eager.
         placement: which actor pool of the pipeline runs the keypoint model: ``gpu`` (the
             model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
             extraction pool). See the pose benchmark for why ``gpu`` is the default.
@@ -101,6 +105,7 @@ class Config:
     max_people: int = 20
     device: str = field(default="auto", metadata=base.RUNTIME)
     placement: str = field(default="gpu", metadata=base.RUNTIME)
+    backend: str = field(default=backends.EAGER, metadata=base.RUNTIME)
     n_frames: int = 12
     frame_vector: str = "sheet"
     lstm_units: int = field(default=64, metadata=base.HEAD)
@@ -122,6 +127,7 @@ class Config:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.frame_vector not in FRAME_VECTORS:
             raise ValueError(f"frame_vector must be one of {FRAME_VECTORS}")
+        backends.check(self.backend)
         if self.placement not in ("cpu", "gpu"):
             raise ValueError(f"placement must be 'cpu' or 'gpu', got {self.placement!r}")
         if (
@@ -174,6 +180,13 @@ class Extractor:
         self.device = resolve_device(self.cfg.device)
         model, provenance = keypoint_model(self.cfg, weights)
         self.model = model.to(self.device)
+        # The backbone sees the transform's batch, resized and padded to multiples of 32:
+        # height and width vary with the frames' aspect, so both stay dynamic.
+        size = self.cfg.input_size
+        example = torch.zeros(1, 3, size, 32 * math.ceil(size * 1.5 / 32), device=self.device)
+        self.model.backbone, provenance = backends.run_with(
+            self.model.backbone, example, self.cfg.backend, provenance, weights, (0, 2, 3)
+        )
         self.provenance: dict[str, Provenance] = {"pose": provenance}
 
     def detect(self, frames: np.ndarray | list[np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -31,6 +31,7 @@ from torch import nn
 from emotiw.config import CLASS_NAMES
 from emotiw.modalities import register
 from emotiw.modalities.base import HEAD, RUNTIME, Extraction, Modality
+from emotiw.modalities.nets import backends
 from emotiw.modalities.nets.backbones import BACKBONE_CHANNELS as BACKBONE_CHANNELS
 from emotiw.modalities.nets.backbones import BACKBONE_WEIGHTS, STRIDE, Backbone
 from emotiw.modalities.nets.convlstm import ConvLSTM
@@ -78,6 +79,7 @@ class Config:
         channels_last: run the backbone in NHWC memory format (faster on CPU and tensor cores).
         amp: on CUDA, run the backbone in bfloat16 autocast.
         placement: the pipeline stage that runs the backbone; ``gpu`` (the model stage).
+        backend: what runs the backbone when scoring on CPU (`nets.backends`, provenance).
     """
 
     # Fields added later, as packages saved before them behaved (`packaging._from_dict`).
@@ -102,8 +104,10 @@ class Config:
     channels_last: bool = field(default=True, metadata=RUNTIME)
     amp: bool = field(default=True, metadata=RUNTIME)
     placement: str = field(default="gpu", metadata=RUNTIME)
+    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
+        backends.check(self.backend)
         if self.backbone not in BACKBONE_WEIGHTS:
             raise ValueError(f"backbone must be one of {sorted(BACKBONE_WEIGHTS)}")
         if self.weights not in (PRETRAINED, RANDOM_INIT):
@@ -375,6 +379,15 @@ class Scene(Modality):
 
     def provenance(self, head: Head) -> dict[str, Provenance]:
         return dict(head.provenance)
+
+    def with_backend(self, head: Head, cfg: Config, weights: Any = None) -> dict[str, Provenance]:
+        net = head.backbone
+        example = torch.zeros(1, 3, cfg.frame_height, cfg.frame_width, device=net.mean.device)
+        net.trunk, net.provenance = backends.run_with(
+            net.trunk, example, cfg.backend, net.provenance, weights
+        )
+        head.provenance[NAME] = net.provenance
+        return {NAME: net.provenance}
 
     def parameter_groups(self, head: Head, cfg: Config) -> list[dict[str, Any]]:
         return head.parameter_groups()

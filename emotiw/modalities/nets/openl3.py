@@ -142,6 +142,18 @@ class OpenL3Audio(nn.Module):
         return self.embed_spectrogram(self.frontend(windows))
 
 
+class SpectrogramEmbedding(nn.Module):
+    """`OpenL3Audio.embed_spectrogram` as a module: the part an inference backend runs
+    (`nets.backends`); the STFT front-end stays in torch (ONNX has no complex STFT)."""
+
+    def __init__(self, model: OpenL3Audio) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_spectrogram(spec)
+
+
 # --- Keras weights ---------------------------------------------------------------------------
 
 _FRONTEND_WEIGHTS = {"real_kernels", "imag_kernels", "freq2mel", "dft_real_kernels"}

@@ -1,0 +1,121 @@
+"""backends: the paper configuration's CNN front-ends on CPU, run by each inference backend
+(eager PyTorch, `torch.compile`, ONNX Runtime, OpenVINO; `emotiw.modalities.nets.backends`)
+in one run: ms per clip of each front-end, its speed-up over eager and its parity (largest
+difference relative to the eager output's range), then the whole clip: decode + dlib face
+detection (no backend: unchanged) + the four networks, as clips/s and as a ratio to eager.
+
+One clip as the paper configuration runs it: scene ResNet-50 on 12 frames 480x320 (in the
+model stage's CPU chunks of 4), pose Keypoint R-CNN at 320 px on the 12 frames with --people
+per frame (score threshold 0, as the pose benchmark), OpenL3 on 11 windows (2 per forward, the
+CPU default), FER on --faces crops. Random-init weights where the pretrained ones are not
+offline (ResNet-50, Keypoint R-CNN, OpenL3): the cost does not depend on the weight values.
+The first call of a backend exports (or compiles) and caches: that one-off time is printed
+apart and not in the per-clip figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.harness import load_corpus, per_clip_seconds
+
+FRONT_ENDS = ("scene", "pose", "audio", "fer")
+
+
+def _front_end(name: str, backend: str, clip: Any, args: argparse.Namespace,
+               weights: Any) -> tuple[Callable[[], Any], str]:  # fmt: skip
+    """A callable doing one clip's work of front-end `name` with `backend`, and what ran."""
+    import numpy as np
+    import torch
+
+    from emotiw.frames import fit
+    from emotiw.modalities import audio, face, pose, scene
+    from emotiw.modalities.nets import backends, openl3
+    from emotiw.modalities.nets.backbones import Backbone
+
+    if name == "scene":
+        net = Backbone(scene.Config(weights="random-init"), weights)
+        frames = torch.from_numpy(fit(clip.frames, 320, 480))
+        x = frames.permute(0, 3, 1, 2).float().sub(net.mean).div(net.std)
+        run, prov = backends.run_with(net.trunk, x[:1], backend, net.provenance, weights)
+        return lambda: [run(x[i : i + scene.CPU_FRAME_BATCH]) for i in range(0, 12, 4)], prov
+    if name == "pose":
+        cfg = pose.Config(weights="random-init", score_threshold=0.0, keypoint_threshold=-1e9,
+                          max_people=args.people, device="cpu", backend=backend)  # fmt: skip
+        extractor = pose.Extractor(cfg, weights)
+        return lambda: extractor.detect(clip.frames), extractor.provenance["pose"]
+    if name == "audio":
+        cfg = audio.Config(weights="random-init", device="cpu", backend=backend)
+        extractor = audio.Extractor(cfg, weights)
+        sound = np.random.default_rng(0).normal(0, 0.1, 48_000 * 6).astype(np.float32)
+        wins, _ = openl3.windows(sound, n_steps=11, hop_s=0.5)  # 11 windows of 1 s at 48 kHz
+        return lambda: extractor._embed(wins), extractor.provenance["audio"]
+    extractor = face.Extractor(face.Config(backend=backend), weights)
+    crops = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.faces, 1, 64, 64))
+                             .astype(np.float32))  # fmt: skip
+    with torch.inference_mode():
+        return lambda: extractor.fer(crops).softmax(-1), extractor.provenance["fer"]
+
+
+def _flat(out: Any) -> Any:
+    import torch
+
+    if isinstance(out, list):
+        if out and isinstance(out[0], dict) and "boxes" in out[0]:  # detections
+            return torch.cat([torch.as_tensor(o["keypoints_scores"]).flatten() for o in out])
+        return torch.cat([_flat(o) for o in out])
+    if isinstance(out, dict):
+        return torch.cat([v.flatten() for v in out.values()])
+    return torch.as_tensor(out).flatten().float()
+
+
+def bench_backends(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from emotiw.media import decode
+    from emotiw.modalities import face
+    from emotiw.weights import WeightsConfig
+
+    weights = WeightsConfig(cache_dir=args.cache or tempfile.mkdtemp(prefix="emotiw-backends-"))
+    data = load_corpus(args.corpus, 2, args.seed)[0]
+    clip = decode(data)
+    t_decode = per_clip_seconds(lambda: decode(data), 3)
+    detector = face.Extractor(face.Config(), weights)
+    t_detect = per_clip_seconds(lambda: detector.detect(clip), 2)
+    print(
+        f"backends: the paper configuration's front-ends on CPU, torch threads "
+        f"{torch.get_num_threads()}, cache {weights.resolved_cache_dir()}\n"
+        f"  unchanged per clip: decode {1000 * t_decode:.0f} ms, dlib face detection "
+        f"{1000 * t_detect:.0f} ms"
+    )
+    print("    front-end  backend                          prep s  ms/clip  x eager  max rel diff")
+    per: dict[tuple[str, str], float] = {}
+    for name in args.front_ends:
+        reference = None
+        for backend in args.backends:
+            start = time.perf_counter()
+            fn, prov = _front_end(name, backend, clip, args, weights)
+            with torch.inference_mode():
+                out = _flat(fn())  # the export / compile happens in the first call or before
+                prep = time.perf_counter() - start
+                seconds = per_clip_seconds(fn, args.repeat)
+            if reference is None:
+                reference = out
+            diff = (out - reference).abs().max().item() / max(reference.abs().max().item(), 1e-12)
+            per[(name, backend)] = seconds
+            base = per[(name, args.backends[0])]
+            print(f"    {name:9s}  {prov.backend[:31]:31s}  {prep:6.1f}  {1000 * seconds:7.0f}"
+                  f"  {base / seconds:6.2f}x  {diff:.1e}", flush=True)  # fmt: skip
+    print("    per clip (decode + face detection + the front-ends above)")
+    print("    backend       s/clip  clips/s  x eager")
+    results: dict[str, float] = {}
+    for backend in args.backends:
+        total = t_decode + t_detect + sum(per[(n, backend)] for n in args.front_ends)
+        results[backend] = total
+        eager = results[args.backends[0]]
+        print(f"    {backend:12s}  {total:6.2f}  {1 / total:7.3f}  {eager / total:6.2f}x")
+    return results
