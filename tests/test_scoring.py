@@ -398,6 +398,24 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     assert "random-init" in json.loads(out["weights"])["pose"]
     assert np.isclose(out["prob_positive"] + out["prob_neutral"] + out["prob_negative"], 1)
 
+    # The same clip with ONNX Runtime running the front-ends (score --backend): FER in the
+    # CPU stage, the keypoint backbone in the model stage; the same scores, and each row says
+    # what ran (`tests/test_backends.py` has the parity of each network).
+    from emotiw.weights import WeightsConfig
+
+    weights = WeightsConfig(cache_dir=str(tmp_path / "cache"))
+    fast = ClipFeatureExtractor(configs.with_backend("onnxruntime"), None, weights, defer=True)
+    row = fast(str(corpus / "clip_0001.mp4"), "clip_0001", data, None, "run")
+    assert "[run by onnxruntime " in json.loads(row["weights"])["fer"]
+    table = rows_to_table([{**row, "etag": "e1", "size_bytes": len(data)}])
+    with unpacked(files) as folder:
+        scorer = ClipScorer(folder, ModelRef("pkg", "pkg", None), weights, device="cpu",
+                            backend="onnxruntime")  # fmt: skip
+    again = scorer(table, "run-2").to_pylist()[0]
+    assert "[run by onnxruntime " in json.loads(again["weights"])["pose"]
+    probs = ("prob_positive", "prob_neutral", "prob_negative")
+    assert np.allclose([again[p] for p in probs], [out[p] for p in probs], atol=1e-3)
+
 
 def test_clip_scorer_isolates_a_row_that_breaks_its_batch(corpus, package) -> None:
     """A row whose features break the batch's forward pass: the scorer halves the batch down
