@@ -86,7 +86,8 @@ def test_detector_keypoints_match_eager_on_real_photos(backend: str, weights) ->
     for w, g in zip(want, got, strict=True):
         assert len(w["boxes"]) > 0 and w["boxes"].shape == g["boxes"].shape
         assert np.abs(w["boxes"] - g["boxes"]).max() < 0.5
-        assert np.abs(w["keypoints_scores"] - g["keypoints_scores"]).max() < 1e-3
+        scale = max(1.0, float(np.abs(w["keypoints_scores"]).max()))  # logits up to ~25
+        assert np.abs(w["keypoints_scores"] - g["keypoints_scores"]).max() < 1e-3 * scale
         near.append(np.abs(w["keypoints"][..., :2] - g["keypoints"][..., :2]).max(-1) < 2.0)
     # A random-init heatmap is nearly flat: a near-tie may peak elsewhere (same score).
     assert np.concatenate([n.ravel() for n in near]).mean() >= 0.9
