@@ -161,11 +161,12 @@ class ClipScorer:
         # A row's `weights`: the package's (heads, training-time front-ends), overridden by
         # what this run loaded: the CPU stage's front-ends (the feature row's) and the model
         # stage's (`loaded`), so the column says which weights scored the clip.
+        self.provenance = dict(self.package.provenance)
         for spec in self.configs.specs():  # heads whose front-end a backend may run (scene)
             if spec.name in self.package.heads:
                 head, cfg = self.package.heads[spec.name], self.configs.of(spec.name)
-                loaded.update({k: str(v) for k, v in spec.with_backend(head, cfg, weights).items()})
-        self.provenance = dict(self.package.provenance)
+                for key, ran in spec.with_backend(head, cfg, weights).items():
+                    loaded[key] = f"{self.provenance.get(key, key)} [run by {ran}]"
         self.loaded = loaded
         self.specs = {s.name: s for s in self.configs.specs()}
         # Output columns of every registered modality (those not in the model stay null).

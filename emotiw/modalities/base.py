@@ -235,9 +235,10 @@ class Modality:
 
     def with_backend(
         self, head: torch.nn.Module, cfg: Any, weights: WeightsConfig | None = None
-    ) -> dict[str, Provenance]:
+    ) -> dict[str, str]:
         """Scoring: let `cfg.backend` run the head's front-end network, if it has one
-        (`nets.backends`; scene's backbone). Returns the provenance of what changed."""
+        (`nets.backends`; scene's backbone). Returns, per provenance key it changed, what
+        now runs it (``onnxruntime 1.31.0``, or eager with the fallback's reason)."""
         return {}
 
     def parameter_groups(self, head: torch.nn.Module, cfg: Any) -> list[dict[str, Any]]:

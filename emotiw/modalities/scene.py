@@ -380,14 +380,13 @@ class Scene(Modality):
     def provenance(self, head: Head) -> dict[str, Provenance]:
         return dict(head.provenance)
 
-    def with_backend(self, head: Head, cfg: Config, weights: Any = None) -> dict[str, Provenance]:
+    def with_backend(self, head: Head, cfg: Config, weights: Any = None) -> dict[str, str]:
+        if cfg.backend == backends.EAGER:
+            return {}
         net = head.backbone
         example = torch.zeros(1, 3, cfg.frame_height, cfg.frame_width, device=net.mean.device)
-        net.trunk, net.provenance = backends.run_with(
-            net.trunk, example, cfg.backend, net.provenance, weights
-        )
-        head.provenance[NAME] = net.provenance
-        return {NAME: net.provenance}
+        net.trunk, ran = backends.run_with(net.trunk, example, cfg.backend, net.provenance, weights)
+        return {NAME: ran.backend}
 
     def parameter_groups(self, head: Head, cfg: Config) -> list[dict[str, Any]]:
         return head.parameter_groups()
