@@ -57,8 +57,7 @@ def _front_end(name: str, backend: str, clip: Any, args: argparse.Namespace,
     extractor = face.Extractor(face.Config(backend=backend), weights)
     crops = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.faces, 1, 64, 64))
                              .astype(np.float32))  # fmt: skip
-    with torch.inference_mode():
-        return lambda: extractor.fer(crops).softmax(-1), extractor.provenance["fer"]
+    return lambda: extractor.fer(crops).softmax(-1), extractor.provenance["fer"]
 
 
 def _flat(out: Any) -> Any:

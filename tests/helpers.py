@@ -89,6 +89,17 @@ def write_clip(
     return path
 
 
+def real_photos() -> list[np.ndarray]:
+    """Two real photos of people that installed packages ship, RGB uint8: scikit-image's
+    astronaut and matplotlib's Grace Hopper (for tests that need real faces and people)."""
+    from matplotlib import cbook
+    from PIL import Image
+    from skimage import data
+
+    hopper = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    return [data.astronaut(), np.asarray(hopper)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ import torch
 from emotiw.modalities import face, pose
 from emotiw.modalities.nets import backends
 from emotiw.weights import WeightsConfig
+from helpers import real_photos
 
 EXPORTED = ("onnxruntime", "openvino")
 
@@ -30,7 +31,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> WeightsConfig:
 def faces() -> torch.Tensor:
     """FER inputs ``[N, 1, 64, 64]`` of real faces: scikit-image's 100 LFW faces (25x25,
     scaled up) and dlib's boxes on two real photos (astronaut, Grace Hopper), also mirrored."""
-    from matplotlib import cbook
     from PIL import Image
     from skimage import data
 
@@ -39,23 +39,17 @@ def faces() -> torch.Tensor:
              for f in lfw]  # fmt: skip
     lfw_batch = np.stack(crops).astype(np.float32) / 127.5 - 1.0
     detector = face.FaceDetector(face.Config())
-    photos = [data.astronaut(), np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")))]
+    photos = real_photos()
     photos += [np.ascontiguousarray(p[:, ::-1]) for p in photos]
     real = [face.crop_faces(p, face.filter_boxes(detector(p), 40, 1), size=64) for p in photos]
     return torch.from_numpy(np.concatenate([lfw_batch, *real]))[:, None]
 
 
 def _photos(height: int, width: int) -> torch.Tensor:
-    from matplotlib import cbook
     from PIL import Image
-    from skimage import data
 
-    images = [
-        Image.fromarray(data.astronaut()),
-        Image.open(cbook.get_sample_data("grace_hopper.jpg")),
-    ]
-    return torch.from_numpy(np.stack([np.asarray(i.convert("RGB").resize((width, height)))
-                                      for i in images]))  # fmt: skip
+    sized = [np.asarray(Image.fromarray(p).resize((width, height))) for p in real_photos()]
+    return torch.from_numpy(np.stack(sized))
 
 
 @pytest.mark.parametrize("backend", EXPORTED)

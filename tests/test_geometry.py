@@ -13,6 +13,7 @@ import pytest
 from emotiw.config import MediaConfig
 from emotiw.media import decode
 from emotiw.modalities import face
+from helpers import real_photos
 
 MARGIN = 0.35  # context around each face box in the pasted photo
 
@@ -26,16 +27,9 @@ def _crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def photos() -> list[np.ndarray]:
     """Four face crops: two real people, each also mirrored; the boxes are dlib's own."""
-    from matplotlib import cbook
-    from PIL import Image
-    from skimage import data
-
     detector = face.FaceDetector(face.Config())
     crops = []
-    for image in (
-        data.astronaut(),
-        np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")),
-    ):
+    for image in real_photos():
         (box,) = face.filter_boxes(detector(image), 40, max_faces=1)  # the largest
         crops.append(_crop(image, tuple(int(v) for v in box)))
     return crops + [np.ascontiguousarray(c[:, ::-1]) for c in crops]
