@@ -147,6 +147,15 @@ def test_resnet50_backbone_full_size_random_init_is_recorded_and_deterministic()
         out_a, out_b = a.eval()(frames), b.eval()(frames)
     assert out_a.shape == (1, 2048, 10, 15) and out_a.dtype == torch.float32
     torch.testing.assert_close(out_a, out_b)
+    # batch-norm statistics calibrated on seeded noise: a trained trunk's scale, not the
+    # uncalibrated one's (maps up to ~200 that saturate the ConvLSTM gates)
+    assert 0.2 < float(out_a.mean()) < 3 and float(out_a.abs().max()) < 50
+    from emotiw.modalities.nets import backbones
+
+    fresh = backbones._trunk(backbones._classifier_model(cfg), "resnet50").eval()  # uncalibrated
+    with torch.inference_mode():
+        raw = fresh((frames.permute(0, 3, 1, 2).float() - a.mean) / a.std)
+    assert float(raw.abs().max()) > 2 * float(out_a.abs().max())
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "efficientnet-lite0"])

@@ -371,14 +371,17 @@ def _stop_cluster(temp: str, before: set[int] | None = None) -> None:
 
 def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None:
     """Pose placed on the model stage: the CPU stage leaves it null and writes the frames; the
-    scorer decodes them, runs Keypoint R-CNN and the heads (random-init pose, recorded)."""
+    scorer decodes them, runs Keypoint R-CNN, the scene backbone and the heads (random-init
+    pose, recorded)."""
 
     from emotiw.features import ClipFeatureExtractor, rows_to_table
     from emotiw.inference import ClipScorer, ModelRef
     from emotiw.packaging import read_package, unpacked
 
     configs = ModalityConfigs.create(
-        pose.Config(weights="random-init", input_size=160, score_threshold=0.0), face.Config()
+        pose.Config(weights="random-init", input_size=160, score_threshold=0.0),
+        face.Config(),
+        smoke_configs().of("scene"),
     )
     extractor = ClipFeatureExtractor(configs, defer=True)
     assert extractor.deferred == ("pose",)
@@ -399,8 +402,8 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     assert np.isclose(out["prob_positive"] + out["prob_neutral"] + out["prob_negative"], 1)
 
     # The same clip with ONNX Runtime running the front-ends (score --backend): FER in the
-    # CPU stage, the keypoint backbone in the model stage; the same scores, and each row says
-    # what ran (`tests/test_backends.py` has the parity of each network).
+    # CPU stage, the keypoint and scene backbones in the model stage; the same scores, and
+    # each row says what ran (`tests/test_backends.py` has the parity of each network).
     from emotiw.weights import WeightsConfig
 
     weights = WeightsConfig(cache_dir=str(tmp_path / "cache"))
@@ -412,7 +415,10 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
         scorer = ClipScorer(folder, ModelRef("pkg", "pkg", None), weights, device="cpu",
                             backend="onnxruntime")  # fmt: skip
     again = scorer(table, "run-2").to_pylist()[0]
-    assert "[run by onnxruntime " in json.loads(again["weights"])["pose"]
+    ran = json.loads(again["weights"])
+    assert "[run by onnxruntime " in ran["pose"] and "[run by onnxruntime " in ran["scene"]
+    assert "sha256:5793" in ran["scene"]  # the package's backbone, still named
+    assert "[run by" not in json.loads(out["weights"])["scene"]  # eager adds nothing
     probs = ("prob_positive", "prob_neutral", "prob_negative")
     assert np.allclose([again[p] for p in probs], [out[p] for p in probs], atol=1e-3)
 
