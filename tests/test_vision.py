@@ -15,6 +15,8 @@ from emotiw.modalities.nets.torchvision_ops import (
     native_ops,
     nms_reference,
     roi_align_grid_sample,
+    roi_align_onnxruntime,
+    set_roi_align_kernel,
 )
 
 
@@ -100,16 +102,23 @@ def _kernel_roi_align(x, rois, scale, ph, pw, sr, aligned):
     return out
 
 
+def _random_rois(n: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    torch.manual_seed(seed)
+    xy = torch.rand(n, 2, dtype=dtype) * torch.tensor([160.0, 110.0], dtype=dtype) - 20
+    wh = torch.rand(n, 2, dtype=dtype) * 50 + 1  # some partly off the map
+    return torch.cat([torch.randint(0, 2, (n, 1)).to(dtype), xy, xy + wh], 1)
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 def test_roi_align_matches_the_native_kernel(aligned: bool) -> None:
-    torch.manual_seed(0)
+    rois = _random_rois(12, 0, torch.float64)
     x = torch.randn(2, 4, 12, 16, dtype=torch.float64)
-    xy = torch.rand(12, 2, dtype=torch.float64) * torch.tensor([160.0, 110.0]) - 20  # some off-map
-    wh = torch.rand(12, 2, dtype=torch.float64) * 50 + 1
-    rois = torch.cat([torch.randint(0, 2, (12, 1)).double(), xy, xy + wh], 1)
-    got = roi_align_grid_sample(x, rois, 0.125, 5, 4, 2, aligned)
     want = _kernel_roi_align(x, rois, 0.125, 5, 4, 2, aligned)
+    got = roi_align_grid_sample(x, rois, 0.125, 5, 4, 2, aligned)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # ONNX Runtime's kernel (float32 only): the same rules, to float32 rounding
+    fast = roi_align_onnxruntime(x.float(), rois.float(), 0.125, 5, 4, 2, aligned)
+    torch.testing.assert_close(fast.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_roi_align_matches_torchvision_python_fallback_in_range() -> None:
@@ -127,13 +136,31 @@ def test_roi_align_matches_torchvision_python_fallback_in_range() -> None:
         roi_align_grid_sample(x, rois, 0.125, 7, 7, 2, False),
         python_roi_align(x, rois, 0.125, 7, 7, 2, False),
     )
-    # torchvision's public op is routed to the fast kernel.
-    out = import_torchvision().ops.roi_align(x, rois, (7, 7), 0.125, 2)
-    torch.testing.assert_close(out, roi_align_grid_sample(x, rois, 0.125, 7, 7, 2, False))
+    # torchvision's public op is routed to ONNX Runtime's kernel (grid_sample on request)
+    x32, rois32 = x.float(), rois.float()
+    want = python_roi_align(x32, rois32, 0.125, 7, 7, 2, False)
+    out = import_torchvision().ops.roi_align(x32, rois32, (7, 7), 0.125, 2)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 2, False))
+    set_roi_align_kernel("grid_sample")
+    try:
+        out = import_torchvision().ops.roi_align(x32, rois32, (7, 7), 0.125, 2)
+        assert torch.equal(out, roi_align_grid_sample(x32, rois32, 0.125, 7, 7, 2, False))
+    finally:
+        set_roi_align_kernel("onnxruntime")
+    # adaptive sampling (sampling_ratio 0) follows torchvision's rule in both
+    adaptive = python_roi_align(x32, rois32, 0.125, 7, 7, 0, False)
+    fast = roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 0, False)
+    torch.testing.assert_close(fast, adaptive, rtol=1e-5, atol=1e-5)
 
 
-def test_roi_align_edge_cases() -> None:
+@pytest.mark.parametrize("kernel", [roi_align_grid_sample, roi_align_onnxruntime])
+def test_roi_align_edge_cases(kernel) -> None:
     x = torch.randn(1, 3, 6, 6)
-    assert roi_align_grid_sample(x, torch.zeros(0, 5), 1.0, 2, 2, 2, False).shape == (0, 3, 2, 2)
+    assert kernel(x, torch.zeros(0, 5), 1.0, 2, 2, 2, False).shape == (0, 3, 2, 2)
     far = torch.tensor([[0.0, 100.0, 100.0, 120.0, 120.0]])  # entirely off the map: zeros
-    assert not roi_align_grid_sample(x, far, 1.0, 2, 2, 2, False).any()
+    assert not kernel(x, far, 1.0, 2, 2, 2, False).any()
+    # gradients (training through a detector) take the differentiable grid_sample path
+    leaf = x.clone().requires_grad_()
+    kernel(leaf, torch.tensor([[0.0, 1.0, 1.0, 4.0, 4.0]]), 1.0, 2, 2, 2, False).sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
