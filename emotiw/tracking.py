@@ -101,12 +101,18 @@ def log_scores(
     labels: np.ndarray,
     probs: np.ndarray,
     predicted: np.ndarray | None = None,
+    step: int = 0,
 ) -> dict[str, float]:
-    """Final metrics and the confusion-matrix PNG into the active run."""
+    """Final metrics and the confusion-matrix PNG into the active run.
+
+    `step`: one past the last epoch of the run's history. MLflow's value of a metric is the
+    one at its highest step, so at step 0 ``val_accuracy`` read back as the last epoch's, not
+    the selected checkpoint's.
+    """
     import matplotlib.pyplot as plt
 
     result = metrics.scores(labels, probs, predicted)
-    mlflow.log_metrics({f"val_{k}": v for k, v in result.items()})
+    mlflow.log_metrics({f"val_{k}": v for k, v in result.items()}, step=step)
     pred = probs.argmax(1) if predicted is None else predicted
     figure = metrics.confusion_figure(metrics.confusion(labels, pred), title)
     mlflow.log_figure(figure, "confusion_matrix.png")

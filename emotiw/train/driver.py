@@ -166,7 +166,9 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
                 log_history(mlflow, history)
                 heads[name] = head
                 labels, probs, preds = train_data.predict(head, data.val, name)
-                scores[name] = log_scores(mlflow, f"{name} head", labels, probs, preds)
+                scores[name] = log_scores(
+                    mlflow, f"{name} head", labels, probs, preds, step=len(history)
+                )
         fusions = _train_fusions(cfg, mlflow, heads, states, data, scores)
         meta = {"scores": scores, "train_run_id": parent.info.run_id}
         meta.update(n_train=data.n_train, n_val=data.n_val)
@@ -238,6 +240,7 @@ def _train_fusions(
         with mlflow.start_run(run_name=f"fusion:{variant}", nested=True):
             mlflow.log_params(flat_params("fusion", fcfg))
             model = fusion.build(heads, fcfg)
+            history: list[dict[str, float]] = []  # the votes have no training
             if fusion.optimizer(model) is not None:
                 if rows is None:
                     spec = FusionSpec(
@@ -257,6 +260,6 @@ def _train_fusions(
             fusions[variant] = model.eval()
             labels, probs, preds = train_data.predict(model, data.val, None)
             scores[f"fusion:{variant}"] = log_scores(
-                mlflow, f"{variant} fusion", labels, probs, preds
+                mlflow, f"{variant} fusion", labels, probs, preds, step=len(history)
             )
     return fusions
