@@ -21,7 +21,7 @@ from emotiw.corpus import write_sample_corpus
 from emotiw.packaging import load_model
 from helpers import run_job
 
-pytestmark = pytest.mark.slow  # two extract jobs and a train job on local Ray: ~11 min
+pytestmark = pytest.mark.slow  # two extract jobs and a train job on local Ray: ~10 min
 
 STAND_INS = ["--modalities", "scene,face", "--scene-backbone", "efficientnet-lite0"]
 
