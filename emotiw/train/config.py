@@ -68,6 +68,11 @@ class TrainConfig:
             `ray.train.report` waits for a poll, and the default (2 s) made a small epoch of
             the sample corpus cost 2.2 s instead of 0.3 s (train job 8.7 -> 2.3 min, same
             results). Ignored when RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set.
+        report_interval_s: each worker reports metrics (and the best checkpoint, if a
+            better one is pending) to Ray Train at most this often, and after the last epoch
+            (0: every epoch). A report waits for the controller's next poll: every epoch,
+            that made the paper audio head's epochs (up to 4,000) 1.7x longer here.
+            Every epoch's metrics reach MLflow whatever the interval.
         storage: endpoint and credentials of s3:// tables.
         weights: where pretrained front-end weights are found.
     """
@@ -98,6 +103,7 @@ class TrainConfig:
     prepare_batch_size: int = 8
     worker_cache_mb: int = 2048
     poll_interval_s: float = 0.25
+    report_interval_s: float = 5.0
     storage: StorageConfig = field(default_factory=StorageConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
 
@@ -119,6 +125,8 @@ class TrainConfig:
             raise ValueError("max_epochs must be >= 0 (0: no cap)")
         if min(self.epochs, self.fusion_epochs, self.batch_size, self.workers) < 1:
             raise ValueError("epochs, fusion_epochs, batch_size and workers must be >= 1")
+        if self.report_interval_s < 0:
+            raise ValueError("report_interval_s must be >= 0 (0: every epoch)")
         if self.prepare_actors < 0 or self.prepare_batch_size < 1:
             raise ValueError("prepare_actors must be >= 0 (0: no cap), prepare_batch_size >= 1")
         amount(self.prepare_gpus, "prepare_gpus")

@@ -71,6 +71,7 @@ def fit(
             "schedule": schedule,
             "cache_bytes": cfg.worker_cache_mb * 2**20,
             "split": split,
+            "report_interval_s": cfg.report_interval_s,
         },
         datasets={"train": train, "val": val},
         # The validation set is never split: every worker scores all of it (no clip dropped).

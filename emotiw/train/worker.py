@@ -1,8 +1,10 @@
 """What one Ray Train worker runs: build the head or fusion a spec describes, train it with
-DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), report validation
-metrics every epoch and a checkpoint whenever the schedule's selection metric improves
-(validation cross-entropy, or accuracy where the deployed model was picked by it), and stop
-early when validation loss has not improved for the schedule's patience."""
+DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), keep the checkpoint
+of the best epoch by the schedule's selection metric (validation cross-entropy, or accuracy
+where the deployed model was picked by it), and stop early when validation loss has not
+improved for the schedule's patience. Metrics and the best checkpoint go to Ray Train at most
+once per report interval and after the last epoch: each `ray.train.report` waits for the
+controller's poll, which cost more than a small head's whole epoch."""
 
 from __future__ import annotations
 
@@ -101,12 +103,13 @@ def optimizer(trainable: Trainable, spec: HeadSpec | FusionSpec) -> tuple[Any, A
 
 def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     """Ray Train worker: train for the schedule's epochs on this worker's shard of the
-    "train" dataset, report validation metrics (over the whole "val" dataset) every epoch and
-    a checkpoint whenever the selection metric improves; every worker computes the same
-    validation figures, so all stop early at the same epoch. Returns the history."""
+    "train" dataset, score the whole "val" dataset every epoch, and report to Ray Train
+    every ``config["report_interval_s"]`` (0: every epoch) and after the last epoch: that
+    epoch's metrics, or the best checkpoint if a better one is pending. Every worker computes
+    the same validation figures, so all stop early at the same epoch. Returns the per-epoch
+    history (every epoch, whatever was reported)."""
     import ray.train
     import ray.train.torch
-    from safetensors.torch import save_file
 
     spec: HeadSpec | FusionSpec = config["spec"]
     budget = config["cache_bytes"]
@@ -125,6 +128,8 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     unwrapped = model.module if hasattr(model, "module") else model
     schedule = config["schedule"]
     selection, history = Selection(schedule.select_by, schedule.patience), []
+    best: tuple[dict[str, float], Any] | None = None  # (metrics, rank 0's state) to persist
+    persisted, reported_at = best, time.monotonic()
     size = schedule.batch_size
     for epoch in range(schedule.epochs):
         model.train()
@@ -159,27 +164,46 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             "epoch_s": epoch_s,  # this worker's training steps (validation excluded)
         }
         history.append(row)
-        if selection.improved(row):
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if rank == 0:
-                    state = {
-                        k: v.detach().cpu().contiguous()
-                        for k, v in unwrapped.model.state_dict().items()
-                    }
-                    save_file(state, os.path.join(tmp, "model.safetensors"))
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(row, checkpoint=checkpoint)
-        else:
-            ray.train.report(row)
-        stop = torch.tensor([float(selection.stop())], device=device)
-        if world > 1:  # one decision for all: a worker leaving alone would hang the others
+        if selection.improved(row):  # kept in memory; persisted at the next report
+            best = (row, _state_of(unwrapped.model) if rank == 0 else None)
+        # One decision for all workers (a worker reporting or leaving alone would hang the
+        # others): stop early, and report now (the interval passed; rank 0's clock decides).
+        due = time.monotonic() - reported_at >= config["report_interval_s"]
+        flags = torch.tensor([float(selection.stop()), float(due and rank == 0)], device=device)
+        if world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, due = bool(flags[0].item()), bool(flags[1].item())
+        if due or stop or epoch == schedule.epochs - 1:
+            _report(row, best if best is not persisted else None, rank)
+            persisted, reported_at = best, time.monotonic()
+        if stop:
             break
     return history
+
+
+def _state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _report(row: dict[str, float], best: tuple[dict[str, float], Any] | None, rank: int) -> None:
+    """`ray.train.report` this epoch's metrics, or, when a better checkpoint than the last
+    persisted one is pending, that checkpoint with its own epoch's metrics (Ray Train ranks
+    and prunes checkpoints by the metrics reported with them)."""
+    import ray.train
+    from safetensors.torch import save_file
+
+    if best is None:
+        ray.train.report(row)
+        return
+    metrics, state = best
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_file(state, os.path.join(tmp, "model.safetensors"))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({**metrics, "reported_at_epoch": row["epoch"]}, checkpoint=checkpoint)
 
 
 class Selection:
