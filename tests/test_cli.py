@@ -178,6 +178,8 @@ def test_benchmark_face_prints_split_and_recall() -> None:
     out = run_benchmark("face", "--n", "2", "--frames", "3")
     assert "detection" in out and "FER" in out
     assert "recall<56px" in out and "1.00x" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
+    assert {r[0] for r in rows if len(r) == 7} == {"hog", "cnn"}  # both detectors measured
 
 
 @pytest.mark.slow
