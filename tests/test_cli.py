@@ -179,7 +179,7 @@ def test_benchmark_face_prints_split_and_recall() -> None:
     assert "detection" in out and "FER" in out
     assert "recall<56px" in out and "1.00x" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
-    assert {r[0] for r in rows if len(r) == 7} == {"hog", "cnn"}  # both detectors measured
+    assert {r[0] for r in rows if len(r) == 8} == {"hog", "cnn"}  # both detectors measured
 
 
 @pytest.mark.slow
