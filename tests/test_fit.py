@@ -21,13 +21,21 @@ from emotiw.features import ModalityConfigs
 from emotiw.inference import predict_arrays
 from emotiw.modalities import pose, pose_vector
 from emotiw.train.config import Schedule, TrainConfig, schedule_for
-from emotiw.train.data import unflatten
+from emotiw.train.data import SEP, unflatten
 from emotiw.train.driver import fit
 from emotiw.train.worker import FusionSpec, HeadSpec
 
 pytestmark = pytest.mark.slow  # three TorchTrainer runs on local Ray: ~2 min
 
 DIM = 6
+
+
+def feature_row(
+    i: int, label: int, modality: str, features: np.ndarray, provenance: str
+) -> dict[str, object]:
+    """One clip as the flat training columns `fit` reads (`train.data.unflatten`)."""
+    return {"uri": f"clip{i}", "label": label, "provenance": provenance,
+            f"{modality}{SEP}0": features, f"{modality}{SEP}present": True}  # fmt: skip
 
 
 def hidden_rows(n: int, seed: int) -> list[dict[str, object]]:
@@ -39,8 +47,7 @@ def hidden_rows(n: int, seed: int) -> list[dict[str, object]]:
         label = i % 3
         features = rng.normal(0.0, 1.0, DIM).astype(np.float32)
         features[label] += 0.8
-        rows.append({"uri": f"clip{i}", "label": label, "provenance": "synthetic",
-                     "audio__0": features, "audio__present": True})  # fmt: skip
+        rows.append(feature_row(i, label, "audio", features, "synthetic"))
     return rows
 
 
@@ -122,8 +129,7 @@ def posture_rows(n: int, seed: int, cue_strength: float = 0.8) -> list[dict[str,
     for i in range(n):
         label = i % 3
         posture = label if rng.random() < cue_strength else int(rng.integers(3))
-        rows.append({"uri": f"clip{i}", "label": label, "provenance": "planted keypoints",
-                     "pose__0": posture_clip(posture, rng), "pose__present": True})  # fmt: skip
+        rows.append(feature_row(i, label, "pose", posture_clip(posture, rng), "planted keypoints"))
     return rows
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,26 +60,24 @@ def train(tables: dict[str, str], run: Path, *args: str) -> str:
     ).stdout  # fmt: skip
 
 
-def runs_by_name(run: Path) -> dict[str, object]:
+def runs_by_name(run: Path) -> tuple[Any, dict[str, Any]]:
+    """The train job's MLflow client and its runs by name."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{run}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("emotiw").experiment_id])
-    return {r.info.run_name: r for r in runs}
+    return client, {r.info.run_name: r for r in runs}
 
 
 @pytest.mark.timeout(1500)
 def test_paper_preset_learns_the_scene_and_face_cues(tables, tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
     run = tmp_path / "run"
     stdout = train(tables, run, "--modalities", "scene,face", "--stacking-folds", "2")
     # the paper's schedule: scene 5 epochs of 6, face 20 of 32, FC fusion 30
     assert "head-scene epoch 5/5:" in stdout and "head-face epoch 20/20:" in stdout
     assert "fusion-fc epoch 30/30:" in stdout and "head-scene-fold1 epoch 5/5:" in stdout
 
-    client = MlflowClient(f"sqlite:///{run}/mlflow.db")
-    by_name = runs_by_name(run)
+    client, by_name = runs_by_name(run)
     scene_run = by_name["head:scene"]
     assert scene_run.data.params["scene.backbone"] == "efficientnet-lite0"
     assert scene_run.data.params["scene.pooling"] == "gap"  # the deployed head
@@ -114,7 +113,7 @@ def test_paper_preset_learns_the_audio_cue(tables, tmp_path: Path) -> None:
     assert stopped, stdout[-3000:]
     best_epoch, epochs = int(stopped[2]), int(stopped[3])
     assert 300 < epochs < 4000 and best_epoch <= epochs
-    by_name = runs_by_name(run)
+    _, by_name = runs_by_name(run)
     audio = by_name["head:audio"]
     assert audio.data.params["audio.normalise"] == "l2"  # the deployed per-step L2
     assert audio.data.params["audio.schedule.patience"] == "300"

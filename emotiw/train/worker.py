@@ -128,8 +128,8 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     unwrapped = model.module if hasattr(model, "module") else model
     schedule = config["schedule"]
     selection, history = Selection(schedule.select_by, schedule.patience), []
-    best: tuple[dict[str, float], Any] | None = None  # (metrics, rank 0's state) to persist
-    persisted, reported_at = best, time.monotonic()
+    best: tuple[dict[str, float], Any] | None = None  # (metrics, rank 0's state)
+    pending, reported_at = False, time.monotonic()  # pending: `best` not yet reported
     size = schedule.batch_size
     for epoch in range(schedule.epochs):
         model.train()
@@ -165,7 +165,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         }
         history.append(row)
         if selection.improved(row):  # kept in memory; persisted at the next report
-            best = (row, _state_of(unwrapped.model) if rank == 0 else None)
+            best, pending = (row, _state_of(unwrapped.model) if rank == 0 else None), True
         # One decision for all workers (a worker reporting or leaving alone would hang the
         # others): stop early, and report now (the interval passed; rank 0's clock decides).
         due = time.monotonic() - reported_at >= config["report_interval_s"]
@@ -176,8 +176,8 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         stop, due = bool(flags[0].item()), bool(flags[1].item())
         if due or stop or epoch == schedule.epochs - 1:
-            _report(row, best if best is not persisted else None, rank)
-            persisted, reported_at = best, time.monotonic()
+            _report(row, best if pending else None, rank)
+            pending, reported_at = False, time.monotonic()
         if stop:
             break
     return history
