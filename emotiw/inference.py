@@ -138,7 +138,7 @@ class ClipScorer:
         backoff_s: float = 0.0,
         frame_batch: int = 32,
         autocast: str = "auto",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> None:
         from emotiw.packaging import load_model
 

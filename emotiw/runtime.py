@@ -157,7 +157,7 @@ class ModelActor:
         job: JobConfig,
         frame_batch: int = 32,
         autocast: str = "auto",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> None:
         import ray
 

@@ -70,9 +70,10 @@ class ScoreConfig:
         block_clips: clips per input block (one Ray task of the extract pool) once the
             first few one-clip blocks have spread the run over the pool.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
-        backend: what runs the CNN front-ends on CPU (face FER, OpenL3, the keypoint
-            detector's backbone): ``eager`` PyTorch, ``compile``, ``onnxruntime`` or
-            ``openvino`` (README: CPU inference backends); each row's `weights` says which ran.
+        backend: what runs the CNN front-ends (face FER, OpenL3, the keypoint detector's
+            backbone, the scene backbone): ``auto`` (ONNX Runtime on CPU, eager on CUDA),
+            ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino`` (README: CPU
+            inference backends); each row's `weights` says which ran.
         details_output: where the detail tables go, one folder each (the per-face table:
             ``faces/``), Hive-partitioned like the scores: ``auto`` beside the scores table
             (``<output>-details``; none for a table at a bucket root), ``none`` for no
@@ -105,7 +106,7 @@ class ScoreConfig:
     autocast: str = "auto"
     block_clips: int = 100
     device: str = "auto"
-    backend: str = "eager"
+    backend: str = "auto"
     details_output: str = "auto"
     dry_run: bool = False
     media: MediaConfig = field(default_factory=MediaConfig)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw.modalities import face, pose
+from emotiw.modalities import audio, face, pose
 from emotiw.modalities.nets import backends
 from emotiw.weights import WeightsConfig
 from helpers import real_photos
@@ -106,7 +106,6 @@ def test_image_backbone_maps_match_eager(backend: str, weights) -> None:
 
 
 def test_openl3_embedding_matches_eager(weights) -> None:
-    from emotiw.modalities import audio
     from emotiw.modalities.nets import openl3
 
     rng = np.random.default_rng(0)
@@ -151,3 +150,18 @@ def test_exports_are_cached_with_a_checksum_and_missing_backends_fall_back(
     assert missing.backend == "eager" and missing.describe == "eager (openvino: not installed)"
     with pytest.raises(ValueError, match="backend must be one of"):
         face.Config(backend="tensorrt")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `auto` on a CPU without it
+    assert backends.accelerate(net, x[:1], "auto", cache_dir=tmp_path).describe == (
+        "eager (onnxruntime: not installed)"
+    )
+
+
+def test_auto_runs_onnxruntime_on_cpu_and_eager_on_cuda(weights) -> None:
+    """The default backend per device type (README: CPU inference backends): every
+    front-end's default is ``auto``, which means ONNX Runtime on a CPU, eager on CUDA."""
+    assert {face.Config().backend, pose.Config().backend, audio.Config().backend} == {"auto"}
+    assert backends.choose("auto", "cpu") == "onnxruntime"
+    assert backends.choose("auto", torch.device("cuda", 0)) == "eager"
+    assert backends.choose("openvino", "cuda") == "openvino"  # named: as asked (then falls back)
+    default = face.Extractor(face.Config(), weights)
+    assert "[run by onnxruntime " in str(default.provenance["fer"])

@@ -4,6 +4,7 @@ random-init weights, NMS fallback, registry entry, head."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,10 @@ def test_extractor_end_to_end_random_init(extractor, sample_corpus: Path) -> Non
     coords = out.features[:, :26]
     assert coords.min() >= -1 and coords.max() <= 1
     assert set(out.details) == set(pose.DETAIL_COLUMNS) and out.n_details == counts.sum()
-    assert str(extractor.provenance["pose"]) == "torchvision-keypointrcnn-coco random-init(seed=1)"
+    ran = f"[run by onnxruntime {importlib.metadata.version('onnxruntime')}]"  # `auto` on CPU
+    assert str(extractor.provenance["pose"]) == (
+        f"torchvision-keypointrcnn-coco random-init(seed=1) {ran}"
+    )
     # Determinism: a second extractor with the same seed gives the same features.
     np.testing.assert_array_equal(pose.Extractor(FAST)(clip).features, out.features)
 

@@ -382,7 +382,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
         pose.Config(weights="random-init", input_size=160, score_threshold=0.0),
         face.Config(),
         smoke_configs().of("scene"),
-    )
+    ).with_backend("eager")
     extractor = ClipFeatureExtractor(configs, defer=True)
     assert extractor.deferred == ("pose",)
     data = (corpus / "clip_0001.mp4").read_bytes()
@@ -392,7 +392,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     # as a model actor gets it: the package's bytes, unpacked only while the scorer loads
     files = read_package(make_package(tmp_path / "pkg", configs))
     with unpacked(files) as folder:
-        scorer = ClipScorer(folder, ModelRef("pkg", "pkg", None), device="cpu")
+        scorer = ClipScorer(folder, ModelRef("pkg", "pkg", None), device="cpu", backend="eager")
     assert not folder.exists()  # no model copy left in the temp directory
     out = scorer(table, "run-1").to_pylist()[0]
     assert out["etag"] == "e1" and out["size_bytes"] == len(data)  # the listing's columns

@@ -71,8 +71,9 @@ class Config:
             windows 43 % slower (the activations of a large batch do not stay in cache), and
             64 on CUDA (not measured here: no GPU was available).
         device: ``auto``, ``cpu`` or ``cuda``.
-        backend: what runs the OpenL3 network on CPU: ``eager`` PyTorch, ``compile``,
-            ``onnxruntime`` or ``openvino`` (`modalities.nets.backends`; in the provenance).
+        backend: what runs the OpenL3 network: ``auto`` (ONNX Runtime on CPU, eager on CUDA),
+            ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino``
+            (`modalities.nets.backends`; recorded in the provenance).
         head: ``deployed`` (`DeployedHead`: the authors' model, layer for layer) or
             ``compact`` (`Head`: ReLU convolutions of kernel 3 and a 2-layer BiLSTM, the
             cpu-smoke preset's).
@@ -95,7 +96,7 @@ class Config:
     normalise: str = "l2"
     window_batch: int = field(default=0, metadata=RUNTIME)
     device: str = field(default="auto", metadata=RUNTIME)
-    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
+    backend: str = field(default=backends.AUTO, metadata=RUNTIME)
     head: str = field(default="deployed", metadata=HEAD)
     conv_channels: tuple[int, int, int] = field(default=(64, 512, 512), metadata=HEAD)
     lstm_units: int = field(default=128, metadata=HEAD)

@@ -94,8 +94,9 @@ class Config:
         lstm: ``keras`` (Keras' LSTM and parameter count, deployed) or ``torch`` (cuDNN).
         fc_units: width of the head's hidden layer, the one fusion concatenates (paper: 8).
         lr: Adam learning rate of the head (paper: 0.005).
-        backend: what runs the FER network: ``eager`` PyTorch, ``compile``, ``onnxruntime``
-            or ``openvino`` (`modalities.nets.backends`; recorded in the provenance).
+        backend: what runs the FER network: ``auto`` (ONNX Runtime on CPU, eager on CUDA),
+            ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino``
+            (`modalities.nets.backends`; recorded in the provenance).
     """
 
     BEFORE: ClassVar[dict[str, Any]] = {"lstm": "torch"}  # packages saved before `lstm`
@@ -113,7 +114,7 @@ class Config:
     lstm: str = field(default="keras", metadata=HEAD)
     fc_units: int = field(default=8, metadata=HEAD)
     lr: float = field(default=0.005, metadata=HEAD)
-    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
+    backend: str = field(default=backends.AUTO, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         backends.check(self.backend)

@@ -79,9 +79,10 @@ class Config:
         min_person_px: minimum person box height in frame pixels.
         max_people: people kept per frame, highest scores first.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        backend: what runs the detector's ResNet-50-FPN backbone on CPU (most of its cost):
-            ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino``
-            (`modalities.nets.backends`; recorded in the provenance). RPN and heads stay eager.
+        backend: what runs the detector's ResNet-50-FPN backbone (most of its cost; RPN and
+            heads stay eager): ``auto`` (ONNX Runtime on CPU, eager on CUDA), ``eager``
+            PyTorch, ``compile``, ``onnxruntime`` or ``openvino`` (`modalities.nets.backends`;
+            recorded in the provenance).
         placement: which actor pool of the pipeline runs the keypoint model: ``gpu`` (the
             model stage; CPU-only clusters run that pool on CPU) or ``cpu`` (the decode and
             extraction pool). See the pose benchmark for why ``gpu`` is the default.
@@ -105,7 +106,7 @@ class Config:
     max_people: int = 20
     device: str = field(default="auto", metadata=base.RUNTIME)
     placement: str = field(default="gpu", metadata=base.RUNTIME)
-    backend: str = field(default=backends.EAGER, metadata=base.RUNTIME)
+    backend: str = field(default=backends.AUTO, metadata=base.RUNTIME)
     n_frames: int = 12
     frame_vector: str = "sheet"
     lstm_units: int = field(default=64, metadata=base.HEAD)

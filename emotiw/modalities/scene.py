@@ -79,7 +79,8 @@ class Config:
         channels_last: run the backbone in NHWC memory format (faster on CPU and tensor cores).
         amp: on CUDA, run the backbone in bfloat16 autocast.
         placement: the pipeline stage that runs the backbone; ``gpu`` (the model stage).
-        backend: what runs the backbone when scoring on CPU (`nets.backends`, provenance).
+        backend: what runs the backbone when scoring; ``auto``: ONNX Runtime on CPU, eager on CUDA
+            (`nets.backends`; in the provenance).
     """
 
     # Fields added later, as packages saved before them behaved (`packaging._from_dict`).
@@ -104,7 +105,7 @@ class Config:
     channels_last: bool = field(default=True, metadata=RUNTIME)
     amp: bool = field(default=True, metadata=RUNTIME)
     placement: str = field(default="gpu", metadata=RUNTIME)
-    backend: str = field(default=backends.EAGER, metadata=RUNTIME)
+    backend: str = field(default=backends.AUTO, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         backends.check(self.backend)
@@ -381,9 +382,9 @@ class Scene(Modality):
         return dict(head.provenance)
 
     def with_backend(self, head: Head, cfg: Config, weights: Any = None) -> dict[str, str]:
-        if cfg.backend == backends.EAGER:
-            return {}
         net = head.backbone
+        if backends.choose(cfg.backend, net.mean.device) == backends.EAGER:
+            return {}
         example = torch.zeros(1, 3, cfg.frame_height, cfg.frame_width, device=net.mean.device)
         net.trunk, ran = backends.run_with(net.trunk, example, cfg.backend, net.provenance, weights)
         return {NAME: ran.backend}

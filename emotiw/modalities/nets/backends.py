@@ -33,7 +33,11 @@ from torch import nn
 from emotiw.weights import Provenance, WeightsConfig
 
 EAGER = "eager"
-BACKENDS = (EAGER, "compile", "onnxruntime", "openvino")
+AUTO = "auto"
+BACKENDS = (AUTO, EAGER, "compile", "onnxruntime", "openvino")
+# What `auto` runs on a CPU: ONNX Runtime was the fastest backend per clip of the paper
+# configuration in `jobs/benchmark.py backends` (README, "CPU inference backends").
+CPU_DEFAULT = "onnxruntime"
 _DISTRIBUTION = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch"}
 _MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch._inductor"}
 
@@ -90,6 +94,7 @@ def accelerate(
     and width); the others are fixed to `example`'s. Falls back to eager (with a note) when
     the backend is missing, the module is not on the CPU, or the export fails."""
     check(backend)
+    backend = choose(backend, next(module.parameters()).device)
     if backend == EAGER:
         return _Eager(module)
     if next(module.parameters()).device.type != "cpu":
@@ -123,6 +128,15 @@ def check(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
+def choose(backend: str, device: torch.device | str) -> str:
+    """The backend that `backend` means on `device`: ``auto`` is `CPU_DEFAULT` on a CPU and
+    eager elsewhere (the exported runtimes here are CPU builds; on CUDA eager PyTorch is
+    the GPU path); any other name is itself."""
+    if backend != AUTO:
+        return backend
+    return CPU_DEFAULT if torch.device(device).type == "cpu" else EAGER
+
+
 def run_with(
     module: nn.Module,
     example: torch.Tensor,
@@ -135,6 +149,7 @@ def run_with(
     (eager: `module` itself, untouched)."""
     import dataclasses
 
+    backend = choose(backend, next(module.parameters()).device)
     if backend == EAGER:
         return module, provenance
 
@@ -183,7 +198,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int],
+def export_onnx(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int],
                  target: Path, names: list[str]) -> Path:  # fmt: skip
     """TorchScript-based exporter: it needs no extra package and handles torchvision's
     detection backbone with dynamic height and width."""
@@ -207,7 +222,7 @@ def _onnxruntime(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int
 
     path = _cached(
         folder / "model.onnx",
-        lambda tmp: _export_onnx(module, example, dynamic, tmp / "model.onnx", names),
+        lambda tmp: export_onnx(module, example, dynamic, tmp / "model.onnx", names),
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
