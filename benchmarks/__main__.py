@@ -12,6 +12,7 @@ from benchmarks import (
     commits,
     decode,
     face,
+    int8,
     pose,
     scale,
     scene,
@@ -92,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="export cache (default: a new temp folder)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=backends.bench_backends)
+    p = sub.add_parser("int8", help="ONNX Runtime int8 vs float32 per front-end, with parity")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
+    p.add_argument("--faces", type=int, default=72, help="FER crops per clip (6 x 12 frames)")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--cache", default=None, help="export cache (default: a new temp folder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=int8.bench_int8)
     p = sub.add_parser("train", help="Ray Train samples/s of the heads, 1 vs 2 workers")
     p.add_argument("--heads", type=lambda text: text.split(","), default=["audio", "face"])
     p.add_argument("--workers", type=ints, default=[1, 2])

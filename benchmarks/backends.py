@@ -46,7 +46,7 @@ def _front_end(name: str, backend: str, clip: Any, args: argparse.Namespace,
     from emotiw.modalities.nets.backbones import Backbone
 
     if name == "scene":
-        net = Backbone(scene.Config(weights="random-init"), weights)
+        net = Backbone(scene.Config(weights="random-init"), weights).eval()
         frames = torch.from_numpy(fit(clip.frames, 320, 480))
         x = frames.permute(0, 3, 1, 2).float().sub(net.mean).div(net.std)
         run, prov = backends.run_with(net.trunk, x[:1], backend, net.provenance, weights)
