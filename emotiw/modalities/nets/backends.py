@@ -35,8 +35,9 @@ from emotiw.weights import Provenance, WeightsConfig
 EAGER = "eager"
 AUTO = "auto"
 BACKENDS = (AUTO, EAGER, "compile", "onnxruntime", "openvino")
-# What `auto` runs on a CPU: ONNX Runtime was the fastest backend per clip of the paper
-# configuration in `jobs/benchmark.py backends` (README, "CPU inference backends").
+# What `auto` runs on a CPU. ONNX Runtime and OpenVINO were the fastest backends per clip of
+# the paper configuration in `jobs/benchmark.py backends`, each leading some runs (README, "CPU
+# inference backends": why ONNX Runtime for now; OpenVINO is a one-line change here).
 CPU_DEFAULT = "onnxruntime"
 _DISTRIBUTION = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch"}
 _MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch._inductor"}
