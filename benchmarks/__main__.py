@@ -23,6 +23,16 @@ from benchmarks import (
 from benchmarks.harness import ints
 
 
+def _one_clip_args(p: argparse.ArgumentParser) -> None:
+    """The paper configuration's clip, as `backends` and `int8` both measure it."""
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
+    p.add_argument("--faces", type=int, default=72, help="FER crops per clip (6 x 12 frames)")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--cache", default=None, help="export cache (default: a new temp folder)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="emotiw benchmarks: each figure as a ratio to a same-run baseline"
@@ -82,24 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=scene.bench_scene)
     p = sub.add_parser("backends", help="front-ends per inference backend, ratios to eager")
-    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    _one_clip_args(p)
     p.add_argument("--backends", type=lambda t: t.split(","),
                    default=["eager", "compile", "onnxruntime", "openvino"],
                    help="the first is the baseline")  # fmt: skip
     p.add_argument("--front-ends", type=lambda t: t.split(","), default=list(backends.FRONT_ENDS))
-    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
-    p.add_argument("--faces", type=int, default=72, help="FER crops per clip (6 x 12 frames)")
-    p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--cache", default=None, help="export cache (default: a new temp folder)")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=backends.bench_backends)
     p = sub.add_parser("int8", help="ONNX Runtime int8 vs float32 per front-end, with parity")
-    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
-    p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
-    p.add_argument("--faces", type=int, default=72, help="FER crops per clip (6 x 12 frames)")
-    p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--cache", default=None, help="export cache (default: a new temp folder)")
-    p.add_argument("--seed", type=int, default=0)
+    _one_clip_args(p)
     p.set_defaults(func=int8.bench_int8)
     p = sub.add_parser("train", help="Ray Train samples/s of the heads, 1 vs 2 workers")
     p.add_argument("--heads", type=lambda text: text.split(","), default=["audio", "face"])

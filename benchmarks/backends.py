@@ -80,20 +80,27 @@ def _flat(out: Any) -> Any:
     return torch.as_tensor(out).flatten().float()
 
 
-def bench_backends(args: argparse.Namespace) -> dict[str, float]:
-    import torch
-
+def one_clip(args: argparse.Namespace, weights: Any) -> tuple[Any, float, float]:
+    """A decoded sample clip and the per-clip seconds of what no backend changes: decoding
+    it, and dlib's face detection on it (shared with ``benchmarks.int8``)."""
     from emotiw.media import decode
     from emotiw.modalities import face
-    from emotiw.modalities.nets import torchvision_ops
-    from emotiw.weights import WeightsConfig
 
-    weights = WeightsConfig(cache_dir=args.cache or tempfile.mkdtemp(prefix="emotiw-backends-"))
     data = load_corpus(args.corpus, 2, args.seed)[0]
     clip = decode(data)
     t_decode = per_clip_seconds(lambda: decode(data), 3)
     detector = face.Extractor(face.Config(), weights)
-    t_detect = per_clip_seconds(lambda: detector.detect(clip), 2)
+    return clip, t_decode, per_clip_seconds(lambda: detector.detect(clip), 2)
+
+
+def bench_backends(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from emotiw.modalities.nets import torchvision_ops
+    from emotiw.weights import WeightsConfig
+
+    weights = WeightsConfig(cache_dir=args.cache or tempfile.mkdtemp(prefix="emotiw-backends-"))
+    clip, t_decode, t_detect = one_clip(args, weights)
     print(
         f"backends: the paper configuration's front-ends on CPU, torch threads "
         f"{torch.get_num_threads()}, cache {weights.resolved_cache_dir()}\n"

@@ -19,31 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import load_corpus, per_clip_seconds
+from benchmarks.backends import one_clip
+from benchmarks.harness import per_clip_seconds
 
 
 def _int8(module: Any, calibration: list[Any], folder: Path, dynamic: tuple, threads: int) -> Any:
-    """`module` exported to ONNX, quantised to int8 and run by ONNX Runtime, as a module (it
-    can replace a submodule, e.g. the detector's backbone): tensor in, the module's output
-    structure (a tensor or a dict of tensors) out."""
-    import torch
-
-    class Int8(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names, self.session = _quantise(module, calibration, folder, dynamic, threads)
-
-        def forward(self, x: Any) -> Any:
-            out = [torch.from_numpy(o) for o in self.session.run(None, {"input": x.numpy()})]
-            return dict(zip(self.names, out, strict=True)) if self.names else out[0]
-
-    return Int8()
-
-
-def _quantise(module: Any, calibration: list[Any], folder: Path, dynamic: tuple,
-              threads: int) -> tuple[list[str] | None, Any]:  # fmt: skip
-    """Static QDQ int8 of `module` calibrated on `calibration`: output names, ORT session."""
-    import onnxruntime as ort
+    """`module` exported to ONNX, quantised to static QDQ int8 calibrated on `calibration`,
+    and run by ONNX Runtime as a module (it can replace a submodule, e.g. the detector's
+    backbone) with the module's output structure."""
     import torch
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -53,13 +36,14 @@ def _quantise(module: Any, calibration: list[Any], folder: Path, dynamic: tuple,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from emotiw.modalities.nets.backends import export_onnx
+    from emotiw.modalities.nets.backends import export_onnx, onnxruntime_runner
 
     with torch.inference_mode():
         reference = module(calibration[0])
-    names = list(reference) if isinstance(reference, dict) else None
+    as_dict = isinstance(reference, dict)
+    names = list(reference) if as_dict else ["output"]
     fp32, pre, q = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
-    export_onnx(module, calibration[0], dynamic, fp32, names or ["output"])
+    export_onnx(module, calibration[0], dynamic, fp32, names)
     quant_pre_process(str(fp32), str(pre))
     feeds = iter([{"input": x.numpy()} for x in calibration])
 
@@ -75,10 +59,7 @@ def _quantise(module: Any, calibration: list[Any], folder: Path, dynamic: tuple,
                     op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     reduce_range=True)  # fmt: skip
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
-    return names, ort.InferenceSession(str(q), options, providers=["CPUExecutionProvider"])
+    return onnxruntime_runner(q, names, as_dict, threads)
 
 
 def _real_faces() -> Any:
@@ -200,17 +181,11 @@ def _mkdir(path: Path) -> Path:
 def bench_int8(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from emotiw.media import decode
-    from emotiw.modalities import face
     from emotiw.weights import WeightsConfig
 
     folder = Path(args.cache or tempfile.mkdtemp(prefix="emotiw-int8-"))
     weights = WeightsConfig(cache_dir=str(folder))
-    data = load_corpus(args.corpus, 2, args.seed)[0]
-    clip = decode(data)
-    t_decode = per_clip_seconds(lambda: decode(data), 3)
-    detector = face.Extractor(face.Config(), weights)
-    t_detect = per_clip_seconds(lambda: detector.detect(clip), 2)
+    clip, t_decode, t_detect = one_clip(args, weights)
     print(f"int8: ONNX Runtime static int8 vs float32, torch threads {torch.get_num_threads()}\n"
           f"  unchanged per clip: decode {1000 * t_decode:.0f} ms, dlib face detection "
           f"{1000 * t_detect:.0f} ms")  # fmt: skip

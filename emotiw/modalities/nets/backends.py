@@ -95,10 +95,11 @@ def accelerate(
     and width); the others are fixed to `example`'s. Falls back to eager (with a note) when
     the backend is missing, the module is not on the CPU, or the export fails."""
     check(backend)
-    backend = choose(backend, next(module.parameters()).device)
+    device = next(module.parameters()).device
+    backend = choose(backend, device)
     if backend == EAGER:
         return _Eager(module)
-    if next(module.parameters()).device.type != "cpu":
+    if device.type != "cpu":
         return _Eager(module, f"{backend}: CPU only")
     try:
         importlib.import_module(_MODULE.get(backend, "torch"))
@@ -114,8 +115,9 @@ def accelerate(
             return _Eager(torch.compile(module, dynamic=len(dynamic) > 1), backend="compile")
         folder = Path(cache_dir) / "backends" / _key(module, example, dynamic, backend)
         if backend == "onnxruntime":
-            return _Session(backend, _onnxruntime(module, example, dynamic, folder, names,
-                                                  threads), names, as_dict)  # fmt: skip
+            path = _cached(folder / "model.onnx", lambda tmp: export_onnx(
+                module, example, dynamic, tmp / "model.onnx", names))  # fmt: skip
+            return onnxruntime_runner(path, names, as_dict, threads)
         return _Session(backend, _openvino(module, example, dynamic, folder, threads), names,
                         as_dict)  # fmt: skip
     except Exception as exc:  # an operator the exporter lacks, a broken install: stay correct
@@ -217,20 +219,22 @@ def export_onnx(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int]
     return target
 
 
-def _onnxruntime(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int],
-                 folder: Path, names: list[str], threads: int) -> Any:  # fmt: skip
+def onnxruntime_runner(path: Path, names: list[str], as_dict: bool, threads: int) -> Runner:
+    """The ONNX model at `path` run by ONNX Runtime on the CPU with `threads` intra-op threads,
+    outputs named `names` (a dict when `as_dict`, else the first). Also runs the int8 models of
+    ``jobs/benchmark.py int8``."""
     import onnxruntime as ort
 
-    path = _cached(
-        folder / "model.onnx",
-        lambda tmp: export_onnx(module, example, dynamic, tmp / "model.onnx", names),
-    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"input": x.numpy()})
+
+    def run(x: torch.Tensor) -> list[np.ndarray]:
+        return session.run(None, {"input": x.numpy()})
+
+    return _Session("onnxruntime", run, names, as_dict)
 
 
 def _openvino(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int],
