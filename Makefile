@@ -9,8 +9,13 @@ STAMP  := $(VENV)/.installed
 SCAN   := .venv-scan
 SCAN_STAMP := $(SCAN)/.installed
 PYTEST_ARGS ?=
+# Runs a test tier and prints its wall time (kept beside --durations in CI logs).
+define timed
+	@start=$$(date +%s); $(1); rc=$$?; \
+	echo "$(2): $$(( $$(date +%s) - start )) s wall, exit $$rc"; exit $$rc
+endef
 
-.PHONY: install demo test test-fast lint benchmark clean
+.PHONY: install demo test test-fast test-all lint benchmark clean
 
 install: $(STAMP)
 
@@ -39,12 +44,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check emotiw jobs tests benchmarks cluster
 	$(BIN)/ruff format --check emotiw jobs tests benchmarks cluster
 
+# The tiers (pyproject.toml's markers; tests/conftest.py): `make test` is CI's (unit + e2e:
+# every promised behaviour), `make test-fast` the inner loop (unit: no Ray job), `make test-all`
+# adds the nightly tier (paper schedules, fresh installs, clusters of their own, the demo).
 test: $(STAMP) $(SCAN_STAMP) lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(call timed,$(BIN)/python -m pytest -m "not nightly" $(PYTEST_ARGS),make test)
 
-# The inner loop: everything but the end-to-end jobs and benchmarks (marked slow).
 test-fast: $(STAMP) $(SCAN_STAMP) lint
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(call timed,$(BIN)/python -m pytest -m unit $(PYTEST_ARGS),make test-fast)
+
+test-all: $(STAMP) $(SCAN_STAMP) lint
+	$(call timed,$(BIN)/python -m pytest $(PYTEST_ARGS),make test-all)
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks decode

@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="input short sides to measure (comma-separated)",
     )
     p.add_argument("--people", type=int, default=6, help="people per frame (paper: 6.2)")
+    p.add_argument("--frames", type=int, default=12, help="sampled frames run (paper: 12)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=pose.bench_pose)

@@ -58,7 +58,8 @@ def run_demo(cfg: DemoConfig) -> int:
     train_dir, drop_dir = work / "corpus", work / "drop"
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work}/mlflow.db"
     work.mkdir(parents=True, exist_ok=True)
-    if not (train_dir / "labels.txt").exists():
+    model = latest_version(tracking, MODEL_NAME)  # a registered model: no training corpus
+    if model is None and not (train_dir / "labels.txt").exists():
         print(f"[1/4] writing {cfg.n_train} synthetic training clips to {train_dir}", flush=True)
         write_sample_corpus(str(train_dir), cfg.n_train, cfg.seed)
     if not (drop_dir / "labels.txt").exists():
@@ -67,7 +68,6 @@ def run_demo(cfg: DemoConfig) -> int:
         (drop_dir / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
         (drop_dir / "empty.mp4").write_bytes(b"")
 
-    model = latest_version(tracking, MODEL_NAME)
     if model:
         print(f"[2/4] using the registered {model} ({tracking})", flush=True)
     else:

@@ -26,8 +26,6 @@ TEST_KEY = "emotiw-test-key"
 TEST_SECRET = "emotiw-test-secret-9f1c2e"
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# What every job subprocess gets: a local Ray without token auth, unbuffered output.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 # The CPU / offline modality set (scene on EfficientNet-Lite0, log-mel audio, faces) as flags.
 SMOKE_ARGS = ["--preset", "cpu-smoke"]
 
@@ -100,37 +98,162 @@ def real_photos() -> list[np.ndarray]:
     return [data.astronaut(), np.asarray(hopper)]
 
 
+# The session's Ray cluster (conftest's `ray_cluster`), while an e2e or nightly test (or a
+# module fixture of one) runs: its jobs connect to it. Never in this process's environment,
+# so a unit test's command sees no cluster, whichever tests ran before it.
+SESSION: dict[str, str | None] = {"ray_address": None}
+
+
+def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What every job subprocess gets: this process's environment, the session cluster's
+    address (when an e2e or nightly test runs), no token auth, unbuffered output."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    if SESSION["ray_address"]:
+        env["RAY_ADDRESS"] = SESSION["ray_address"]
+    return {**env, **(extra or {})}
+
+
 def free_port() -> int:
+    """A port free now. Another process can take it before ours binds it: whatever starts a
+    server on it goes through `serve` or `RayNode`, which retry on fresh ports."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def session_pids(sid: int) -> list[int]:
+    """The live processes of process session `sid`: a child started with
+    ``start_new_session=True`` and everything it spawned (unless one called setsid)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # session id; zombies are gone already
+            found.append(int(proc.name))
+    return found
+
+
+def title_of(pid: int) -> str:
+    """A process's title (Ray renames its workers: ``ray::MapWorker(...)``); "" if gone."""
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stop_session(leader: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the session's leader, then SIGKILL whatever of its session is left: ends a
+    server or a Ray node this test suite started, and nothing else on the host."""
+    import signal
+
+    sid = leader.pid
+    if leader.poll() is None:
+        leader.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=grace_s)
+    for pid in session_pids(sid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        leader.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def serve(
-    args: list[str],
-    health_url: str,
+    make_args: Any,
+    health_path: str,
     name: str,
     env: dict[str, str] | None = None,
     timeout: float = 120,
-) -> Iterator[None]:
-    """Run a server process until `health_url` answers; stop it afterwards."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + timeout
-    while True:
+    tries: int = 3,
+) -> Iterator[str]:
+    """Run a server (``make_args(port)``: its command line) on a free port until
+    ``http://127.0.0.1:PORT{health_path}`` answers, in a process session of its own; yields
+    its base URL and stops it (and anything it spawned) afterwards. A server that exits
+    before answering (its port was taken in the meantime) is started again on another port."""
+    for attempt in range(tries):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            make_args(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + health_path, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            stop_session(proc, grace_s=5)
+            if attempt + 1 < tries and time.monotonic() < deadline:
+                continue
+            raise RuntimeError(f"{name} did not start")
         try:
-            urllib.request.urlopen(health_url, timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not start") from None
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+            yield url
+        finally:
+            stop_session(proc, grace_s=5)
+        return
+
+
+class RayNode:
+    """One Ray node, ``ray start --block`` in a process session of its own: its GCS, raylet,
+    dashboard, agents and workers share that session, so `stop` ends exactly them (never
+    another Ray on the host, as `ray stop` would) and `pids_titled` finds only its actors.
+    Every port is chosen free (a second node on this machine needs its own agents' ports);
+    a start that fails on a port taken meanwhile is retried on fresh ones."""
+
+    PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port")  # fmt: skip
+
+    def __init__(self, *args: str, head: bool, env: dict[str, str], tries: int = 3) -> None:
+        import tempfile
+
+        self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths stay short
+        ray = str(BIN / "ray")
+        for attempt in range(tries):
+            self.port, self.dashboard_port = free_port(), free_port()
+            ports = [f"--{name}={free_port()}" for name in self.PORTS]
+            if head:
+                ports += [f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
+                          f"--ray-client-server-port={free_port()}", "--include-dashboard=true",
+                          f"--temp-dir={self.temp}"]  # fmt: skip
+            self.log = Path(self.temp + f"-{attempt}.log")
+            with self.log.open("w") as log:
+                self.proc = subprocess.Popen(
+                    [ray, "start", "--block", "--disable-usage-stats", *ports, *args],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                )  # fmt: skip
+            deadline = time.monotonic() + 120
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in self.log.read_text(errors="replace"):
+                    return
+                time.sleep(0.2)
+            stop_session(self.proc, grace_s=5)
+        raise RuntimeError("ray start failed:\n" + self.log.read_text(errors="replace")[-3000:])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def pids_titled(self, prefix: str) -> list[int]:
+        """This node's processes whose title starts with `prefix`."""
+        return [pid for pid in session_pids(self.proc.pid) if title_of(pid).startswith(prefix)]
+
+    def stop(self) -> None:
+        import shutil
+
+        stop_session(self.proc, grace_s=10)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def run_job(
@@ -139,10 +262,45 @@ def run_job(
     """``python jobs/<job>.py ARGS`` as a user would run it; asserts success unless told not."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, env=job_env(env),
     )  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def run_here(
+    job: str, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`run_job` without the process: ``emotiw.cli.main([job, *args])`` in this process (the
+    entrypoints are that call and nothing else), on the session's Ray cluster, with `env`
+    set and stdout / stderr captured for the call, then everything put back: environment,
+    log handlers, Ray connection. For tests where no process boundary is under test."""
+    import io
+
+    import ray
+
+    from emotiw import logs
+    from emotiw.cli import main
+
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(job_env(env))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([job, *args])
+    finally:
+        logs.setup("info", "text")  # the handler on this process's stderr again
+        ray.shutdown()  # disconnect: the cluster stays up
+        if "mlflow" in sys.modules:  # a job pointed MLflow at its store: point it back
+            import mlflow
+
+            mlflow.set_tracking_uri(saved.get("MLFLOW_TRACKING_URI"))
+        os.environ.clear()
+        os.environ.update(saved)
+    proc = subprocess.CompletedProcess([job, *args], code, out.getvalue(), err.getvalue())
+    if check:
+        assert code == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
 

@@ -61,7 +61,8 @@ def test_fer_agrees_with_eager_on_real_faces(backend: str, faces: torch.Tensor, 
     with torch.inference_mode():
         want, got = eager(faces).softmax(-1), other.fer(faces).softmax(-1)
     assert len(faces) >= 102
-    assert (want.argmax(-1) == got.argmax(-1)).float().mean() == 1.0  # issue: >= 99 %
+    # the documented bar: 99 % class agreement (two near-tied classes may swap within 1e-4)
+    assert (want.argmax(-1) == got.argmax(-1)).float().mean() >= 0.99
     assert (want - got).abs().max() < 1e-4
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import ROOT
+from helpers import job_env
 from helpers import run_cli as run
 
 
@@ -121,92 +120,68 @@ def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -
     assert "Traceback" in json.loads(with_trace.stderr.splitlines()[-1])["traceback"]
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_demo_trains_registers_scores_and_reruns(tmp_path: Path) -> None:
     """`make demo`'s command, smaller: corpus -> quick models registered in MLflow -> scoring
-    through local Ray -> Parquet -> summary; a second demo reuses the registered model."""
-    env = {"RAY_AUTH_MODE": "disabled"}
+    through Ray -> Parquet -> summary; a second demo reuses the registered model.
+    Sibling in make test: tests/test_cli.py::test_demo_scores_a_drop_with_a_registered_model
+    (the demo's scoring half) and
+    tests/test_training.py::test_train_learns_cues_logs_to_mlflow_and_registers
+    (extract, train and registration through the same jobs)."""
+    env = job_env()  # on the session's cluster
     work = str(tmp_path / "demo")
     proc = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
     out = proc.stdout
     assert "no registered model yet" in out and "registered models:/emotiw-demo/1" in out
+    assert "head-scene epoch 8/8" in out  # progress lines
+    _assert_demo_scored(proc, Path(work))
+    again = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
+    assert "using the registered models:/emotiw-demo/1" in again.stdout
+    assert "5 already scored" in again.stdout
+
+
+@pytest.mark.e2e
+def test_demo_scores_a_drop_with_a_registered_model(tmp_path: Path, smoke_package: Path) -> None:
+    """`emotiw demo` where a model is registered already (the demo's second run, a scheduled
+    tick): no training corpus, no training; the drop scored through Ray into Parquet, the
+    rerun finding nothing new, DuckDB's summary, a clean stderr, the cookbook on its table."""
+    from emotiw.demo import MODEL_NAME
+    from emotiw.tracking import log_package, mlflow_client
+
+    work = tmp_path / "demo"
+    client = mlflow_client(f"sqlite:///{work}/mlflow.db", "emotiw", str(work))
+    with client.start_run():
+        log_package(client, smoke_package, MODEL_NAME)
+    proc = run("demo", "--workdir", str(work), "--n-drop", "3", env=job_env(), timeout=600)
+    assert f"using the registered models:/{MODEL_NAME}/1" in proc.stdout
+    assert not (work / "corpus").exists() and "no registered model yet" not in proc.stdout
+    _assert_demo_scored(proc, work)
+
+
+def _assert_demo_scored(proc: subprocess.CompletedProcess[str], work: Path) -> None:
+    """What a demo prints and writes once it has a model: the drop's 3 clips and 2 bad files
+    scored, the rerun, the summary; on stderr progress lines and nothing else, but for the
+    one line Ray core prints for every Ray Data actor pool (README "Progress and logs":
+    ray-project/ray#57733); the README's query cookbook runs on its table."""
+    from helpers import run_cookbook
+
+    out = proc.stdout
     assert "5 clips listed, 0 already scored, 3 scored, 2 errors (empty 1, not_media 1)" in out
     assert "5 clips listed, 5 already scored, 0 scored" in out  # the rerun
     assert "error: not_media" in out and "agreement of each modality's head" in out
-    assert "head-scene epoch 8/8" in out  # progress lines
-    # a clean demo's stderr: progress lines and nothing else, but for the one line Ray core
-    # prints for every Ray Data actor pool (README "Progress and logs": ray-project/ray#57733)
     known = "has constructor arguments in the object store and max_restarts > 0"
     progress = re.compile(r"^(score|extract): \d+/\d+ clips \(\d+%\), [\d.]+ clips/s, \d+ errors")
     stray = [line for line in proc.stderr.splitlines()
              if line.strip() and not progress.match(line) and known not in line]  # fmt: skip
     assert not stray, "\n".join(stray)
     assert any(progress.match(line) for line in proc.stderr.splitlines())  # one at least
-    # the README's query cookbook runs on the demo's table
-    from helpers import run_cookbook
-
-    book = run_cookbook(Path(work) / "scores")
+    book = run_cookbook(work / "scores")
     assert len(book["most negative clips this week (each clip's current score)"]) == 3
     assert sum(n for _, _, n, _ in book["sentiment share per day"]) == 3
     assert (
         book["two model versions compared on the clips both scored (--rescore-on-model-change)"]
         == []
     )
-    again = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
-    assert "using the registered models:/emotiw-demo/1" in again.stdout
-    assert "5 already scored" in again.stdout
-
-
-def run_benchmark(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-@pytest.mark.slow
-def test_benchmark_decode_prints_ratio() -> None:
-    assert "ratio media.decode / limit = " in run_benchmark("decode", "--n", "3", "--repeat", "1")
-
-
-@pytest.mark.slow
-def test_benchmark_face_prints_split_and_recall() -> None:
-    out = run_benchmark("face", "--n", "2", "--frames", "3")
-    assert "detection" in out and "FER" in out
-    assert "recall<56px" in out and "1.00x" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
-    assert {r[0] for r in rows if len(r) == 8} == {"hog", "cnn"}  # both detectors measured
-
-
-@pytest.mark.slow
-def test_benchmark_pose_prints_sizes_and_ratios() -> None:
-    out = run_benchmark("pose", "--sizes", "128", "--people", "1")
-    assert "random-init weights" in out and "x decode" in out
-    # one row for the size at --people, then one at one person (the first column is the size;
-    # other columns can hold 128 by chance, e.g. a "x decode" ratio)
-    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
-    assert [r[0] for r in rows if len(r) == 6 and r[1] != "people"] == ["128", "128"]
-
-
-@pytest.mark.slow
-def test_benchmark_audio_prints_batches_and_logmel() -> None:
-    out = run_benchmark("audio", "--n", "2", "--batch", "1,2")
-    assert "speed vs 1/forward" in out and "logmel" in out and "random-init" in out
-
-
-@pytest.mark.slow
-def test_benchmark_scene_prints_sizes_and_speeds() -> None:
-    out = run_benchmark(
-        "scene", "--backbones", "efficientnet-lite0", "--batch", "4", "--head-batch", "2",
-        "--repeat", "1",
-    )  # fmt: skip
-    assert "MB float16" in out and "the JPEG frames" in out
-    assert out.count("channels_last   inference") == 2 and "1.00x" in out
-    assert "ConvLSTM heads + FC" in out
 
 
 def _subparsers(parser):

@@ -62,7 +62,7 @@ def test_cues_follow_class_at_full_strength(tmp_path: Path) -> None:
     assert abs(pitch[0] - 660) < 25 and abs(pitch[1] - 440) < 20 and abs(pitch[2] - 220) < 10
 
 
-@pytest.mark.slow  # ~20 s: out of make test-fast, still in make test
+@pytest.mark.e2e  # ~20 s: out of make test-fast, still in make test
 def test_zero_strength_decouples_cues(tmp_path: Path) -> None:
     clips = write_sample_corpus(str(tmp_path), 30, seed=1, cfg=CorpusConfig(cue_strength=0.0))
     agree = sum(c.scene_cue == c.label for c in clips)

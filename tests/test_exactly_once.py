@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,14 @@ from emotiw.features import feature_schema
 from emotiw.schema import score_schema
 from emotiw.storage import arrow_filesystem
 from emotiw.table import read
-from helpers import ENV, ROOT, SMOKE_ARGS, FaultyS3Proxy, make_package, run_job, smoke_configs
-
-pytestmark = pytest.mark.slow  # subprocess jobs on local Ray
+from helpers import (
+    ROOT,
+    SMOKE_ARGS,
+    FaultyS3Proxy,
+    job_env,
+    run_job,
+    stop_session,
+)
 
 PROBS = ["prob_positive", "prob_neutral", "prob_negative"]
 
@@ -52,8 +57,8 @@ def drop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_package(tmp_path_factory.mktemp("model") / "emotiw-test-model", smoke_configs())
+def package(smoke_package: Path) -> Path:
+    return smoke_package
 
 
 def listed(drop: Path) -> set[str]:
@@ -87,11 +92,42 @@ def assert_nothing_to_clean(out: Path) -> None:
     assert not left, left
 
 
-def start_job(job: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})},
-    )  # fmt: skip
+class Drivers:
+    """Job drivers started in the background, each in a process session of its own; whatever
+    the test's outcome, `stop_all` ends those still running (a driver left behind would keep
+    its lease and the cluster's CPUs for later tests)."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, job: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=job_env(env), start_new_session=True,
+        )  # fmt: skip
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            stop_session(proc, grace_s=10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture(scope="module")
+def module_drivers() -> Iterator[Drivers]:
+    drivers = Drivers()
+    yield drivers
+    drivers.stop_all()
+
+
+@pytest.fixture
+def drivers() -> Iterator[Drivers]:
+    drivers = Drivers()
+    yield drivers
+    drivers.stop_all()
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 300) -> Any:
@@ -108,31 +144,28 @@ def committed_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*.parquet") if "_staging" not in str(p)]
 
 
-def pids_titled(prefix: str) -> list[int]:
-    """Processes whose title starts with `prefix` (Ray actors: ``ray::MapWorker(...)``)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                if title.startswith(prefix):
-                    found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(scope="module")
-def clean(drop: Path, package: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def clean(
+    drop: Path,
+    package: Path,
+    module_drivers: Drivers,
+    ray_cluster: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
     """A clean single run, with two overlapping runs started while it writes: the second
-    exits with code 75 at once, a third with --wait waits and then finds nothing to do."""
+    exits with code 75 at once, a third with --wait waits and then finds nothing to do.
+    The first run is held (SIGSTOP) once its lease exists, so the others meet it mid-run
+    however fast this machine is; it resumes (SIGCONT) well within the lease's ttl."""
     out = tmp_path_factory.mktemp("clean") / "scores"
     args = ["--input", str(drop), "--output", str(out), "--model", str(package)]
-    first = start_job("score", *args, "--commit-every", "3")
+    first = module_drivers.start("score", *args, "--commit-every", "3")
     wait_for(lambda: (out / "_lease.json").exists(), "the first run's lease")
-    waiting = start_job("score", *args, "--wait")
-    time.sleep(3)  # the issue's case: a second run 3 s after the first
-    second = run_job("score", *args, check=False, timeout=120)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        waiting = module_drivers.start("score", *args, "--wait")
+        second = run_job("score", *args, check=False, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 75, second.stdout + second.stderr
     assert "is being written by run" in second.stderr and "--wait" in second.stderr
     stdout, stderr = first.communicate(timeout=900)
@@ -148,6 +181,7 @@ def clean(drop: Path, package: Path, tmp_path_factory: pytest.TempPathFactory) -
     return rows
 
 
+@pytest.mark.e2e
 def test_same_names_in_two_folders_keep_their_own_scores(clean, drop) -> None:
     for i in range(4):
         one, two = clean[f"cam1/clip_{i:04d}.mp4"], clean[f"cam2/clip_{i:04d}.mp4"]
@@ -163,8 +197,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.e2e
 def test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing(
-    clean, drop, package, tmp_path
+    clean, drop, package, drivers, ray_cluster, tmp_path
 ) -> None:
     """SIGKILL an extract actor, then a model actor (Ray restarts them and retries their
     tasks), then the driver, each after a chunk was committed; the rerun takes the dead
@@ -174,11 +209,12 @@ def test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing(
     # enough for three kills at known points
     args = ["--input", str(drop), "--output", str(out), "--model", str(package),
             "--commit-every", "2", "--extract-actors", "1", "--model-batch-size", "1"]  # fmt: skip
-    run = start_job("score", *args)
-    pid = wait_for(lambda: pids_titled("ray::MapWorker(MapBatches(ExtractActor))"), "actor")[0]
+    run = drivers.start("score", *args)
+    titled = ray_cluster.pids_titled  # this session's cluster only, never another Ray's
+    pid = wait_for(lambda: titled("ray::MapWorker(MapBatches(ExtractActor))"), "actor")[0]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: committed_files(out), "a committed chunk")
-    pid = wait_for(lambda: pids_titled("ray::MapWorker(MapBatches(ModelActor))"), "actor")[0]
+    pid = wait_for(lambda: titled("ray::MapWorker(MapBatches(ModelActor))"), "actor")[0]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: len(rows_of(str(out))) >= 4, "chunks after the actor kills")
     assert run.poll() is None, "the run finished before its driver could be killed"
@@ -206,15 +242,21 @@ def assert_faces_once(rows: list[dict[str, Any]], faces: Path) -> None:
     assert_nothing_to_clean(faces)
 
 
+@pytest.mark.nightly
 def test_s3_outage_and_dropped_reads_are_ridden_out(
-    clean, drop, package, s3_bucket, s3_storage, s3_env
+    clean, drop, package, drivers, s3_bucket, s3_storage, s3_env
 ) -> None:
     """Output at the root of a new, empty bucket; a clip whose GETs drop 12 times in a row
     (past the tries inside one s3fs call, `storage.LIBRARY_TRIES`: the job's own retry is what
     saves it) and the endpoint down for 6 s after the first chunk is committed: open
     connections cut, new ones refused. (This found two losses: a lease left behind when the
     release met botocore's connection error, and a chunk counted as committed whose upload
-    pyarrow's `copy_files` had lost; see `storage.upload_file`.)"""
+    pyarrow's `copy_files` had lost; see `storage.upload_file`.)
+    Sibling in make test:
+    tests/test_table.py::test_lease_renewal_and_release_ride_out_an_endpoint_outage
+    and tests/test_storage.py::test_upload_lands_whole_or_raises_when_the_endpoint_drops (the
+    lease and the chunk upload through outages) and
+    tests/test_scoring.py::test_score_on_s3_with_manifest (the job on S3)."""
     from emotiw.storage import fsspec_filesystem
 
     fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)
@@ -222,7 +264,7 @@ def test_s3_outage_and_dropped_reads_are_ridden_out(
     proxy = FaultyS3Proxy(s3_env["AWS_ENDPOINT_URL_S3"])
     try:
         proxy.fail_gets("in/cam2/clip_0001.mp4", 12)
-        run = start_job(
+        run = drivers.start(
             "score", "--input", f"{s3_bucket}/in", "--output", s3_bucket,
             "--model", str(package), "--commit-every", "2",
             env={**s3_env, "AWS_ENDPOINT_URL_S3": proxy.url},
@@ -241,11 +283,17 @@ def test_s3_outage_and_dropped_reads_are_ridden_out(
     assert not fs.exists(f"{bucket}/_lease.json") and not fs.exists(f"{bucket}/_staging")
 
 
+@pytest.mark.nightly
 def test_a_clip_failing_past_its_attempts_is_retried_by_the_next_run(
     drop, package, s3_bucket, s3_storage, s3_env
 ) -> None:
     """Reads failing through every try: a retryable `io` row, the error-rate alarm (exit 3);
-    the next run, with nothing asked of it, scores the clip; its newest row is the success."""
+    the next run, with nothing asked of it, scores the clip; its newest row is the success.
+    Sibling in make test:
+    tests/test_table.py::test_done_keys_retry_transient_errors_and_match_old_rows
+    (a retryable row is not done) and
+    tests/test_table.py::test_retry_call_retries_transient_failures_only
+    (the per-clip attempts)."""
     from emotiw.storage import fsspec_filesystem
 
     fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)
@@ -268,11 +316,12 @@ def test_a_clip_failing_past_its_attempts_is_retried_by_the_next_run(
     assert rows[0]["attempts"] == 2
 
 
-def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, tmp_path) -> None:
+@pytest.mark.e2e
+def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, drivers, tmp_path) -> None:
     out = tmp_path / "features"
     args = ["--videos", str(drop), "--output", str(out), *SMOKE_ARGS, "--commit-every", "2",
             "--extract-actors", "1", "--details-output", "auto"]  # fmt: skip
-    run = start_job("extract", *args)
+    run = drivers.start("extract", *args)
     wait_for(lambda: committed_files(out), "a committed chunk")
     assert run.poll() is None, "the run finished before its driver could be killed"
     run.kill()

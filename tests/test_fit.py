@@ -25,7 +25,7 @@ from emotiw.train.data import SEP, unflatten
 from emotiw.train.driver import fit
 from emotiw.train.worker import FusionSpec, HeadSpec
 
-pytestmark = pytest.mark.slow  # three TorchTrainer runs on local Ray: ~2 min
+pytestmark = pytest.mark.e2e  # three TorchTrainer runs on local Ray: ~2 min
 
 DIM = 6
 

@@ -5,9 +5,11 @@ those requirements installed (no emotiw on any index: the code ships with the mo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,13 +29,16 @@ print(json.dumps({"emotiw": emotiw.__file__, "rows": out.to_dict(orient="records
 """
 
 
-@pytest.mark.slow
-def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A package logged and registered in a file store, downloaded back as a user of the
+    registry gets it, with a feature table of real extracted rows to predict on."""
     import mlflow
 
-    from emotiw.tracking import CANDIDATE, MODEL_REQUIREMENTS, log_package, mlflow_client
+    from emotiw.tracking import CANDIDATE, log_package, mlflow_client
 
-    # a feature table of real extracted rows (in-process: no Ray needed for two clips)
+    tmp_path = tmp_path_factory.mktemp("logged")
+    # a feature table of real extracted rows (in-process: no Ray needed for three clips)
     clips = tmp_path / "clips"
     write_sample_corpus(str(clips), 3, seed=5)
     configs = smoke_configs()
@@ -44,15 +49,28 @@ def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(tmp_path: Pat
     features = tmp_path / "features.parquet"
     pq.write_table(rows_to_table(rows).select(feature_schema().names), features)
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     client = mlflow_client(None, "package-test", str(tmp_path / "mlruns"))
-    package = make_package(tmp_path / "model" / "emotiw-test", configs)
-    with client.start_run():
-        uri = log_package(client, package, "emotiw-test")
-    version = mlflow.MlflowClient().get_model_version_by_alias("emotiw-test", CANDIDATE)
-    assert uri == f"models:/emotiw-test/{version.version}"
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl"))
-    )
+    try:
+        package = make_package(tmp_path / "model" / "emotiw-test", configs)
+        with client.start_run():
+            uri = log_package(client, package, "emotiw-test")
+        version = mlflow.MlflowClient().get_model_version_by_alias("emotiw-test", CANDIDATE)
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl"))
+        )
+    finally:
+        mlflow.set_tracking_uri(before)  # a module fixture: conftest restores per test only
+    return {"uri": uri, "version": version, "local": local, "features": features}
+
+
+def test_registered_model_is_code_with_a_signature_and_pinned_requirements(logged) -> None:
+    import mlflow
+
+    from emotiw.tracking import MODEL_REQUIREMENTS
+
+    local = logged["local"]
+    assert logged["uri"] == f"models:/emotiw-test/{logged['version'].version}"
     # models from code: the model is this file, not a pickle; the emotiw code ships with it
     meta = mlflow.models.Model.load(str(local / "MLmodel"))
     pyfunc = meta.flavors["python_function"]
@@ -66,8 +84,23 @@ def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(tmp_path: Pat
     requirements = (local / "requirements.txt").read_text().split()
     assert [r.split("==")[0] for r in requirements] == list(MODEL_REQUIREMENTS)
     assert all("==" in r and "+" not in r for r in requirements)
-    expected = mlflow.pyfunc.load_model(str(local)).predict(pq.read_table(features).to_pandas())
+    out = mlflow.pyfunc.load_model(str(local)).predict(
+        pq.read_table(logged["features"]).to_pandas()
+    )
+    assert len(out) == 3 and set(out["predicted"]) <= {"positive", "neutral", "negative"}
 
+
+@pytest.mark.nightly
+def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(logged, tmp_path: Path) -> None:
+    """The downloaded model run in a fresh virtualenv that has only its requirements (an
+    install of minutes: nightly), with the same predictions as here.
+    Sibling in make test:
+    tests/test_model_package.py::test_registered_model_is_code_with_a_signature_and_pinned_requirements
+    (the same logged model, its requirements and pyfunc, loaded in this environment)."""
+    import mlflow
+
+    local, features = logged["local"], logged["features"]
+    expected = mlflow.pyfunc.load_model(str(local)).predict(pq.read_table(features).to_pandas())
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")

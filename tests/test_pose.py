@@ -119,7 +119,7 @@ def extractor() -> pose.Extractor:
     return pose.Extractor(FAST)
 
 
-@pytest.mark.slow  # ~20 s: out of make test-fast, still in make test
+@pytest.mark.e2e  # ~20 s: out of make test-fast, still in make test
 def test_extractor_end_to_end_random_init(extractor, sample_corpus: Path) -> None:
     clip = decode(sample_corpus / "clip_0000.mp4")
     out = extractor(clip)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import ENV, ROOT, make_package, smoke_configs, write_clip
+from helpers import ROOT, job_env, write_clip
 
 SCHEDULE = ROOT / "cluster" / "kuberay" / "schedule.py"
 
@@ -79,7 +79,7 @@ def _tick(tmp_path: Path, manifest: Path, outcome: str = "SUCCEEDED") -> tuple[i
     kubectl.chmod(0o755)
     state = tmp_path / "kube.json"
     before = len(json.loads(state.read_text())["calls"]) if state.exists() else 0
-    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}",
+    env = {**job_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "FAKE_KUBE_STATE": str(state), "FAKE_KUBE_OUTCOME": outcome}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, str(SCHEDULE), "--manifest", str(manifest), "--poll-s", "0.1"],
@@ -106,11 +106,13 @@ def _commit(table: Path, rows: list[dict]) -> None:
     writer.close()
 
 
-def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(tmp_path: Path) -> None:
+def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(
+    tmp_path: Path, smoke_package: Path
+) -> None:
     from emotiw.storage import iter_video_objects
 
     clips, table = tmp_path / "clips", tmp_path / "scores"
-    model = make_package(tmp_path / "model", smoke_configs())
+    model = smoke_package
     clips.mkdir()
     for name in ("a.mkv", "b.mkv"):
         write_clip(clips / name, n_frames=10)

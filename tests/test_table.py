@@ -157,7 +157,9 @@ def test_lease_is_exclusive_renewed_and_taken_over_when_dead(table_url) -> None:
     first.check()
     first._stop.set()  # the holder freezes (no more heartbeats) ...
     first._thread.join()
-    time.sleep(4.5)  # ... past its expiry: a new run takes over, the old one learns it
+    # ... past its last renewal's expiry (with a margin, whatever the renewals' timing): a
+    # new run takes over, the old one learns it
+    time.sleep(max(0.0, first.info.expires_at - time.time()) + 1.0)
     second = Lease.acquire(url, storage, "run-b", job())
     assert "took over the lease of dead run run-a" in second.note
     with pytest.raises(LeaseLost):
@@ -295,10 +297,10 @@ def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
 
     out = io.StringIO()  # not a terminal
     logs.setup("info", "text", stream=out)
-    progress = Progress("score", 10, interval_s=0.05, stream=out)
+    clock = iter([0.0, 0.01, 0.5, 0.5]).__next__  # start, update, update, close
+    progress = Progress("score", 10, interval_s=0.05, stream=out, clock=clock)
     progress.update(2, 0)  # within the interval: nothing yet
-    time.sleep(0.06)
-    progress.update(3, 1)
+    progress.update(3, 1)  # past it
     progress.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("score: 5/10 clips (50%), ")

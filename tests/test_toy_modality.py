@@ -6,6 +6,7 @@ name (the session's Ray has the tests folder on its path), as they would a plug-
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,7 +91,16 @@ class Toy(Modality):
         return (cfg.n_frames, 3)
 
 
-TOY = modalities.register(Toy())
+TOY = modalities.register(Toy())  # on import, as a plug-in package registers its modality
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_registered() -> Iterator[None]:
+    """Registered for this module's tests only (conftest removes it after collection, so
+    the rest of the suite sees the built-in modalities alone)."""
+    modalities.register(TOY)
+    yield
+    modalities.unregister(TOY.name)
 
 
 def test_the_toy_is_registered_and_has_flags() -> None:
@@ -105,7 +115,7 @@ def test_the_toy_is_registered_and_has_flags() -> None:
     assert modality_configs(args).of("toy") == Config(hidden=8)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_extract_train_and_score_with_a_fifth_modality(local_ray, tmp_path: Path) -> None:
     from emotiw.corpus import write_sample_corpus
     from emotiw.extract import ExtractConfig, run_extract

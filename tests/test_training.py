@@ -1,9 +1,10 @@
-"""Extract -> train -> evaluate, run as a user would: the job entrypoints in subprocesses on
-local Ray, the validation corpus and its feature table on a real S3 endpoint (moto_server on
-loopback), MLflow against a real `mlflow server` on 127.0.0.1, the registered model loaded
-back. Also the learnability test: on the synthetic corpus, each head with a cue (scene
-colours, audio tones, face counts) beats chance on held-out clips and FC fusion is at least
-as good as the best head."""
+"""Extract -> train -> evaluate, run as a user would: the jobs' command lines (`emotiw.cli.main`,
+what `jobs/*.py` call, run in this process: the entrypoints' process boundary is tested in
+test_cli and test_exactly_once) on the session's Ray cluster, the validation corpus and its
+feature table on a real S3 endpoint (moto_server on loopback), MLflow against a real
+`mlflow server` on 127.0.0.1, the registered model loaded back. Also the learnability test:
+on the synthetic corpus, each head with a cue (scene colours, audio tones, face counts) beats
+chance on held-out clips and FC fusion is at least as good as the best head."""
 
 from __future__ import annotations
 
@@ -19,18 +20,23 @@ from emotiw import fusion, metrics
 from emotiw.corpus import write_sample_corpus
 from emotiw.modalities import face, pose, scene
 from emotiw.packaging import PackagedModel, load_model, save_model
-from helpers import SMOKE_ARGS, run_job, smoke_configs, write_bad_files
+from helpers import SMOKE_ARGS, run_here, smoke_configs, write_bad_files
 
 CONFIGS = smoke_configs()
 
-pytestmark = pytest.mark.slow  # subprocess jobs on local Ray: minutes each
+pytestmark = pytest.mark.e2e  # jobs on the session's Ray cluster: minutes each
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_env) -> dict[str, Any]:
+def tables(
+    tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_env, ray_cluster
+) -> dict[str, Any]:
     """Train and validation feature tables from two sample corpora (different seeds). The
     training corpus is local and also holds a corrupt file, an empty one and an unlabelled
-    clip; the validation corpus and its table live in a bucket on the S3 test server."""
+    clip; the validation corpus and its table live in a bucket of its own (a rerun in the
+    same session gets another) on the S3 test server."""
+    import uuid
+
     from emotiw.config import StorageConfig
     from emotiw.storage import fsspec_filesystem
     from helpers import TEST_KEY, TEST_SECRET
@@ -42,23 +48,25 @@ def tables(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_env) -
     write_bad_files(train_videos)
     (train_videos / "unlabelled.mp4").write_bytes((val_videos / "clip_0000.mp4").read_bytes())
     storage = StorageConfig(endpoint_url=s3_endpoint, key=TEST_KEY, secret=TEST_SECRET)
-    fs, _ = fsspec_filesystem("s3://emotiw-train-test", storage)
-    fs.mkdir("emotiw-train-test")
-    fs.put(str(val_videos) + "/", "emotiw-train-test/val_videos/", recursive=True)
-    val_uri = "s3://emotiw-train-test/val_videos"
+    bucket = f"emotiw-train-{uuid.uuid4().hex[:8]}"
+    fs, _ = fsspec_filesystem(f"s3://{bucket}", storage)
+    fs.mkdir(bucket)
+    fs.put(str(val_videos) + "/", f"{bucket}/val_videos/", recursive=True)
+    val_uri = f"s3://{bucket}/val_videos"
     out = {
         "train": str(root / "features_train"),
-        "val": "s3://emotiw-train-test/features_val",
+        "val": f"s3://{bucket}/features_val",
+        "bucket": bucket,
         "root": root,
         "storage": storage,
-        "train_stdout": run_job(
+        "train_stdout": run_here(
             "extract", "--videos", str(train_videos), "--labels",
             str(train_videos / "labels.txt"), "--output", str(root / "features_train"),
             *SMOKE_ARGS,
         ).stdout,
-        "val_stdout": run_job(
+        "val_stdout": run_here(
             "extract", "--videos", val_uri, "--labels", f"{val_uri}/labels.txt",
-            "--output", "s3://emotiw-train-test/features_val", *SMOKE_ARGS, env=s3_env,
+            "--output", f"s3://{bucket}/features_val", *SMOKE_ARGS, env=s3_env,
         ).stdout,
     }  # fmt: skip
     return out
@@ -87,7 +95,7 @@ def test_extract_writes_one_row_per_clip_with_errors_counted(tables) -> None:
 
 def test_extract_rerun_skips_done_clips_and_final_errors(tables) -> None:
     videos = tables["root"] / "train_videos"
-    stdout = run_job(
+    stdout = run_here(
         "extract", "--videos", str(videos), "--labels", str(videos / "labels.txt"),
         "--output", str(tables["train"]), *SMOKE_ARGS,
     ).stdout  # fmt: skip
@@ -122,7 +130,6 @@ def test_packaged_model_round_trip(tmp_path: Path) -> None:
             )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)  # two extract jobs (fixture), the train job, evaluate: ~10 min
 def test_train_learns_cues_logs_to_mlflow_and_registers(
     tables, mlflow_server, s3_env, tmp_path
@@ -130,13 +137,13 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     import mlflow
     from mlflow import MlflowClient
 
-    stdout = run_job(
+    stdout = run_here(
         "train", "--features", str(tables["train"]), "--val-features", str(tables["val"]),
         "--epochs", "15", "--fusion-epochs", "40", "--batch-size", "8", "--workers", "2",
         # The cpu-smoke preset: 15 epochs of 2 steps, so lr 1e-3 for audio (the paper's 4e-5
         # is for long runs) and scene (0.01 overshoots on 18 clips); face keeps the paper's.
         "--tracking-uri", mlflow_server, "--model-name", "emotiw-test",
-        "--run-dir", str(tmp_path / "run"), "--storage-path", "s3://emotiw-train-test/ray",
+        "--run-dir", str(tmp_path / "run"), "--storage-path", f"s3://{tables['bucket']}/ray",
         *SMOKE_ARGS, env=s3_env,
     ).stdout  # fmt: skip
     assert "registered models:/emotiw-test/1" in stdout
@@ -151,8 +158,8 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     # Ray Train kept its checkpoints on S3 (what a multi-node cluster needs), none locally
     from emotiw.storage import fsspec_filesystem
 
-    fs, _ = fsspec_filesystem("s3://emotiw-train-test", tables["storage"])
-    saved = fs.glob("emotiw-train-test/ray/head-scene-*/checkpoint_*/model.safetensors")
+    fs, _ = fsspec_filesystem(f"s3://{tables['bucket']}", tables["storage"])
+    saved = fs.glob(f"{tables['bucket']}/ray/head-scene-*/checkpoint_*/model.safetensors")
     assert len(saved) == 1, saved  # num_to_keep=1: the best epoch's
     assert not (tmp_path / "run" / "ray").exists()
     assert "head-scene epoch 15/15: train_loss" in stdout  # progress, one line per epoch
@@ -200,7 +207,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
 
     # evaluate: the paper's three tables, CSV + Markdown + PNGs, logged to MLflow
     out = tmp_path / "eval"
-    stdout = run_job(
+    stdout = run_here(
         "evaluate", "--model", "models:/emotiw-test/1", "--features", tables["val"],
         "--output", str(out), "--tracking-uri", mlflow_server, env=s3_env,
     ).stdout  # fmt: skip

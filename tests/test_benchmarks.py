@@ -1,0 +1,112 @@
+"""The benchmarks (`python jobs/benchmark.py STAGE`, `benchmarks/`): in `make test` each runs
+in process at a tiny size and prints its figures (the structure is asserted, never a speed);
+in the nightly tier the cheap ones run at the sizes the benchmarks page quotes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, job_env
+
+
+def run_benchmark(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """``python jobs/benchmark.py ARGS`` in process (tiny sizes: each benchmark's code runs
+    and prints its figures; the sizes the docs quote run in the nightly tier)."""
+    from benchmarks.__main__ import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def test_benchmark_decode_prints_ratio(capsys) -> None:
+    assert "ratio media.decode / limit = " in run_benchmark(capsys, "decode", "--n", "3",
+                                                            "--repeat", "1")  # fmt: skip
+
+
+def test_benchmark_face_prints_split_and_recall(capsys) -> None:
+    out = run_benchmark(capsys, "face", "--n", "2", "--frames", "3")
+    assert "detection" in out and "FER" in out
+    assert "recall<56px" in out and "1.00x" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
+    assert {r[0] for r in rows if len(r) == 8} == {"hog", "cnn"}  # both detectors measured
+
+
+def test_benchmark_pose_prints_sizes_and_ratios(capsys) -> None:
+    out = run_benchmark(capsys, "pose", "--sizes", "128", "--people", "1", "--frames", "2")
+    assert "random-init weights" in out and "x decode" in out
+    # one row for the size at --people, then one at one person (the first column is the size;
+    # other columns can hold 128 by chance, e.g. a "x decode" ratio)
+    rows = [line.split() for line in out.splitlines() if line.startswith("    ")]
+    assert [r[0] for r in rows if len(r) == 6 and r[1] != "people"] == ["128", "128"]
+
+
+def test_benchmark_audio_prints_batches_and_logmel(capsys) -> None:
+    out = run_benchmark(capsys, "audio", "--n", "2", "--batch", "1,2")
+    assert "speed vs 1/forward" in out and "logmel" in out and "random-init" in out
+
+
+def test_benchmark_scene_prints_sizes_and_speeds(capsys) -> None:
+    out = run_benchmark(
+        capsys, "scene", "--backbones", "efficientnet-lite0", "--batch", "4", "--head-batch",
+        "2", "--repeat", "1",
+    )  # fmt: skip
+    assert "MB float16" in out and "the JPEG frames" in out
+    assert out.count("channels_last   inference") == 2 and "1.00x" in out
+    assert "ConvLSTM heads + FC" in out
+
+
+def test_benchmark_command_runs_as_a_script() -> None:
+    """`python jobs/benchmark.py` itself (the path the docs give), on the smallest run."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), "decode", "--n", "1", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio media.decode / limit = " in proc.stdout
+
+
+@pytest.mark.e2e
+def test_benchmark_commits_prints_chunked_vs_one_commit() -> None:
+    """On the session's cluster, as its own process: its Ray Data pipeline builds score rows
+    from the modality registry, which in this process also holds the test suite's toy."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), "commits", "--n", "300",
+         "--commit-every", "100", "--targets", "local"],
+        capture_output=True, text=True, timeout=300, env=job_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "local: 300 clips" in proc.stdout
+    assert "throughput ratio chunked/single" in proc.stdout
+
+
+AT_SIZE = {  # the benchmarks page's commands that fit the nightly tier (minutes, not hours)
+    "decode": ("decode",),
+    "face": ("face",),
+    "audio": ("audio",),
+    "scene": ("scene", "--backbones", "efficientnet-lite0"),
+    "commits": ("commits",),
+}
+
+
+@pytest.mark.nightly
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("stage", list(AT_SIZE))
+def test_benchmark_at_its_documented_size(stage: str) -> None:
+    """`python jobs/benchmark.py STAGE` at its default size, as the benchmarks page runs it:
+    it finishes and prints a same-run ratio.
+    Sibling in make test: tests/test_benchmarks.py::test_benchmark_decode_prints_ratio,
+    tests/test_benchmarks.py::test_benchmark_face_prints_split_and_recall,
+    tests/test_benchmarks.py::test_benchmark_audio_prints_batches_and_logmel,
+    tests/test_benchmarks.py::test_benchmark_scene_prints_sizes_and_speeds and
+    tests/test_benchmarks.py::test_benchmark_commits_prints_chunked_vs_one_commit (each at a
+    tiny size)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), *AT_SIZE[stage]],
+        capture_output=True, text=True, timeout=1100, env=job_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x" in proc.stdout and proc.stdout.strip(), proc.stdout[-3000:]
