@@ -1,9 +1,9 @@
-"""The fault matrix of the exactly-once issue, with real processes: the jobs run as a user
-runs them (`jobs/score.py`, `jobs/extract.py` subprocesses on local Ray), and the faults are
-real too: SIGKILL of Ray actor processes and of the driver, a second run started while the
-first is writing, the S3 endpoint refusing connections for seconds, reads whose connection
-drops. After each, every listed clip is in the table exactly once with the scores of a clean
-run, and nothing is left to clean up by hand (no staging, no lease).
+"""The fault matrix of exactly-once commits, with real processes: the jobs run as a user runs
+them (`jobs/score.py`, `jobs/extract.py` subprocesses on the session's Ray cluster), and the
+faults are real too: SIGKILL of Ray actor processes and of the driver, a second run started
+while the first is writing, the S3 endpoint refusing connections for seconds, reads whose
+connection drops. After each, every listed clip is in the table exactly once with the scores
+of a clean run, and nothing is left to clean up by hand (no staging, no lease).
 
 The drop has the same file names in two folders (cam1/clip_0000.mp4, cam2/clip_0000.mp4 with
 different content) and a corrupt file, whose error row must also appear exactly once.

@@ -1,5 +1,5 @@
-"""`emotiw.train.driver.fit` in process (a TorchTrainer run on local Ray, 2 workers) on
-in-memory tables:
+"""`emotiw.train.driver.fit` in process (TorchTrainer runs on the session's Ray cluster, 2
+workers) on in-memory tables:
 - reports to Ray Train at most once per `TrainConfig.report_interval_s` (each
   `ray.train.report` waits for the controller's poll, which cost more than a small head's
   whole epoch): the run trains the same epochs and keeps the same checkpoint as reporting every
@@ -25,7 +25,7 @@ from emotiw.train.data import SEP, unflatten
 from emotiw.train.driver import fit
 from emotiw.train.worker import FusionSpec, HeadSpec
 
-pytestmark = pytest.mark.e2e  # three TorchTrainer runs on local Ray: ~2 min
+pytestmark = pytest.mark.e2e  # three TorchTrainer runs on the session's Ray cluster: ~1 min
 
 DIM = 6
 

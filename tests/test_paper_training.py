@@ -1,7 +1,7 @@
 """Learnability under ``--preset paper`` (issue 17): the deployed models' layers and training
 settings (`emotiw.modalities.paper`: each model's epochs, batch size, checkpoint metric and
 early stopping; FC fusion on out-of-fold head outputs) learn the synthetic corpus's planted
-cues, run as a user would: extract, then train, as job subprocesses on local Ray.
+cues, run as a user would: extract, then train, as job subprocesses on the session's Ray cluster.
 
 One extraction (24 training, 36 held-out clips; scene, face and audio), two train jobs:
 - scene and face with FC fusion on out-of-fold outputs, two stacking folds instead of the
