@@ -59,6 +59,7 @@ def _fails(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
     return lines[0]
 
 
+@pytest.mark.e2e  # many seconds: out of make test-fast
 def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -> None:
     """The exit codes of `emotiw.errors.ExitCode`, one per class of user error, each from a
     real command with the real failure (nothing started, no Ray)."""

@@ -112,6 +112,7 @@ def test_fsspec_and_arrow_filesystems_agree(s3_bucket: str, s3_storage: StorageC
     assert pq.read_table(path, filesystem=fs).column("x").to_pylist() == [1, 2, 3]
 
 
+@pytest.mark.e2e  # many seconds: out of make test-fast
 def test_upload_lands_whole_or_raises_when_the_endpoint_drops(
     s3_bucket: str, s3_storage: StorageConfig, s3_env: dict[str, str], tmp_path: Path
 ) -> None:

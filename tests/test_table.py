@@ -193,6 +193,7 @@ def test_a_lease_write_that_landed_unanswered_is_still_ours(table_url) -> None:
     assert lease.store.read() is None  # nothing left for the next run to wait on
 
 
+@pytest.mark.e2e  # many seconds: out of make test-fast
 def test_lease_renewal_and_release_ride_out_an_endpoint_outage(s3_bucket, s3_storage, s3_env):
     """The endpoint goes down (open connections cut, new ones refused) while a run holds the
     lease: a renewal before a commit and the release at the end wait for it to come back
