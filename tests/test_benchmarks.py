@@ -60,28 +60,28 @@ def test_benchmark_scene_prints_sizes_and_speeds(capsys) -> None:
     assert "ConvLSTM heads + FC" in out
 
 
+def run_script(*args: str, timeout: int = 300) -> str:
+    """``python jobs/benchmark.py ARGS`` as its own process (on the session's cluster in an
+    e2e or nightly test); asserts it succeeds and returns its stdout."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/benchmark.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=job_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_benchmark_command_runs_as_a_script() -> None:
     """`python jobs/benchmark.py` itself (the path the docs give), on the smallest run."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), "decode", "--n", "1", "--repeat", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "ratio media.decode / limit = " in proc.stdout
+    assert "ratio media.decode / limit = " in run_script("decode", "--n", "1", "--repeat", "1")
 
 
 @pytest.mark.e2e
 def test_benchmark_commits_prints_chunked_vs_one_commit() -> None:
     """On the session's cluster, as its own process: its Ray Data pipeline builds score rows
     from the modality registry, which in this process also holds the test suite's toy."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), "commits", "--n", "300",
-         "--commit-every", "100", "--targets", "local"],
-        capture_output=True, text=True, timeout=300, env=job_env(),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "local: 300 clips" in proc.stdout
-    assert "throughput ratio chunked/single" in proc.stdout
+    out = run_script("commits", "--n", "300", "--commit-every", "100", "--targets", "local")
+    assert "local: 300 clips" in out and "throughput ratio chunked/single" in out
 
 
 AT_SIZE = {  # the benchmarks page's commands that fit the nightly tier, and a line each prints
@@ -106,9 +106,5 @@ def test_benchmark_at_its_documented_size(stage: str) -> None:
     tests/test_benchmarks.py::test_benchmark_commits_prints_chunked_vs_one_commit (each at a
     tiny size)."""
     args, printed = AT_SIZE[stage]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/benchmark.py"), *args],
-        capture_output=True, text=True, timeout=1100, env=job_env(),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert printed in proc.stdout, proc.stdout[-3000:]
+    out = run_script(*args, timeout=1100)
+    assert printed in out, out[-3000:]
