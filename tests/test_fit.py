@@ -3,7 +3,8 @@ workers) on in-memory tables:
 - reports to Ray Train at most once per `TrainConfig.report_interval_s` (each
   `ray.train.report` waits for the controller's poll, which cost more than a small head's
   whole epoch): the run trains the same epochs and keeps the same checkpoint as reporting every
-  epoch, also when the best epoch falls between two reports;
+  epoch, also when the best epoch falls between two reports; models sharing a run (`fit_many`)
+  train as they would alone, in either order;
 - the deployed pose head under the paper's schedule learns a posture planted in COCO keypoints
   (issue 17's learnability: the keypoint detector's COCO weights are not offline and a
   random-init detector finds no people, so the sample corpus cannot carry a pose cue)."""
@@ -22,7 +23,7 @@ from emotiw.inference import predict_arrays
 from emotiw.modalities import pose, pose_vector
 from emotiw.train.config import Schedule, TrainConfig, schedule_for
 from emotiw.train.data import SEP, unflatten
-from emotiw.train.driver import fit
+from emotiw.train.driver import fit, fit_many
 from emotiw.train.worker import FusionSpec, HeadSpec
 
 pytestmark = pytest.mark.e2e  # three TorchTrainer runs on the session's Ray cluster: ~1 min
@@ -52,6 +53,7 @@ def hidden_rows(n: int, seed: int) -> list[dict[str, object]]:
 
 
 def test_throttled_reports_keep_the_best_epoch(local_ray, tmp_path: Path) -> None:
+    """Two models share each run, in opposite orders: each trains as it would alone."""
     import ray.data
 
     train_rows, val_rows = hidden_rows(60, 0), hidden_rows(30, 1)
@@ -59,20 +61,27 @@ def test_throttled_reports_keep_the_best_epoch(local_ray, tmp_path: Path) -> Non
     configs = ModalityConfigs.preset("cpu-smoke")
     fcfg = fusion.Config(modalities=("audio",), lr=0.05)
     spec = FusionSpec(configs, fcfg, seed=0, precomputed={"audio": DIM})
+    other = FusionSpec(configs, fusion.Config(modalities=("audio",), lr=0.01), seed=1,
+                       precomputed={"audio": DIM})  # fmt: skip
     schedule = Schedule(epochs=40, batch_size=8, select_by="val_accuracy")
+    short = Schedule(epochs=5, batch_size=4)
+    models = {"a": ("a", spec, schedule), "b": ("b", other, short)}
     runs = {}
-    for interval in (0.0, 1e6):  # every epoch; only after the last one
+    for interval, order in ((0.0, "ab"), (1e6, "ba")):  # every epoch; after each model's last
         cfg = TrainConfig(features="x", run_dir=str(tmp_path / f"run{interval:g}"),
                           report_interval_s=interval)  # fmt: skip
-        runs[interval] = fit(cfg, f"reports-{interval:g}", spec, data, schedule)
-    (every, every_history), (once, once_history) = runs[0.0], runs[1e6]
-    assert len(once_history) == len(every_history) == 40  # the same epochs, all in the history
-    assert [r["val_accuracy"] for r in once_history] == [r["val_accuracy"] for r in every_history]
+        runs[interval] = fit_many(cfg, f"reports-{interval:g}", [models[m] for m in order], data)
+    for tag in "ab":
+        (every, every_history), (once, once_history) = runs[0.0][tag], runs[1e6][tag]
+        assert len(once_history) == len(every_history) == models[tag][2].epochs  # all epochs
+        assert [r["val_loss"] for r in once_history] == [r["val_loss"] for r in every_history]
+        assert every.keys() == once.keys()
+        assert all(torch.equal(every[k], once[k]) for k in every)  # the same checkpoint kept
+    assert runs[0.0]["a"][1] != runs[0.0]["b"][1]
+    once, once_history = runs[1e6]["a"]
     accuracy = [r["val_accuracy"] for r in once_history]
     best = accuracy.index(max(accuracy))  # the first epoch of highest accuracy (strict gains)
     assert best < 39, accuracy  # the best epoch is not the reported last one
-    assert every.keys() == once.keys()
-    assert all(torch.equal(every[k], once[k]) for k in every)  # the same checkpoint kept
 
     model = fusion.build({"audio": fusion.Precomputed(DIM)}, fcfg)
     model.load_state_dict({k: v for k, v in once.items() if not k.startswith("heads.")})

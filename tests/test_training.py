@@ -159,8 +159,11 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     from emotiw.storage import fsspec_filesystem
 
     fs, _ = fsspec_filesystem(f"s3://{tables['bucket']}", tables["storage"])
-    saved = fs.glob(f"{tables['bucket']}/ray/head-scene-*/checkpoint_*/model.safetensors")
-    assert len(saved) == 1, saved  # num_to_keep=1: the best epoch's
+    saved = fs.glob(f"{tables['bucket']}/ray/heads-*/checkpoint_*/*.safetensors")
+    # num_to_keep=1: one checkpoint of the heads' run, each head's best epoch
+    assert sorted(p.rsplit("/", 1)[1] for p in saved) == [
+        "head-audio.safetensors", "head-face.safetensors", "head-scene.safetensors"
+    ], saved  # fmt: skip
     assert not (tmp_path / "run" / "ray").exists()
     assert "head-scene epoch 15/15: train_loss" in stdout  # progress, one line per epoch
     client = MlflowClient(mlflow_server)

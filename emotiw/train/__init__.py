@@ -4,7 +4,8 @@
 - `config`: the job's typed config and the fusion variants it trains;
 - `data`: the feature tables -> train / validation arrays (frozen front-ends run once);
 - `worker`: what one Ray Train worker runs (DDP over the arrays, checkpoint by val loss);
-- `driver`: one `TorchTrainer` per head and per fusion variant, MLflow, packaging.
+- `driver`: `TorchTrainer` runs (the heads in one, each fold's heads in one, the fusion
+  variants over one training set in one), MLflow, packaging.
 """
 
 from emotiw.train.config import TrainConfig, TrainResult

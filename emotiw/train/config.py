@@ -59,7 +59,7 @@ class TrainConfig:
             feature table, running frozen front-ends); 0: no cap, it grows with the cluster.
         prepare_gpus: GPUs each preparing actor reserves (``auto``: 1 with `use_gpu`, else 0).
         prepare_batch_size: clips per preparing call (a frozen backbone's batch).
-        worker_cache_mb: a training set (a head's columns) that fits in this many MiB is
+        worker_cache_mb: a training set (the columns its models read) that fits in this many MiB is
             read whole by every worker and dealt out by a global permutation each epoch; a
             larger one is split by Ray Data and each worker streams its shard every epoch
             (kept in memory after the first epoch if the shard fits). Same budget for the

@@ -1,6 +1,6 @@
-"""The train job's driver: one Ray Train `TorchTrainer` run per head and per fusion variant,
-MLflow tracking (one parent run, a child run per head and per fusion variant), then the
-packaged model, logged and registered."""
+"""The train job's driver: Ray Train `TorchTrainer` runs (one for the heads, one per stacking
+fold, one per training set of the fusion variants), MLflow tracking (one parent run, a child
+run per head and per fusion variant), then the packaged model, logged and registered."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ from emotiw.train.config import (
 from emotiw.train.data import columns_of
 from emotiw.train.worker import FusionSpec, HeadSpec, worker_loop
 
+Model = tuple[str, "HeadSpec | FusionSpec", Schedule]  # (tag, what to train, its schedule)
+
 
 def fit(
     cfg: TrainConfig,
@@ -43,9 +45,17 @@ def fit(
     data: tuple[Any, Any],
     schedule: Schedule,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """One TorchTrainer run over the (train, val) datasets (materialised: for a head, only
-    its modality's columns); the state dict of the checkpoint `schedule.select_by` picked
-    and the per-epoch history."""
+    """One model in its own TorchTrainer run (`fit_many` of one)."""
+    return fit_many(cfg, name, [(name, spec, schedule)], data)[name]
+
+
+def fit_many(
+    cfg: TrainConfig, name: str, models: list[Model], data: tuple[Any, Any]
+) -> dict[str, tuple[dict[str, torch.Tensor], list[dict[str, float]]]]:
+    """One TorchTrainer run training `models` one after another over the same (train, val)
+    datasets (materialised: for heads, only their modalities' columns); per model tag, the
+    state of the epoch its schedule picked and its per-epoch history. Each model trains as
+    it would alone; sharing the run pays Ray Train's start-up once (~10 s a run here)."""
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
@@ -55,10 +65,11 @@ def fit(
     start = time.monotonic()
     storage_path, storage_fs = _storage(cfg)
     train, val = data
-    if isinstance(spec, HeadSpec):  # a head reads its own columns, not every modality's
+    specs = [spec for _, spec, _ in models]
+    if all(isinstance(s, HeadSpec) for s in specs):  # heads read their columns, no others
         # Materialised: iterating them then runs no Ray task, so an epoch never waits for a
         # CPU that the training workers hold.
-        columns = columns_of((spec.modality,), train.columns())
+        columns = columns_of(tuple(s.modality for s in specs), train.columns())
         train = train.select_columns(columns).materialize()
         val = val.select_columns(columns).materialize()
     # A training set that fits a worker's cache is read whole by every worker, which deals a
@@ -67,8 +78,7 @@ def fit(
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
-            "spec": spec,
-            "schedule": schedule,
+            "models": models,
             "cache_bytes": cfg.worker_cache_mb * 2**20,
             "split": split,
             "report_interval_s": cfg.report_interval_s,
@@ -81,21 +91,24 @@ def fit(
             name=f"{name}-{int(time.time() * 1000)}",
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=schedule.select_by,
-                checkpoint_score_order=_mode(schedule.select_by),
-            ),
+            # The latest checkpoint holds every model's best state (`worker_loop`).
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )  # fmt: skip
     result = trainer.fit()
-    checkpoint = result.get_best_checkpoint(
-        metric=schedule.select_by, mode=_mode(schedule.select_by)
-    )
-    with checkpoint.as_directory() as folder:
-        state = load_file(os.path.join(folder, "model.safetensors"))
-    history = list(result.return_value or [])
-    _print_progress(name, history, schedule, time.monotonic() - start)
-    return state, history
+    histories = list(result.return_value or [[] for _ in models])
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} reported no checkpoint (loss not finite?)")
+    out = {}
+    with result.checkpoint.as_directory() as folder:
+        for (tag, _, schedule), history in zip(models, histories, strict=True):
+            path = os.path.join(folder, f"{tag}.safetensors")
+            if not os.path.exists(path):
+                raise RuntimeError(f"{tag}: no epoch was kept (loss not finite?)")
+            out[tag] = (load_file(path), history)
+            _print_progress(tag, history, schedule)
+    print(f"{name}: {len(models)} model(s) trained in {time.monotonic() - start:.0f} s", flush=True)
+    return out
 
 
 def _mode(metric: str) -> str:
@@ -115,9 +128,7 @@ def _storage(cfg: TrainConfig) -> tuple[str, Any]:
     return path, fs
 
 
-def _print_progress(
-    name: str, history: list[dict[str, float]], schedule: Schedule, took: float
-) -> None:
+def _print_progress(name: str, history: list[dict[str, float]], schedule: Schedule) -> None:
     epochs = schedule.epochs
     every = max(1, epochs // 10)  # at most ~10 progress lines per run
     for row in history:
@@ -135,7 +146,7 @@ def _print_progress(
         print(
             f"{name}: best {key} {best[key]:.4f} at epoch {best['epoch'] + 1} "
             f"(val_loss {best['val_loss']:.4f}, val_accuracy {best['val_accuracy']:.3f})"
-            f"{stopped}, {took:.0f} s",
+            f"{stopped}",
             flush=True,
         )
 
@@ -157,13 +168,14 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
         modality_params = {m: dataclasses.asdict(cfg.configs.of(m)) for m in cfg.configs.modalities}
         mlflow.log_params(flat_params("", modality_params))
         mlflow.log_dict(data.provenance, "weights_provenance.json")
+        trained = _train_heads(cfg, datasets)
         for spec in cfg.configs.specs():
             name, mcfg = spec.name, cfg.configs.of(spec.name)
             with mlflow.start_run(run_name=f"head:{name}", nested=True):
                 mlflow.log_params(flat_params(name, mcfg))
                 schedule = schedule_for(cfg, name)
                 mlflow.log_params(flat_params(f"{name}.schedule", schedule))
-                head, states[name], history = _train_head(cfg, name, datasets)
+                head, states[name], history = trained[name]
                 log_history(mlflow, history)
                 heads[name] = head
                 labels, probs, preds = train_data.predict(head, data.val, name)
@@ -188,21 +200,29 @@ def run_train(cfg: TrainConfig, ray_address: str | None = None) -> TrainResult:
     return TrainResult(package, package_dir, parent.info.run_id, model_uri, scores)
 
 
-def _train_head(
-    cfg: TrainConfig, name: str, datasets: tuple[Any, Any], fold: int | None = None
-) -> tuple[nn.Module, bytes, list[dict[str, float]]]:
-    """One head trained on `datasets` (train, val): the head with its front-end, its state
-    as safetensors bytes, and the history."""
+def _train_heads(
+    cfg: TrainConfig, datasets: tuple[Any, Any], fold: int | None = None
+) -> dict[str, tuple[nn.Module, bytes, list[dict[str, float]]]]:
+    """Every modality's head trained on `datasets` (train, val) in one TorchTrainer run:
+    per modality, the head with its front-end, its state as safetensors bytes, the history."""
     from safetensors.torch import save
 
     from emotiw import modalities as registry
 
-    spec, mcfg = registry.get(name), cfg.configs.of(name)
-    tag = f"head-{name}" if fold is None else f"head-{name}-fold{fold}"
-    state, history = fit(cfg, tag, HeadSpec(name, mcfg, cfg.seed), datasets,
-                         schedule_for(cfg, name))  # fmt: skip
-    head = spec.head_with_frontend(mcfg, state, cfg.weights).eval()
-    return head, save({k: v.contiguous() for k, v in head.state_dict().items()}), history
+    def tag(name: str) -> str:
+        return f"head-{name}" if fold is None else f"head-{name}-fold{fold}"
+
+    models: list[Model] = [
+        (tag(m), HeadSpec(m, cfg.configs.of(m), cfg.seed), schedule_for(cfg, m))
+        for m in cfg.configs.modalities
+    ]
+    fitted = fit_many(cfg, "heads" if fold is None else f"heads-fold{fold}", models, datasets)
+    out = {}
+    for m in cfg.configs.modalities:
+        state, history = fitted[tag(m)]
+        head = registry.get(m).head_with_frontend(cfg.configs.of(m), state, cfg.weights).eval()
+        out[m] = head, save({k: v.contiguous() for k, v in head.state_dict().items()}), history
+    return out
 
 
 def _out_of_fold(cfg: TrainConfig, data: train_data.TrainingData) -> Any:
@@ -210,7 +230,7 @@ def _out_of_fold(cfg: TrainConfig, data: train_data.TrainingData) -> Any:
     from emotiw.train import stacking
 
     def train_heads(rows: Any, k: int) -> dict[str, bytes]:
-        return {m: _train_head(cfg, m, (rows, data.val), fold=k)[1] for m in cfg.configs.modalities}
+        return {m: t[1] for m, t in _train_heads(cfg, (rows, data.val), fold=k).items()}
 
     def hidden(rows: Any, states: dict[str, bytes]) -> Any:
         return train_data.hidden(cfg, rows, states)
@@ -236,25 +256,32 @@ def _train_fusions(
     variants = {name: (fcfg, hidden) for name, fcfg in fusion_variants(cfg).items()}
     if cfg.stacking_folds and in_sample is not None:  # the comparison evaluate reports
         variants[f"{cfg.fusion.method}-in-sample"] = (cfg.fusion, (in_sample, hidden[1]))
-    fusions: dict[str, fusion.Fusion] = {}
+    trainable: dict[int, list[Model]] = {}  # one TorchTrainer run per training set
+    sets: dict[int, tuple[Any, Any]] = {}
     for variant, (fcfg, rows) in variants.items():
+        if fusion.optimizer(fusion.build(heads, fcfg)) is None:  # the votes have no training
+            continue
+        if rows is None:
+            spec = FusionSpec(
+                cfg.configs, fcfg, cfg.seed, head_states={m: states[m] for m in fcfg.modalities}
+            )
+        else:
+            dims = {m: int(heads[m].feature_dim) for m in fcfg.modalities}
+            spec = FusionSpec(cfg.configs, fcfg, cfg.seed, precomputed=dims)
+        schedule = schedule_for(cfg, "fusion" if fcfg.method == "fc" else variant)
+        trainable.setdefault(id(rows), []).append((f"fusion-{variant}", spec, schedule))
+        sets[id(rows)] = rows or (data.train, data.val)
+    fitted = {}
+    for i, (key, models) in enumerate(trainable.items()):
+        fitted.update(fit_many(cfg, f"fusions-{i}", models, sets[key]))
+    fusions: dict[str, fusion.Fusion] = {}
+    for variant, (fcfg, _) in variants.items():
         with mlflow.start_run(run_name=f"fusion:{variant}", nested=True):
             mlflow.log_params(flat_params("fusion", fcfg))
             model = fusion.build(heads, fcfg)
-            history: list[dict[str, float]] = []  # the votes have no training
-            if fusion.optimizer(model) is not None:
-                if rows is None:
-                    spec = FusionSpec(
-                        cfg.configs, fcfg, cfg.seed,
-                        head_states={m: states[m] for m in fcfg.modalities},
-                    )  # fmt: skip
-                else:
-                    dims = {m: int(heads[m].feature_dim) for m in fcfg.modalities}
-                    spec = FusionSpec(cfg.configs, fcfg, cfg.seed, precomputed=dims)
-                schedule = schedule_for(cfg, "fusion" if fcfg.method == "fc" else variant)
-                state, history = fit(
-                    cfg, f"fusion-{variant}", spec, rows or (data.train, data.val), schedule
-                )  # fmt: skip
+            history: list[dict[str, float]] = []
+            if f"fusion-{variant}" in fitted:
+                state, history = fitted[f"fusion-{variant}"]
                 log_history(mlflow, history)
                 own = {k: v for k, v in state.items() if not k.startswith("heads.")}
                 model.load_state_dict(own, strict=False)

@@ -1,6 +1,6 @@
-"""What one Ray Train worker runs: build the head or fusion a spec describes, train it with
-DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), keep the checkpoint
-of the best epoch by the schedule's selection metric (validation cross-entropy, or accuracy
+"""What one Ray Train worker runs: build each head or fusion the run's specs describe, train it
+with DDP on its shard of the training dataset (`ray.train.get_dataset_shard`), keep the state
+of its best epoch by the schedule's selection metric (validation cross-entropy, or accuracy
 where the deployed model was picked by it), and stop early when validation loss has not
 improved for the schedule's patience. Metrics and the best checkpoint go to Ray Train at most
 once per report interval and after the last epoch: each `ray.train.report` waits for the
@@ -101,21 +101,45 @@ def optimizer(trainable: Trainable, spec: HeadSpec | FusionSpec) -> tuple[Any, A
     return opt, modality.scheduler(opt, spec.cfg)
 
 
-def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
-    """Ray Train worker: train for the schedule's epochs on this worker's shard of the
-    "train" dataset, score the whole "val" dataset every epoch, and report to Ray Train
-    every ``config["report_interval_s"]`` (0: every epoch) and after the last epoch: that
-    epoch's metrics, or the best checkpoint if a better one is pending. Every worker computes
-    the same validation figures, so all stop early at the same epoch. Returns the per-epoch
-    history (every epoch, whatever was reported)."""
-    import ray.train
-    import ray.train.torch
+def worker_loop(config: dict[str, Any]) -> list[list[dict[str, float]]]:
+    """Ray Train worker: train each of ``config["models"]`` (``(tag, spec, schedule)``) in
+    turn, each as if alone (its own seed, optimiser and early stopping), on this worker's
+    shard of the "train" dataset, scoring the whole "val" dataset every epoch. One run for
+    several models pays Ray Train's start-up (~10 s) once: the heads of a job, the fusion
+    variants over one set of hidden layers, a stacking fold's heads.
 
-    spec: HeadSpec | FusionSpec = config["spec"]
+    Reports to Ray Train every ``config["report_interval_s"]`` (0: every epoch) and after
+    each model's last epoch: that epoch's metrics, or, when a better epoch is pending, a
+    checkpoint holding every model's best state so far (``<tag>.safetensors``), so the run's
+    latest checkpoint is every model's best. Every worker computes the same validation
+    figures, so all stop early at the same epoch. Returns each model's per-epoch history
+    (every epoch, whatever was reported)."""
+    import ray.train
+
     budget = config["cache_bytes"]
     train = ShardCache(ray.train.get_dataset_shard("train"), budget)
     val = ShardCache(ray.train.get_dataset_shard("val"), budget)
     whole = None if config["split"] else train.whole()  # small: every worker has all of it
+    kept: dict[str, Any] = {}  # tag -> best state so far (rank 0's; the others keep None)
+    return [
+        _train_one(tag, spec, schedule, (train, val, whole), kept, config["report_interval_s"])
+        for tag, spec, schedule in config["models"]
+    ]
+
+
+def _train_one(
+    tag: str,
+    spec: HeadSpec | FusionSpec,
+    schedule: Any,
+    data: tuple[ShardCache, ShardCache, dict[str, Any] | None],
+    kept: dict[str, Any],
+    report_interval_s: float,
+) -> list[dict[str, float]]:
+    """One model of `worker_loop`: train, select, stop early, report; its history."""
+    import ray.train
+    import ray.train.torch
+
+    train, val, whole = data
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -126,9 +150,9 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         trainable, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     unwrapped = model.module if hasattr(model, "module") else model
-    schedule = config["schedule"]
+    own = _only(spec.modality) if isinstance(spec, HeadSpec) else _all
     selection, history = Selection(schedule.select_by, schedule.patience), []
-    best: tuple[dict[str, float], Any] | None = None  # (metrics, rank 0's state)
+    best: dict[str, float] | None = None
     pending, reported_at = False, time.monotonic()  # pending: `best` not yet reported
     size = schedule.batch_size
     for epoch in range(schedule.epochs):
@@ -141,7 +165,7 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             batches = strided(whole, size, seed, rank, world)
         for arrays in batches:
             index = np.arange(len(arrays["labels"]))
-            loss, _ = model(*batch(arrays, index, device))
+            loss, _ = model(*batch(own(arrays), index, device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -149,7 +173,8 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         if scheduler is not None:
             scheduler.step()
         epoch_s = time.perf_counter() - started
-        val_loss, val_correct, val_n = evaluate(unwrapped, val.epoch(size, 0, False), device)
+        val_batches = (own(a) for a in val.epoch(size, 0, False))
+        val_loss, val_correct, val_n = evaluate(unwrapped, val_batches, device)
         sums = torch.tensor([total, seen], dtype=torch.float64, device=device)  # NCCL: on GPU
         if world > 1:
             import torch.distributed as dist
@@ -165,10 +190,11 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         }
         history.append(row)
         if selection.improved(row):  # kept in memory; persisted at the next report
-            best, pending = (row, _state_of(unwrapped.model) if rank == 0 else None), True
+            best, pending = row, True
+            kept[tag] = _state_of(unwrapped.model) if rank == 0 else None
         # One decision for all workers (a worker reporting or leaving alone would hang the
         # others): stop early, and report now (the interval passed; rank 0's clock decides).
-        due = time.monotonic() - reported_at >= config["report_interval_s"]
+        due = time.monotonic() - reported_at >= report_interval_s
         flags = torch.tensor([float(selection.stop()), float(due and rank == 0)], device=device)
         if world > 1:
             import torch.distributed as dist
@@ -176,34 +202,56 @@ def worker_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         stop, due = bool(flags[0].item()), bool(flags[1].item())
         if due or stop or epoch == schedule.epochs - 1:
-            _report(row, best if pending else None, rank)
+            _report(tag, row, best if pending else None, kept, rank)
             pending, reported_at = False, time.monotonic()
         if stop:
             break
     return history
 
 
+def _only(modality: str) -> Any:
+    """A head's view of worker arrays: its own modality (the run may carry others')."""
+
+    def view(arrays: dict[str, Any]) -> dict[str, Any]:
+        return {"inputs": {modality: arrays["inputs"][modality]},
+                "present": {modality: arrays["present"][modality]},
+                "labels": arrays["labels"]}  # fmt: skip
+
+    return view
+
+
+def _all(arrays: dict[str, Any]) -> dict[str, Any]:
+    return arrays
+
+
 def _state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _report(row: dict[str, float], best: tuple[dict[str, float], Any] | None, rank: int) -> None:
-    """`ray.train.report` this epoch's metrics, or, when a better checkpoint than the last
-    persisted one is pending, that checkpoint with its own epoch's metrics (Ray Train ranks
-    and prunes checkpoints by the metrics reported with them)."""
+def _report(
+    tag: str,
+    row: dict[str, float],
+    best: dict[str, float] | None,
+    kept: dict[str, Any],
+    rank: int,
+) -> None:
+    """`ray.train.report` this epoch's metrics, or, when a better epoch than the last
+    persisted one is pending, a checkpoint of every model's best state so far with the
+    pending epoch's metrics."""
     import ray.train
     from safetensors.torch import save_file
 
     if best is None:
-        ray.train.report(row)
+        ray.train.report({**row, "model": tag})
         return
-    metrics, state = best
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_file(state, os.path.join(tmp, "model.safetensors"))
+            for name, state in kept.items():
+                save_file(state, os.path.join(tmp, f"{name}.safetensors"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({**metrics, "reported_at_epoch": row["epoch"]}, checkpoint=checkpoint)
+        metrics = {**best, "model": tag, "reported_at_epoch": row["epoch"]}
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 class Selection:
