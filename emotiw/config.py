@@ -181,8 +181,10 @@ class JobConfig:
             model_failed, out_of_memory, internal), and per storage call of the driver
             (commits, the lease, reading the table's keys). Still failing: the row is written
             with `retryable` set and the next run tries it again.
-        backoff_s: wait before the first retry, doubled after each (capped at 30 s); the
-            default rides out an endpoint that is gone for ~15 s.
+        backoff_s: longest wait before the first retry, doubled after each (capped at
+            30 s); each wait is drawn at random below it (full jitter: actors failing
+            together retry spread out). With botocore's own tries inside each S3 call
+            (~3 s), the defaults ride out an endpoint that is gone for ~15 s.
         max_error_rate: the job exits with code 3 (after committing and printing its summary)
             when more than this fraction of the clips it processed ended as error rows.
         progress_interval_s: when stderr is not a terminal (logs, schedulers), print one

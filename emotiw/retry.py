@@ -1,8 +1,10 @@
 """Retrying a call that fails for a reason a later try may not share (an endpoint gone for a
-few seconds, a timeout), with exponential backoff; permanent failures are raised at once."""
+few seconds, a timeout), with exponential backoff and full jitter; permanent failures are
+raised at once."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -13,9 +15,17 @@ T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
 
 
-def delays(attempts: int, backoff_s: float) -> list[float]:
-    """The waits between `attempts` tries: backoff_s, 2*backoff_s, ... capped at 30 s."""
+def ceilings(attempts: int, backoff_s: float) -> list[float]:
+    """The longest waits between `attempts` tries: backoff_s, 2*backoff_s, ... capped at 30 s."""
     return [min(backoff_s * 2**i, MAX_BACKOFF_S) for i in range(attempts - 1)]
+
+
+def delays(attempts: int, backoff_s: float, rng: random.Random | None = None) -> list[float]:
+    """The waits between `attempts` tries, each drawn uniformly below its ceiling ("full
+    jitter"): actors that failed together on one S3 blip retry spread out, not in lockstep
+    against an endpoint that is just coming back. `rng`: for reproducible tests."""
+    draw = rng or random.Random()  # seeded from os.urandom: differs in every process
+    return [draw.uniform(0.0, ceiling) for ceiling in ceilings(attempts, backoff_s)]
 
 
 def transient_exception(exc: BaseException) -> bool:

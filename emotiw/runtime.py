@@ -25,8 +25,9 @@ NO_LABEL = -1
 
 
 def new_run_id() -> str:
-    """Sortable, unique run id: UTC-ish timestamp plus 8 random hex digits."""
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    """Sortable, unique run id: the UTC time plus 8 random hex digits (UTC, so ids of runs
+    started on machines in different time zones sort in the order the runs started)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
 def ensure_ray(address: str | None = None) -> None:

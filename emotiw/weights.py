@@ -261,9 +261,9 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
                     f"{spec.name}: {source} has sha256 {actual}, expected "
                     f"{expected or pinned}{pin}; refusing to use it (wrong or corrupted file)",
                 )
-            entry.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(target), cached)
-            record.write_text(json.dumps({"source": source, "sha256": actual}))
+            entry.mkdir(parents=True, exist_ok=True)  # whole files, as load_state_dict's
+            _write_atomically(cached, target.read_bytes())
+            _write_atomically(record, json.dumps({"source": source, "sha256": actual}).encode())
             return Resolved(cached, _provenance(spec, source, actual), spec)
     raise WeightsError("missing_weights", _missing_message(spec, looked))
 
@@ -341,7 +341,7 @@ def load_state_dict(
 ) -> tuple[dict[str, torch.Tensor], Provenance]:
     """The torch state dict of `name` (converted once and cached) and its provenance."""
     import torch
-    from safetensors.torch import load, save_file
+    from safetensors.torch import load, save
 
     resolved = resolve(name, cfg)
     spec = resolved.spec
@@ -355,20 +355,40 @@ def load_state_dict(
 
     converted = resolved.path.parent / "converted.safetensors"
     digest_file = resolved.path.parent / "converted.sha256"
-    if not (
-        converted.exists()
-        and digest_file.exists()
-        and sha256_file(converted) == digest_file.read_text().strip()
-    ):
+    data = _read_verified(converted, digest_file)
+    if data is None:
         module, func = spec.converter.split(":")
         state = getattr(importlib.import_module(module), func)(resolved.path)
-        tmp = converted.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        tmp.replace(converted)
-        digest_file.write_text(sha256_file(converted))
+        data = save({k: v.contiguous() for k, v in state.items()})
+        # The digest is of the bytes written, and each writer has its own temporary file:
+        # actors converting at once on one node each publish a whole file (the same one).
+        _write_atomically(converted, data)
+        _write_atomically(digest_file, hashlib.sha256(data).hexdigest().encode())
     provenance = dataclasses.replace(
-        resolved.provenance, converted_sha256=digest_file.read_text().strip()
+        resolved.provenance, converted_sha256=hashlib.sha256(data).hexdigest()
     )
-    # Read into memory rather than memory-map: a cache file replaced or damaged later must
-    # not pull the tensors out from under a running model (SIGBUS).
-    return load(converted.read_bytes()), provenance
+    # Loaded from the verified bytes in memory rather than memory-mapped: a cache file
+    # replaced or damaged later must not pull the tensors out from under a running model.
+    return load(data), provenance
+
+
+def _read_verified(path: Path, digest_file: Path) -> bytes | None:
+    """The bytes of `path` when their sha256 is the one recorded beside it, else None."""
+    try:
+        data, recorded = path.read_bytes(), digest_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == recorded else None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file of this writer's own beside `path`, then rename it
+    over `path` (readers see the old file or the new one, never a mix)."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -272,12 +272,31 @@ def test_retry_call_retries_transient_failures_only() -> None:
             raise StorageError("s3://b/k: ConnectionError", reason="io")
         return "ok"
 
-    assert retry.call(flaky, 4, 1.0, sleep=waits.append) == "ok" and waits == [1.0, 2.0]
+    assert retry.call(flaky, 4, 1.0, sleep=waits.append) == "ok" and len(waits) == 2
+    assert 0 <= waits[0] <= 1.0 and 0 <= waits[1] <= 2.0  # below the doubling ceilings
     with pytest.raises(StorageError):
         retry.call(lambda: (_ for _ in ()).throw(StorageError("gone", "not_found")), 4, 1.0,
                    sleep=waits.append)  # fmt: skip
-    assert waits == [1.0, 2.0]  # not_found is final: no wait, no retry
-    assert retry.delays(8, 1.0)[-1] == retry.MAX_BACKOFF_S
+    assert len(waits) == 2  # not_found is final: no wait, no retry
+    assert retry.ceilings(8, 1.0) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_actors_failing_together_do_not_retry_in_lockstep() -> None:
+    """Full jitter: each wait is drawn uniformly below its ceiling, differently in every
+    process, so actors hit by one S3 blip come back spread out (and reproducible under a
+    seeded generator for tests)."""
+    import random
+    import subprocess
+    import sys
+
+    code = "from emotiw import retry; print(retry.delays(4, 1.0))"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout for _ in range(3)}  # fmt: skip
+    assert len(seen) == 3, seen  # three processes, three schedules
+    firsts = [retry.delays(2, 1.0)[0] for _ in range(200)]
+    assert all(0 <= w <= 1.0 for w in firsts)
+    assert min(firsts) < 0.1 and max(firsts) > 0.9  # spread over the whole window
+    assert retry.delays(5, 1.0, random.Random(7)) == retry.delays(5, 1.0, random.Random(7))
     from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
     # What s3fs lets through from direct S3 calls (the lease, listings) when the endpoint is
@@ -327,3 +346,23 @@ def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
     progress.close()
     assert warnings_only.getvalue() == ""
     logs.setup("info", "text")
+
+
+def test_run_ids_are_utc_whatever_the_machine_time_zone() -> None:
+    """Drivers in UTC+14 and UTC-12 starting one after the other get ids in that order."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    code = "from emotiw.runtime import new_run_id; print(new_run_id())"
+    ids = []
+    for zone in ("EAST-14", "WEST+12"):  # POSIX TZ strings (no zone database): UTC+14, UTC-12
+        env = {**os.environ, "TZ": zone}
+        ids.append(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  text=True, check=True, env=env).stdout.strip())  # fmt: skip
+    stamps = [run_id.split("-")[0] for run_id in ids]
+    assert stamps == sorted(stamps), ids
+    now = dt.datetime.now(dt.UTC)
+    for run_id in ids:
+        stamp = dt.datetime.strptime(run_id.split("-")[0], "%Y%m%dT%H%M%S")
+        assert abs((now - stamp.replace(tzinfo=dt.UTC)).total_seconds()) < 120, (run_id, now)

@@ -175,3 +175,65 @@ def test_locate_finds_each_source_without_fetching_and_check_fails_in_one_line(
     assert info.value.exit_code == ExitCode.NO_WEIGHTS and "\n" not in str(info.value)
     assert "'t-none' (absent.bin) not found" in str(info.value)
     assert f"dir:{path.parent / 'absent.bin'}" in str(info.value)
+
+
+def big_state(path: Path) -> dict[str, torch.Tensor]:
+    """A converter whose output takes a while to write (64 MiB) and that returns only when
+    every process of the test has reached it (files in $RACE_DIR), so the writes overlap."""
+    import os
+    import time
+
+    seed = int.from_bytes(Path(path).read_bytes()[:4], "little")
+    generator = torch.Generator().manual_seed(seed)
+    state = {f"w{i}": torch.rand(2048, 2048, generator=generator) for i in range(4)}
+    race = Path(os.environ["RACE_DIR"])
+    (race / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(race.iterdir())) < int(os.environ["RACE_N"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return state
+
+
+CONVERT = """
+import hashlib, os, sys, time
+sys.path.insert(0, {tests!r})
+rename = os.replace
+def slow_rename(*args, **kwargs):  # a slow file system: writers overlap their renames too
+    time.sleep(0.3)
+    return rename(*args, **kwargs)
+os.replace = slow_rename
+from emotiw import weights as W
+W.register(W.WeightSpec(name="race", filename="model.bin", sha256={digest!r}, format="raw",
+                        converter="test_weights:big_state"))
+state, prov = W.load_state_dict("race", W.WeightsConfig(
+    weights_dir={stage!r}, cache_dir={cache!r}, allow_download=False))
+tensors = b"".join(state[k].numpy().tobytes() for k in sorted(state))
+print(prov.converted_sha256, hashlib.sha256(tensors).hexdigest())
+"""
+
+
+def test_processes_converting_at_once_never_record_a_corrupt_file(tmp_path: Path) -> None:
+    """Actors on one node convert the same file at the same time: each gets the whole state,
+    and the cache records the digest of a whole file, never of a half-written one."""
+    import os
+    import subprocess
+    import sys
+
+    path, digest = _blob(tmp_path, b"seed" * 64)
+    script = CONVERT.format(tests=str(Path(__file__).parent), digest=digest,
+                            stage=str(path.parent), cache=str(tmp_path / "cache"))  # fmt: skip
+    race = tmp_path / "race"
+    race.mkdir()
+    env = {**os.environ, "RACE_DIR": str(race), "RACE_N": "4"}
+    run = [sys.executable, "-c", script]
+    procs = [subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(4)]  # fmt: skip
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), [err[-300:] for _, _, err in results]
+    assert len({out for _, out, _ in results}) == 1, results  # the same state everywhere
+    entry = next((tmp_path / "cache" / "weights" / "race").iterdir())
+    recorded = (entry / "converted.sha256").read_text().strip()
+    assert W.sha256_file(entry / "converted.safetensors") == recorded
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "converted.safetensors", "converted.sha256", "model.bin", "provenance.json"
+    ]  # no temporary file left behind  # fmt: skip
