@@ -353,6 +353,8 @@ def test_every_node_finds_the_weights_where_the_roles_allow() -> None:
         ):
             if "containers" in node:
                 for c in node["containers"]:
+                    if c["name"] == "ray-job-submitter":  # runs `ray job submit`, no model
+                        continue
                     env = {e["name"]: e.get("value") for e in c.get("env", [])}
                     assert env.get("EMOTIW_WEIGHTS") == WEIGHTS, (path, c["name"])
 
@@ -465,6 +467,70 @@ def test_ray_cluster_specs_match_ray_and_image(name: str, spec: dict[str, Any]) 
             assert image and image["version"] == emotiw.__version__, c["image"]
             wants_gpu = "nvidia.com/gpu" in c["resources"]["limits"]
             assert (image["variant"] == "gpu") == wants_gpu, (name, c["image"])
+
+
+def assert_hardened(pod: dict[str, Any], where: str) -> None:
+    """A pod as the schedule's and MLflow's: non-root, the runtime's seccomp profile, and
+    every container without privilege escalation, capabilities or a writable root."""
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, where
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    for c in pod["containers"]:
+        own = c["securityContext"]
+        assert own["allowPrivilegeEscalation"] is False, (where, c["name"])
+        assert own["readOnlyRootFilesystem"] is True, (where, c["name"])
+        assert own["capabilities"] == {"drop": ["ALL"]}, (where, c["name"])
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes, (where, c["name"])
+        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), (where, c["name"])
+
+
+@pytest.mark.parametrize(
+    "name,spec", _cluster_specs(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_ray_cluster_requires_a_token_and_runs_hardened(name: str, spec: dict) -> None:
+    assert spec["authOptions"] == {"mode": "token"}, name  # KubeRay's Secret, on every pod
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert_hardened(pod, f"{name} {group.get('groupName', 'head')}")
+        mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert {"/tmp", "/dev/shm", "/home/ray/.cache"} <= mounts, name  # Ray, object store
+
+
+def test_only_ray_pods_the_submitter_and_the_operator_reach_the_ray_ports() -> None:
+    """The NetworkPolicy selects every KubeRay pod; Ray pods reach each other on any port,
+    the RayJobs' submitter pods (hardened, labelled as the policy expects) and the operator
+    reach the job API alone; the schedule applies the policy."""
+    [policy] = docs(KUBERAY / "networkpolicy.yaml")
+    ray_pods = {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}
+    assert policy["spec"]["podSelector"] == ray_pods
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peers, api = policy["spec"]["ingress"]
+    assert peers == {"from": [{"podSelector": ray_pods}]}  # no ports: every Ray port
+    assert api["ports"] == [{"protocol": "TCP", "port": 8265}]
+    submitter = api["from"][0]["podSelector"]["matchLabels"]
+    operator = api["from"][1]
+    assert operator["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    for job_name, job in rayjobs().items():
+        template = job["spec"]["submitterPodTemplate"]
+        assert template["metadata"]["labels"].items() >= submitter.items(), job_name
+        assert_hardened(template["spec"], f"{job_name} submitter")
+        assert template["spec"]["automountServiceAccountToken"] is False
+        assert IMAGE.match(template["spec"]["containers"][0]["image"])["variant"] == "cpu"
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kustomization["resources"]
+
+
+def test_cluster_launcher_nodes_require_the_token_and_hide_the_job_api() -> None:
+    """Every node of `cluster/aws.yaml` starts Ray with token auth and gets the operator's
+    token; the dashboard (the job API) listens on the head's loopback (an SSH tunnel)."""
+    config = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [c for c in config[key] if "ray start" in c]
+        assert start.startswith("export RAY_AUTH_MODE=token;"), start
+    [head] = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
 
 
 def test_scoring_rayjob_runs_the_real_score_job_incrementally() -> None:
@@ -718,6 +784,9 @@ def check_command(argv: list[str], tf: dict[str, Any]) -> None:
         exists(rest[1])
         assert_no_download(parse_job(Path(rest[1]).stem, rest[2:]), " ".join(rest))
 
+    while "=" in argv[0] and argv[0].split("=")[0].isupper():  # VAR=value before a command
+        assert argv[0].split("=")[0].startswith("RAY_AUTH_"), argv  # only what auth needs
+        argv = argv[1:]
     tool = argv[0]
     if tool == "docker" and argv[1] == "build":
         exists(argv[argv.index("-f") + 1])
@@ -742,8 +811,10 @@ def check_command(argv: list[str], tf: dict[str, Any]) -> None:
             exists(f"{argv[argv.index('-k') + 1]}/kustomization.yaml")
     elif tool == "python":
         python_job(argv)
-    elif tool == "ray" and argv[1] == "up":
+    elif tool == "ray" and argv[1] in ("up", "dashboard"):
         exists(argv[2])
+    elif tool == "ray" and argv[1] == "get-auth-token":
+        assert argv[2:] == ["--generate"], argv
     elif tool == "ray" and argv[1:3] == ["job", "submit"]:
         python_job(argv[argv.index("--") + 1 :])
     else:

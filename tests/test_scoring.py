@@ -257,6 +257,44 @@ def test_ray_job_submit_scores_on_a_running_cluster(corpus, package, ray_cluster
     assert len(rows) == len({r["uri"] for r in rows}) == 10
 
 
+@pytest.mark.e2e
+def test_a_token_cluster_refuses_a_submission_without_the_token(corpus, package, tmp_path) -> None:
+    """A head started as the cluster files start theirs (`RAY_AUTH_MODE=token`, the token
+    from the environment, as KubeRay's authOptions give it): `ray job submit` of the scoring
+    job without the token is refused before anything runs; with it, the job scores the clips.
+    A node of its own: the session's cluster runs without auth."""
+    import secrets
+
+    from helpers import RayNode
+
+    token = secrets.token_hex(32)
+    base = {**job_env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    base.pop("RAY_ADDRESS", None)
+    cluster_env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    node = RayNode("--head", "--num-cpus=2", head=True, env=cluster_env)
+    try:
+        clips = tmp_path / "clips"
+        clips.mkdir()
+        for name in ("clip_0000.mp4", "clip_0001.mp4"):
+            shutil.copy(corpus / name, clips / name)
+        out = tmp_path / "scores"
+        args = ("--input", str(clips), "--output", str(out), "--model", str(package))
+        for env in (
+            {**base, "RAY_AUTH_MODE": "disabled"},  # no token at all
+            {**cluster_env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+        ):  # a wrong one
+            refused = _submit(node.dashboard, env, *args)
+            assert refused.returncode != 0, refused.stdout[-2000:]
+            said = (refused.stdout + refused.stderr).lower()
+            assert "401" in said or "unauthorized" in said or "authentication" in said, said[-2000:]
+        assert not out.exists()  # nothing ran
+        submit = _submit(node.dashboard, cluster_env, *args)
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "2 clips listed, 0 already scored, 2 scored, 0 errors" in submit.stdout
+    finally:
+        node.stop()
+
+
 def _submit(dashboard: str, env: dict[str, str], *args: str, wait: bool = True) -> Any:
     """``ray job submit --working-dir . -- python jobs/score.py ARGS`` (retried while the
     head's job agent is still coming up)."""
