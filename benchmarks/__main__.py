@@ -13,6 +13,7 @@ from benchmarks import (
     decode,
     face,
     int8,
+    isolation,
     pose,
     scale,
     scene,
@@ -45,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="decoder threads (0 = FFmpeg auto)")
     p.set_defaults(func=decode.bench_decode)
+    p = sub.add_parser("isolation", help="clips/s with each clip in a child process vs none")
+    p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
+    p.add_argument("--n", type=int, default=8, help="clips to write when --corpus is not given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(func=isolation.bench_isolation)
     p = sub.add_parser("face", help="face extractor: detection vs FER, detection settings")
     p.add_argument("--corpus", default=None, help="directory of clips (default: write one)")
     p.add_argument("--n", type=int, default=6, help="clips to write when --corpus is not given")

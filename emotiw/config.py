@@ -190,6 +190,15 @@ class JobConfig:
         progress_interval_s: when stderr is not a terminal (logs, schedulers), print one
             progress line (clips done / total, clips/s, errors, ETA) this often; on a terminal
             Ray Data's progress bars show instead. 0: no progress lines.
+        isolate_clips: extract each clip in a child process of the actor's own
+            (`emotiw.clip_process`): a clip during which that process dies (a decoder crash,
+            the OOM killer) is tried again in a fresh one, `attempts` times in all, then
+            written as a ``crashed`` error row, while the batch's other clips go on. Without
+            it, Ray restarts the actor and retries the whole batch with no limit.
+        crash_runs: a clip with ``crashed`` rows from this many runs is done: later runs
+            skip it (unless `retry_crashed`), so a poison file costs each scheduled run
+            nothing once it has proved itself.
+        retry_crashed: try clips again whatever their ``crashed`` rows say.
     """
 
     commit_every: int = 1000
@@ -201,8 +210,12 @@ class JobConfig:
     backoff_s: float = 1.0
     max_error_rate: float = 0.25
     progress_interval_s: float = 30.0
+    isolate_clips: bool = True
+    crash_runs: int = 2
+    retry_crashed: bool = False
 
     def __post_init__(self) -> None:
+        _require(self.crash_runs >= 1, f"crash_runs must be >= 1, got {self.crash_runs}")
         _require(self.commit_every >= 1, f"commit_every must be >= 1, got {self.commit_every}")
         _require(self.commit_interval_s > 0, "commit_interval_s must be > 0")
         _require(self.wait_timeout_s >= 0, "wait_timeout_s must be >= 0")

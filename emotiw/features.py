@@ -263,6 +263,52 @@ def extract_item(
     return row
 
 
+class ItemExtractor:
+    """`extract_item` with its extractors built once: what an actor's clip process holds
+    (`emotiw.clip_process`), or the actor itself without isolation."""
+
+    def __init__(
+        self,
+        configs: ModalityConfigs,
+        media: MediaConfig | None = None,
+        weights: WeightsConfig | None = None,
+        defer: bool = False,
+    ) -> None:
+        self.extractor = ClipFeatureExtractor(configs, media, weights, defer)
+
+    def info(self) -> dict[str, str]:
+        """The columns a row carries whatever happens to its clip."""
+        provenance = json.dumps(self.extractor.provenance, sort_keys=True)
+        return {"weights": provenance, "front_ends": self.extractor.front_ends}
+
+    def __call__(
+        self,
+        item: Mapping[str, Any],
+        storage: StorageConfig | None,
+        run_id: str,
+        attempts: int = 1,
+        backoff_s: float = 0.0,
+    ) -> dict[str, Any]:
+        return extract_item(self.extractor, item, storage, run_id, attempts, backoff_s)
+
+
+def crashed_row(
+    item: Mapping[str, Any], run_id: str, info: Mapping[str, str] | None, deaths: list[str]
+) -> dict[str, Any]:
+    """The error row of a clip during which its process died on every try (`deaths`: how
+    each died, `clip_process.describe_exit`)."""
+    tries = len(deaths)
+    message = (f"the process extracting this clip died on each of its {tries} tries "
+               f"(last: {deaths[-1]})")  # fmt: skip
+    return {
+        "video_id": str(item["video_id"]), "uri": str(item["uri"]), "label": item.get("label"),
+        **(info or {}), "code_version": __version__, "run_id": run_id,
+        "extracted_at": time.time(), "error": f"crashed: {message}", "error_reason": "crashed",
+        "etag": item.get("etag"), "size_bytes": item.get("size_bytes"), "attempts": tries,
+        "retryable": True,
+    }  # fmt: skip
+
+
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:
     """Feature rows -> a pyarrow Table with the feature schema and the in-flight detail
     columns (`emotiw.schema.with_details`)."""

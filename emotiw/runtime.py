@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
-from emotiw.features import ClipFeatureExtractor, ModalityConfigs
+from emotiw.features import ModalityConfigs
 from emotiw.lease import Lease
 from emotiw.weights import WeightsConfig
 
@@ -120,8 +120,11 @@ class Progress:
 
 
 class ExtractActor:
-    """One CPU actor: holds the extractors and turns a batch of listed clips (uri, video_id,
-    etag, size_bytes, optional label) into feature rows, retrying transient failures."""
+    """One CPU actor: turns a batch of listed clips (uri, video_id, etag, size_bytes,
+    optional label) into feature rows, retrying transient failures. With
+    `JobConfig.isolate_clips` the extractors live in a child process (`emotiw.clip_process`):
+    a clip during which it dies is tried again in a fresh one up to `JobConfig.attempts`
+    times, then becomes a ``crashed`` error row, and the batch's other clips go on."""
 
     def __init__(
         self,
@@ -133,23 +136,44 @@ class ExtractActor:
         job: JobConfig,
         defer: bool = False,
     ) -> None:
+        from emotiw.clip_process import ClipProcess
+        from emotiw.features import ItemExtractor
+
         self.storage, self.run_id, self.job = storage, run_id, job
-        self.extractor = ClipFeatureExtractor(configs, media, weights, defer)
+        self.local: ItemExtractor | None = None
+        self.child: ClipProcess | None = None
+        if job.isolate_clips:
+            self.child = ClipProcess(ItemExtractor, configs, media, weights, defer)
+            self.child.start()  # missing weights fail here, as without isolation
+        else:
+            self.local = ItemExtractor(configs, media, weights, defer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        from emotiw.features import extract_item, rows_to_table
+        from emotiw.features import rows_to_table
 
         rows = []
         for i in range(len(batch["uri"])):
             item = {k: v[i].item() if hasattr(v[i], "item") else v[i] for k, v in batch.items()}
             label = int(item.pop("label", NO_LABEL))
             item["label"] = None if label == NO_LABEL else label
-            job = self.job
-            row = extract_item(
-                self.extractor, item, self.storage, self.run_id, job.attempts, job.backoff_s
-            )
-            rows.append(row)
+            rows.append(self._extract(item))
         return rows_to_table(rows)
+
+    def _extract(self, item: dict[str, Any]) -> dict[str, Any]:
+        from emotiw.clip_process import ProcessDied, describe_exit
+        from emotiw.features import crashed_row
+
+        args = (item, self.storage, self.run_id, self.job.attempts, self.job.backoff_s)
+        if self.local is not None:
+            return self.local(*args)
+        assert self.child is not None
+        deaths: list[str] = []
+        while len(deaths) < self.job.attempts:
+            try:
+                return dict(self.child.call(*args))
+            except ProcessDied as died:
+                deaths.append(describe_exit(died.returncode))
+        return crashed_row(item, self.run_id, self.child.info, deaths)
 
 
 class ModelActor:
@@ -328,6 +352,7 @@ def done_index(
 
     if not skip_existing:
         return KeyIndex.empty()
+    options.setdefault("crash_runs", None if job.retry_crashed else job.crash_runs)
     return retry.call(lambda: done_keys(fs, root, schema, **options), job.attempts, job.backoff_s)
 
 

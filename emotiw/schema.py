@@ -43,7 +43,8 @@ FEATURE_COLUMNS_DOC: dict[str, str] = {
     "error": "null, or '<reason>: <message>' when the clip failed (features then null)",
     "error_reason": "machine-readable reason of `error`",
     "retryable": "true when `error_reason` is transient (io, timeout, ...): the next run "
-    "tries the clip again; null on success",
+    "tries the clip again; also for crashed (its process died on every try), until it has "
+    "crashed in --crash-runs runs; null on success",
     "attempts": "tries this run made for the clip (transient failures are retried)",
     "duration_s": "container duration",
     "n_frames": "real sampled frames (of 12)",
@@ -124,7 +125,8 @@ SCORE_COLUMNS_DOC: dict[str, str] = {
     "error": "null, or '<reason>: <message>' when the clip failed (scores then null)",
     "error_reason": "machine-readable reason of `error` (empty, not_media, no_frames, ...)",
     "retryable": "true when `error_reason` is transient (io, timeout, model_failed, "
-    "out_of_memory, internal): the next run scores the clip again; null on success",
+    "out_of_memory, internal): the next run scores the clip again; also for crashed (its "
+    "process died on every try), until it has crashed in --crash-runs runs; null on success",
     "attempts": "tries this run made for the clip (transient failures are retried)",
     "model_uri": "the model as resolved when the run started: models:/name/version (an alias "
     "or /latest pinned to its version) or the package path",

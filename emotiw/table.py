@@ -23,6 +23,7 @@ import hashlib
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,13 +342,14 @@ def done_keys(
     final_errors: bool = True,
     seen: bool = False,
     model_uri: str | None = None,
+    crash_runs: int | None = 2,
 ) -> KeyIndex:
     """The `KeyIndex` of every clip the table has a final row for: a success, or (with
     `final_errors`) an error that is a property of the clip (not_media, empty, ...). Clips
     whose rows are all transient errors (io, timeout, ...) are not done, so a run tries them
     again without being told. `seen` also indexes every row (for `KeyIndex.status`); with
     `model_uri` (the scores table) only that model's rows count, so a new model version
-    rescores every clip once."""
+    rescores every clip once. A clip ``crashed`` in `crash_runs` runs is done (None: never)."""
     import pyarrow.dataset as ds
 
     from emotiw.errors import TRANSIENT_REASONS
@@ -356,6 +358,7 @@ def done_keys(
     uris: list[np.ndarray] = []
     seen_pairs: list[np.ndarray] = []
     seen_uris: list[np.ndarray] = []
+    crashes: Counter[tuple[str, str | None]] = Counter()  # crashed rows only: few
     files = data_files(fs, root)
     if files:
         dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
@@ -365,7 +368,10 @@ def done_keys(
             keys = batch.to_pydict()
             with_etag, without, any_pair, any_uri = [], [], [], []
             for uri, etag, reason in zip(*(keys[c] for c in columns), strict=True):
+                if reason == "crashed":  # done once it crashed in `crash_runs` runs
+                    crashes[(uri, etag)] += 1
                 final = reason is None or (final_errors and reason not in TRANSIENT_REASONS)
+                final = final and (reason != "crashed" or crashes[(uri, etag)] == crash_runs)
                 if final:
                     (with_etag if etag is not None else without).append(
                         _key(uri, etag) if etag is not None else _key(uri)

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "emotiw.media": 1, "emotiw.storage": 1, "emotiw.labels": 1, "emotiw.weights": 1,
     "emotiw.schema": 1, "emotiw.metrics": 1, "emotiw.flags": 1, "emotiw.corpus": 1,
     "emotiw.frames": 1, "emotiw.retry": 1, "emotiw.table": 1, "emotiw.lease": 1,
-    "emotiw.preflight": 1, "emotiw.details": 1,
+    "emotiw.preflight": 1, "emotiw.details": 1, "emotiw.clip_process": 1,
     "emotiw.modalities": 2,
     "emotiw.fusion": 3,
     "emotiw.features": 4,

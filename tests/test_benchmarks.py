@@ -60,6 +60,13 @@ def test_benchmark_scene_prints_sizes_and_speeds(capsys) -> None:
     assert "ConvLSTM heads + FC" in out
 
 
+@pytest.mark.e2e  # many seconds: out of make test-fast
+def test_benchmark_isolation_prints_both_speeds_and_the_ratio(capsys) -> None:
+    out = run_benchmark(capsys, "isolation", "--n", "2", "--repeat", "1")
+    assert "in the actor's process:" in out and "in a child process:" in out
+    assert "child start-up" in out and "ratio isolated / in-process = " in out
+
+
 def run_script(*args: str, timeout: int = 300) -> str:
     """``python jobs/benchmark.py ARGS`` as its own process (on the session's cluster in an
     e2e or nightly test); asserts it succeeds and returns its stdout."""

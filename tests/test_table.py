@@ -128,6 +128,23 @@ def test_done_keys_retry_transient_errors_and_match_old_rows(tmp_path) -> None:
     assert retry_finals.status(uris[1], "e1") == "retry"  # --retry-errors
 
 
+def test_a_crashed_clip_is_retried_until_it_crashed_in_crash_runs_runs(tmp_path) -> None:
+    """A clip whose process died on every try (`crashed`) is tried again by the next run, and
+    is done once it has crashed in `crash_runs` runs (--crash-runs), unless --retry-crashed
+    (crash_runs None); a new version of the file is a new clip."""
+    fs, root = arrow_filesystem(str(tmp_path / "t"))
+    for run in ("r1", "r2"):
+        writer = ChunkWriter(fs, root, run, SCHEMA, commit_every=100, commit_interval_s=600)
+        writer.write(rows(1, 0, reason="crashed"))
+        writer.close()
+        done = done_keys(fs, root, SCHEMA, seen=True)
+        uri = rows(1)["uri"].to_pylist()[0]
+        assert done.status(uri, "e0") == ("retry" if run == "r1" else "done")
+    assert done_keys(fs, root, SCHEMA, seen=True, crash_runs=3).status(uri, "e0") == "retry"
+    assert done_keys(fs, root, SCHEMA, seen=True, crash_runs=None).status(uri, "e0") == "retry"
+    assert done.status(uri, "e-new") == "changed"
+
+
 def test_done_keys_of_one_model_only(tmp_path) -> None:
     """--rescore-on-model-change: only the given model's rows count as done."""
     schema = pa.schema([*SCHEMA, ("model_uri", pa.string())])
