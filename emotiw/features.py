@@ -244,21 +244,23 @@ def extract_item(
     internal); the row says how many tries it took and whether a later run should retry."""
     from emotiw.errors import is_transient
     from emotiw.retry import delays
-    from emotiw.storage import read_bytes
+    from emotiw.storage import read_bytes_and_etag
 
     label = item.get("label")
     tries = 0
     for wait in [*delays(attempts, backoff_s), None]:
         tries += 1
-        try:
-            data: bytes | Exception = read_bytes(str(item["uri"]), storage)
+        etag, size = item.get("etag"), item.get("size_bytes")
+        try:  # the fingerprint of the bytes read, which may be newer than the listing's
+            data, etag = read_bytes_and_etag(str(item["uri"]), storage)
+            size = len(data)
         except Exception as exc:
             data = exc
         row = extractor(str(item["uri"]), str(item["video_id"]), data, label, run_id)
         if wait is None or not is_transient(row.get("error_reason")):
             break
         time.sleep(wait)
-    row.update(etag=item.get("etag"), size_bytes=item.get("size_bytes"), attempts=tries)
+    row.update(etag=etag, size_bytes=size, attempts=tries)
     row["retryable"] = is_transient(row.get("error_reason")) if row.get("error") else None
     return row
 

@@ -306,6 +306,27 @@ def read_bytes(url: str, cfg: StorageConfig | None = None) -> bytes:
         raise _storage_error(exc, url, cfg) from None
 
 
+def read_bytes_and_etag(url: str, cfg: StorageConfig | None = None, tries: int = 3) -> Any:
+    """All bytes of `url` and the fingerprint they have (`VideoObject.etag`): read between
+    two looks at the fingerprint that must agree (else read again), so a row never pairs
+    the bytes it scored with the fingerprint of another version of the file (one replaced
+    after the listing, or while it was read).
+
+    Raises:
+        StorageError: as `read_bytes`; reason ``io`` when the file changed on every try.
+    """
+    fs, path = fsspec_filesystem(url, cfg)
+    try:
+        for _ in range(tries):
+            before = _fingerprint(fs.info(path))
+            data = fs.cat_file(path)
+            if _fingerprint(fs.info(path)) == before:
+                return data, before
+    except Exception as exc:
+        raise _storage_error(exc, url, cfg) from None
+    raise StorageError(redact(f"{url}: changed while read, {tries} times", cfg), reason="io")
+
+
 def write_bytes(url: str, data: bytes, cfg: StorageConfig | None = None) -> None:
     """Write `data` to `url`, creating parent directories for local paths."""
     fs, path = fsspec_filesystem(url, cfg)

@@ -189,3 +189,32 @@ def test_storage_config_validation() -> None:
         StorageConfig(endpoint_url="127.0.0.1:9000")
     with pytest.raises(ValueError, match="together"):
         StorageConfig(key="only-key")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
+    where: str, tmp_path: Path, s3_bucket: str, s3_storage: StorageConfig
+) -> None:
+    """A file replaced after the listing: the row pairs the bytes it read (their hash and
+    size) with their own fingerprint, not the listing's, so the next run neither rescores
+    it nor takes the old version's fingerprint for the new bytes."""
+    import hashlib
+
+    from emotiw.features import extract_item
+    from emotiw.storage import list_video_objects, write_bytes
+
+    root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)
+    url = f"{root}/drop/clip.mp4"
+    write_bytes(url, b"first version", cfg)
+    [listed] = list_video_objects(f"{root}/drop", cfg)
+    write_bytes(url, b"the second, longer version", cfg)  # replaced after the listing
+    [now] = list_video_objects(f"{root}/drop", cfg)
+    assert now.etag != listed.etag
+
+    def extractor(uri: str, video_id: str, data: bytes, label: object, run: str) -> dict:
+        return {"uri": uri, "content_sha256": hashlib.sha256(data).hexdigest()}
+
+    item = {"uri": listed.uri, "video_id": "clip", "etag": listed.etag, "size_bytes": listed.size}
+    row = extract_item(extractor, item, cfg, "run")
+    assert row["etag"] == now.etag and row["size_bytes"] == now.size
+    assert row["content_sha256"] == hashlib.sha256(b"the second, longer version").hexdigest()
