@@ -10,11 +10,13 @@ training test covers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,54 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     joined = book["the faces of each clip's current score: when, where, and what FER saw "
                   "(per-face table)"]  # fmt: skip
     assert len(joined) == current_faces > 0
+
+
+ODD_NAMES = [
+    "with space.mp4", "per%cent.mp4", "per%20cent.mp4", "hash#tag.mp4", "what?.mp4",
+    "plus+sign.mp4", unicodedata.normalize("NFC", "café.mp4"),
+    unicodedata.normalize("NFD", "café.mp4"), "x" * 180 + ".mp4",
+]  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_odd_object_keys_are_scored_once_under_their_own_names(
+    where, corpus, package, tmp_path, s3_bucket, s3_storage, s3_env
+) -> None:
+    """Keys with spaces, %, #, ?, +, NFC and NFD spellings of one name (two objects), a long
+    name and (on S3) a ``..`` segment: each is listed, read, scored once, and its row's URI is
+    the key exactly as the store has it, found by an analytics engine's equality query."""
+    import duckdb
+
+    from emotiw.storage import fsspec_filesystem
+
+    names = [*ODD_NAMES, *(["up/../dots.mp4"] if where == "s3" else [])]
+    data = {n: (corpus / f"clip_000{i % 5}.mp4").read_bytes() for i, n in enumerate(names)}
+    if where == "local":
+        root, env = str(tmp_path), None
+        (tmp_path / "in").mkdir()
+        for name, blob in data.items():
+            (tmp_path / "in" / name).write_bytes(blob)
+        (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")  # a symlink loop: not followed
+    else:
+        root, env = s3_bucket, s3_env
+        fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)
+        for name, blob in data.items():
+            fs.pipe(f"{bucket}/in/{name}", blob)
+    out = tmp_path / "scores"
+    stdout = run_score("--input", f"{root}/in", "--output", str(out), "--model", str(package),
+                       env=env)  # fmt: skip
+    n = len(names)
+    assert f"{n} clips listed, 0 already scored, {n} scored, 0 errors" in stdout
+    table = f"read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
+    for name, blob in data.items():
+        uri = f"{root}/in/{name}"
+        rows = duckdb.execute(f"SELECT content_sha256 FROM {table} WHERE uri = ?", [uri])
+        assert rows.fetchall() == [(hashlib.sha256(blob).hexdigest(),)], name
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT uri) FROM {table}").fetchall() == [(n, n)]
+    rerun = run_score("--input", f"{root}/in", "--output", str(out), "--model", str(package),
+                      env=env)  # fmt: skip
+    assert f"{n} clips listed, {n} already scored, 0 scored" in rerun
 
 
 @pytest.mark.e2e
