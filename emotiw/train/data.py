@@ -241,10 +241,11 @@ class PrepareBatch:
 
 
 def hidden_batch(
-    batch: dict[str, np.ndarray], configs: ModalityConfigs, head_states: dict[str, bytes]
+    batch: dict[str, np.ndarray], configs: ModalityConfigs, head_states: Any
 ) -> dict[str, np.ndarray]:
     """Flat training columns -> the frozen heads' hidden layers as flat columns (what a
-    fusion over frozen heads trains on)."""
+    fusion over frozen heads trains on). `head_states`: safetensors bytes per modality, or
+    an ObjectRef to them (the train job's: ~100 MB of heads must not ride in every task)."""
     from emotiw.inference import head_features
 
     heads = _heads(configs, head_states)
@@ -259,15 +260,23 @@ def hidden_batch(
 _HEADS: dict[str, dict[str, Any]] = {}
 
 
-def _heads(configs: ModalityConfigs, states: dict[str, bytes]) -> dict[str, Any]:
-    """Heads rebuilt from their safetensors bytes, once per process and set of states (a Ray
-    task worker keeps them for the following batches)."""
+def _heads(configs: ModalityConfigs, states: Any) -> dict[str, Any]:
+    """Heads rebuilt from their safetensors bytes (or an ObjectRef to them), once per
+    process and set of states (a Ray task worker keeps them for the following batches)."""
     import hashlib
 
     from safetensors.torch import load
 
     from emotiw import modalities as registry
 
+    if not isinstance(states, dict):  # an ObjectRef: fetched once per worker process
+        key = f"ref:{states.hex()}"
+        if key not in _HEADS:
+            import ray
+
+            _HEADS.clear()
+            _HEADS[key] = _heads(configs, ray.get(states))
+        return _HEADS[key]
     digest = hashlib.sha256(b"".join(n.encode() + s for n, s in sorted(states.items())))
     key = digest.hexdigest()
     if key not in _HEADS:

@@ -108,10 +108,13 @@ def _gpus(cfg: TrainConfig) -> float:
 def hidden(cfg: TrainConfig, ds: Any, head_states: dict[str, bytes]) -> Any:
     """The frozen heads' hidden layers of every clip of `ds`, computed once (Ray tasks: the
     heads are small, and a task worker keeps them loaded between batches) and materialised:
-    a fusion over frozen heads trains on these every epoch."""
+    a fusion over frozen heads trains on these every epoch. The heads go through the object
+    store once, not inside every task's function."""
+    import ray
+
     return ds.map_batches(
         hidden_batch,
-        fn_args=(cfg.configs, head_states),
+        fn_args=(cfg.configs, ray.put(head_states)),
         batch_format="numpy",
         batch_size=cfg.prepare_batch_size * 4,
         num_gpus=_gpus(cfg),
