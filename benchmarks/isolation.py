@@ -1,9 +1,9 @@
 """isolation: clips/s of the extract actor's work with each clip in its child process
 (`emotiw.clip_process`, the default: a clip that kills its process costs that clip) against
 the same work in the actor's own process, in the same run. Both extract the same sample clips
-from local files with the cpu-smoke preset's extractors (random-init weights) and one thread
-each; the child's start-up (Python, imports, the extractors' models) is reported apart, as an
-actor pays it once, and again after each crash.
+from local files with the cpu-smoke preset's extractors (random-init weights), with the same
+number of threads; the child's start-up (Python, imports, the extractors' models) is reported
+apart, as an actor pays it once, and again after each crash.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ def bench_isolation(args: argparse.Namespace) -> dict[str, float]:
 
     import torch
 
-    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"  # the child's too (Ray sets it per actor likewise)
+    # The child computes with as many threads as this process (Ray sets OMP_NUM_THREADS per
+    # actor likewise); this process's own thread pool is left as it is.
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     try:
-        return _measure(args)
-    finally:  # put the caller's settings back (the smoke test runs in process)
-        torch.set_num_threads(threads)
+        return _measure(args, torch.get_num_threads())
+    finally:
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = omp
 
 
-def _measure(args: argparse.Namespace) -> dict[str, float]:
+def _measure(args: argparse.Namespace, threads: int) -> dict[str, float]:
     from emotiw.clip_process import ClipProcess
     from emotiw.config import MediaConfig
     from emotiw.features import ItemExtractor, ModalityConfigs
@@ -81,7 +81,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     ratio = child_cps / local_cps
     print(
         f"isolation: {len(items)} clips x {args.repeat} rounds, cpu-smoke extractors "
-        f"(random-init), 1 thread\n"
+        f"(random-init), {threads} thread(s) each\n"
         f"  in the actor's process:  {local_cps:6.2f} clips/s ({1000 / local_cps:.0f} ms/clip)\n"
         f"  in a child process:      {child_cps:6.2f} clips/s ({1000 / child_cps:.0f} ms/clip)\n"
         f"  child start-up (once per actor, and after each crash): {startup_s:.1f} s\n"
