@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # The CPU / offline modality set (scene on EfficientNet-Lite0, log-mel audio, faces) as flags.
 SMOKE_ARGS = ["--preset", "cpu-smoke"]
+
+# Object keys that break naive URL handling, all valid on a file system and on S3.
+ODD_NAMES = [
+    "with space.mp4", "per%cent.mp4", "per%20cent.mp4", "hash#tag.mp4", "what?.mp4",
+    "plus+sign.mp4", unicodedata.normalize("NFC", "café.mp4"),
+    unicodedata.normalize("NFD", "café.mp4"), "x" * 180 + ".mp4",
+]  # fmt: skip
 
 
 def frame_colour(i: int) -> tuple[int, int, int]:

@@ -78,10 +78,47 @@ def poison_registered() -> Iterator[None]:
     modalities.unregister(POISON.name)
 
 
-@pytest.mark.e2e
+def test_the_extract_actor_writes_a_crashing_clip_as_a_row_and_goes_on(tmp_path: Path) -> None:
+    """The actor itself, without Ray: a batch of a good clip, one that exits its process and
+    one SIGKILLed, in that order: three rows, the good one extracted, each poison one tried
+    `attempts` times in fresh processes and written as ``crashed`` with how it died."""
+    from emotiw.config import JobConfig, MediaConfig
+    from emotiw.features import ModalityConfigs
+    from emotiw.runtime import NO_LABEL, ExtractActor
+    from emotiw.storage import list_video_objects
+    from emotiw.weights import WeightsConfig
+
+    write_clip(tmp_path / "a_good.mp4", n_frames=30, fps=25, tone_hz=None)
+    write_clip(tmp_path / "b_exits.mp4", n_frames=10, fps=7, tone_hz=None)
+    write_clip(tmp_path / "c_killed.mp4", n_frames=10, fps=9, tone_hz=None)
+    listed = list_video_objects(str(tmp_path))
+    batch = {
+        "uri": np.array([o.uri for o in listed]), "video_id": np.array(["a", "b", "c"]),
+        "etag": np.array([o.etag for o in listed]),
+        "size_bytes": np.array([o.size for o in listed]),
+        "label": np.array([NO_LABEL] * 3),
+    }  # fmt: skip
+    actor = ExtractActor(ModalityConfigs({"poison": Config()}), MediaConfig(),
+                         WeightsConfig(allow_download=False), None, "run",
+                         JobConfig(attempts=2, backoff_s=0))  # fmt: skip
+    rows = actor(batch).to_pylist()
+    assert [r["error_reason"] for r in rows] == [None, "crashed", "crashed"]
+    assert rows[0]["poison_seen"] and rows[0]["etag"] == listed[0].etag
+    assert "exited with code 3" in rows[1]["error"] and rows[1]["attempts"] == 2
+    assert "killed by signal 9 (SIGKILL" in rows[2]["error"] and rows[2]["retryable"] is True
+
+
+@pytest.mark.nightly
 def test_a_clip_that_kills_its_process_becomes_an_error_row_and_the_run_finishes(
     local_ray, tmp_path: Path
 ) -> None:
+    """The extract job on the session's cluster with two poison clips among good ones, then
+    the runs after it.
+    Sibling in make test:
+    tests/test_poison_clip.py::test_the_extract_actor_writes_a_crashing_clip_as_a_row_and_goes_on
+    (the same actor code without Ray) and
+    tests/test_table.py::test_a_crashed_clip_is_retried_until_it_crashed_in_crash_runs_runs
+    (what later runs do)."""
     import pyarrow.dataset as pads
 
     videos = tmp_path / "videos"

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import time
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from emotiw.modalities import face, pose
 from emotiw.schema import SCORE_PARTITION, score_docs, score_schema
 from helpers import (
     BIN,
+    ODD_NAMES,
     ROOT,
     RayNode,
     job_env,
@@ -211,21 +211,16 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     assert len(joined) == current_faces > 0
 
 
-ODD_NAMES = [
-    "with space.mp4", "per%cent.mp4", "per%20cent.mp4", "hash#tag.mp4", "what?.mp4",
-    "plus+sign.mp4", unicodedata.normalize("NFC", "café.mp4"),
-    unicodedata.normalize("NFD", "café.mp4"), "x" * 180 + ".mp4",
-]  # fmt: skip
-
-
-@pytest.mark.e2e
+@pytest.mark.nightly
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_odd_object_keys_are_scored_once_under_their_own_names(
     where, corpus, package, tmp_path, s3_bucket, s3_storage, s3_env
 ) -> None:
     """Keys with spaces, %, #, ?, +, NFC and NFD spellings of one name (two objects), a long
     name and (on S3) a ``..`` segment: each is listed, read, scored once, and its row's URI is
-    the key exactly as the store has it, found by an analytics engine's equality query."""
+    the key exactly as the store has it, found by an analytics engine's equality query.
+    Sibling in make test: tests/test_storage.py::test_odd_keys_are_listed_and_read_as_stored
+    (the same keys through the listing and the reads the jobs use)."""
     import duckdb
 
     from emotiw.storage import fsspec_filesystem
@@ -307,12 +302,15 @@ def test_ray_job_submit_scores_on_a_running_cluster(corpus, package, ray_cluster
     assert len(rows) == len({r["uri"] for r in rows}) == 10
 
 
-@pytest.mark.e2e
+@pytest.mark.nightly
 def test_a_token_cluster_refuses_a_submission_without_the_token(corpus, package, tmp_path) -> None:
     """A head started as the cluster files start theirs (`RAY_AUTH_MODE=token`, the token
     from the environment, as KubeRay's authOptions give it): `ray job submit` of the scoring
     job without the token is refused before anything runs; with it, the job scores the clips.
-    A node of its own: the session's cluster runs without auth."""
+    A node of its own: the session's cluster runs without auth.
+    Sibling in make test: tests/test_scoring.py::test_ray_job_submit_scores_on_a_running_cluster
+    (the same submission) and
+    tests/test_infra.py::test_every_ray_cluster_requires_a_token_and_runs_hardened (the files)."""
     import secrets
 
     from helpers import RayNode

@@ -218,3 +218,26 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
     row = extract_item(extractor, item, cfg, "run")
     assert row["etag"] == now.etag and row["size_bytes"] == now.size
     assert row["content_sha256"] == hashlib.sha256(b"the second, longer version").hexdigest()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_odd_keys_are_listed_and_read_as_stored(
+    where: str, tmp_path: Path, s3_bucket: str, s3_storage: StorageConfig
+) -> None:
+    """The odd keys of the scoring test (`helpers.ODD_NAMES`, and a ``..``
+    segment on S3): each listed once under its key exactly as written, each read back as its
+    own bytes with the listing's fingerprint; a symlink loop is not followed."""
+    from emotiw.storage import list_video_objects, read_bytes_and_etag, write_bytes
+    from helpers import ODD_NAMES
+
+    root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)
+    names = [*ODD_NAMES, *(["up/../dots.mp4"] if where == "s3" else [])]
+    wrote = {f"{root}/in/{n}": f"clip {i}".encode() for i, n in enumerate(names)}
+    for url, data in wrote.items():
+        write_bytes(url, data, cfg)
+    if where == "local":
+        (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")
+    listed = list_video_objects(f"{root}/in", cfg)
+    assert sorted(o.uri for o in listed) == sorted(wrote)
+    for o in listed:
+        assert read_bytes_and_etag(o.uri, cfg) == (wrote[o.uri], o.etag), o.uri
