@@ -9,8 +9,6 @@ STAMP  := $(VENV)/.installed
 SCAN   := .venv-scan
 SCAN_STAMP := $(SCAN)/.installed
 PYTEST_ARGS ?=
-# A crash in native code (also at interpreter exit) prints every thread's Python stack.
-export PYTHONFAULTHANDLER = 1
 # Runs a test tier and prints its wall time (kept beside --durations in CI logs).
 define timed
 	@start=$$(date +%s); $(1); rc=$$?; \
