@@ -52,6 +52,13 @@ class MediaConfig:
             people undistorted at the same cost; the scene model's input is resized to exactly
             width x height from them (`emotiw.frames.fit`). ``stretch``: every frame exactly
             width x height, as the authors' frames were (a 9:16 video squashed ~2.7x).
+        max_frame_pixels: a video whose header declares larger frames is refused before
+            decoding (reason ``too_large``): each decoded frame takes width x height x 1.5
+            bytes per decoder thread, so a 16k x 16k header would take an actor's memory.
+            The default admits 8K UHD (7680 x 4320).
+        max_streams: a file with more streams than this is refused (``too_large``).
+        max_metadata_bytes: a file whose container and stream tags add up to more than
+            this is refused (``too_large``).
     """
 
     frame_step: int = 10
@@ -65,8 +72,14 @@ class MediaConfig:
     interpolation: str = "AREA"
     jpeg_quality: int = 90
     geometry: str = "aspect"
+    max_frame_pixels: int = 7680 * 4320
+    max_streams: int = 32
+    max_metadata_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
+        _require(self.max_frame_pixels >= 256, "max_frame_pixels must be >= 256")
+        _require(self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}")
+        _require(self.max_metadata_bytes >= 0, "max_metadata_bytes must be >= 0")
         _require(self.frame_step >= 1, f"frame_step must be >= 1, got {self.frame_step}")
         _require(self.n_frames >= 1, f"n_frames must be >= 1, got {self.n_frames}")
         _require(

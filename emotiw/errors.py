@@ -77,6 +77,7 @@ class DecodeReason(StrEnum):
     NO_VIDEO = "no_video_stream"  # a container with no video stream
     NO_FRAMES = "no_frames"  # corrupt or truncated stream: not one frame decoded
     TIMEOUT = "timeout"  # decoding ran past MediaConfig.timeout_s
+    TOO_LARGE = "too_large"  # the header asks for more than MediaConfig's max_* allow
 
 
 class DecodeError(EmotiwError):

@@ -23,6 +23,7 @@ import numpy as np
 
 from emotiw.config import MediaConfig, StorageConfig
 from emotiw.errors import DecodeError, DecodeReason, StorageError
+from emotiw.media_guard import refuse_too_large
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
@@ -108,7 +109,7 @@ def decode(
 
     Raises:
         DecodeError: reason ``not_found``, ``io``, ``empty``, ``not_media``,
-            ``no_video_stream``, ``no_frames`` or ``timeout``.
+            ``no_video_stream``, ``no_frames``, ``timeout`` or ``too_large``.
     """
     import av
 
@@ -232,6 +233,7 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
     if not container.streams.video:
         raise DecodeError(DecodeReason.NO_VIDEO, f"{label}: the file has no video stream")
     video = container.streams.video[0]
+    refuse_too_large(container, video, cfg, label)  # from the header, before decoding
     video.thread_type = "AUTO"  # frame + slice threads
     video.codec_context.thread_count = cfg.decode_threads
     codec = video.codec_context

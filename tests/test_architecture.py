@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "emotiw.schema": 1, "emotiw.metrics": 1, "emotiw.flags": 1, "emotiw.corpus": 1,
     "emotiw.frames": 1, "emotiw.retry": 1, "emotiw.table": 1, "emotiw.lease": 1,
     "emotiw.preflight": 1, "emotiw.details": 1, "emotiw.clip_process": 1,
+    "emotiw.media_guard": 1,
     "emotiw.modalities": 2,
     "emotiw.fusion": 3,
     "emotiw.features": 4,

@@ -268,3 +268,43 @@ def test_empty_s3_object(s3_bucket, s3_storage) -> None:
 
     write_bytes(f"{s3_bucket}/empty.mp4", b"", s3_storage)
     expect(DecodeReason.EMPTY, f"{s3_bucket}/empty.mp4", storage=s3_storage)
+
+
+def _with_streams_and_tags(path: Path, audio_streams: int, tag_bytes: int) -> Path:
+    """A short MKV: one video stream, `audio_streams` silent ones, a tag of `tag_bytes`."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        out.metadata["comment"] = "x" * tag_bytes
+        video = out.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audios = [out.add_stream("pcm_s16le", rate=8000) for _ in range(audio_streams)]
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), "rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for stream in audios:
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), "s16", "mono")
+            samples.sample_rate = 8000
+            out.mux(stream.encode(samples))
+    return path
+
+
+def test_files_built_to_exhaust_memory_are_refused_from_the_header(make_clip, tmp_path) -> None:
+    """Frames larger than max_frame_pixels (a dimension bomb's header), more streams than
+    max_streams, more tag bytes than max_metadata_bytes: ``too_large`` before any frame is
+    decoded, naming the limit and its flag; under the limits the same files decode."""
+    clip = make_clip(n_frames=20)  # 480x320
+    with pytest.raises(DecodeError) as err:
+        decode(clip, MediaConfig(max_frame_pixels=480 * 320 - 1))
+    assert err.value.reason == DecodeReason.TOO_LARGE
+    assert "480x320 frames, more than max_frame_pixels" in str(err.value)
+    assert "--media-max-frame-pixels" in str(err.value)
+    streams = _with_streams_and_tags(tmp_path / "streams.mkv", 40, 10)
+    with pytest.raises(DecodeError, match="41 streams, more than max_streams 32"):
+        decode(streams)
+    tags = _with_streams_and_tags(tmp_path / "tags.mkv", 1, 2 << 20)
+    with pytest.raises(DecodeError, match="bytes of metadata, more than max_metadata_bytes"):
+        decode(tags)
+    assert decode(streams, MediaConfig(max_streams=64)).n_valid_frames >= 1
+    assert decode(tags, MediaConfig(max_metadata_bytes=4 << 20)).n_valid_frames >= 1
