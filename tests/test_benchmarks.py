@@ -36,6 +36,7 @@ def test_benchmark_face_prints_split_and_recall(capsys) -> None:
     assert {r[0] for r in rows if len(r) == 8} == {"hog", "cnn"}  # both detectors measured
 
 
+@pytest.mark.e2e  # many seconds (a server, models): out of make test-fast
 def test_benchmark_pose_prints_sizes_and_ratios(capsys) -> None:
     out = run_benchmark(capsys, "pose", "--sizes", "128", "--people", "1", "--frames", "2")
     assert "random-init weights" in out and "x decode" in out
@@ -50,6 +51,7 @@ def test_benchmark_audio_prints_batches_and_logmel(capsys) -> None:
     assert "speed vs 1/forward" in out and "logmel" in out and "random-init" in out
 
 
+@pytest.mark.e2e  # many seconds (a server, models): out of make test-fast
 def test_benchmark_scene_prints_sizes_and_speeds(capsys) -> None:
     out = run_benchmark(
         capsys, "scene", "--backbones", "efficientnet-lite0", "--batch", "4", "--head-batch",

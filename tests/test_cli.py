@@ -355,6 +355,7 @@ def test_one_flag_name_per_concept_and_auto_is_spelt_auto() -> None:
         ScoreConfig(input="i", output="o", model="m", gpus_per_model_actor="-1")
 
 
+@pytest.mark.e2e  # many seconds (a server, models): out of make test-fast
 def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_command(
     tmp_path: Path,
 ) -> None:

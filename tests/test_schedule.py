@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import ROOT, job_env, write_clip
@@ -106,6 +107,7 @@ def _commit(table: Path, rows: list[dict]) -> None:
     writer.close()
 
 
+@pytest.mark.e2e  # many seconds (a server, models): out of make test-fast
 def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(
     tmp_path: Path, smoke_package: Path
 ) -> None:
