@@ -187,6 +187,11 @@ class ClipFeatureExtractor:
         self.provenance = {
             key: str(p) for ex in self.extractors.values() for key, p in ex.provenance.items()
         }
+        self.weights = json.dumps(self.provenance, sort_keys=True)  # the rows' `weights`
+
+    def info(self) -> dict[str, str]:
+        """The columns every row of this extractor carries, whatever happens to its clip."""
+        return {"weights": self.weights, "front_ends": self.front_ends}
 
     def __call__(
         self, uri: str, video_id: str, data: bytes | Exception, label: int | None, run_id: str
@@ -196,17 +201,9 @@ class ClipFeatureExtractor:
         from emotiw.media import decode
         from emotiw.schema import FRAMES_COLUMN
 
-        row: dict[str, Any] = {
-            "video_id": video_id,
-            "uri": uri,
-            "content_sha256": hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None,
-            "label": label,
-            "weights": json.dumps(self.provenance, sort_keys=True),
-            "front_ends": self.front_ends,
-            "code_version": __version__,
-            "run_id": run_id,
-            "extracted_at": time.time(),
-        }
+        row = base_row(uri, video_id, label, run_id, self.info())
+        digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None
+        row["content_sha256"] = digest
         try:
             if isinstance(data, Exception):
                 raise data
@@ -279,9 +276,7 @@ class ItemExtractor:
         self.extractor = ClipFeatureExtractor(configs, media, weights, defer)
 
     def info(self) -> dict[str, str]:
-        """The columns a row carries whatever happens to its clip."""
-        provenance = json.dumps(self.extractor.provenance, sort_keys=True)
-        return {"weights": provenance, "front_ends": self.extractor.front_ends}
+        return self.extractor.info()
 
     def __call__(
         self,
@@ -302,13 +297,19 @@ def crashed_row(
     tries = len(deaths)
     message = (f"the process extracting this clip died on each of its {tries} tries "
                f"(last: {deaths[-1]})")  # fmt: skip
-    return {
-        "video_id": str(item["video_id"]), "uri": str(item["uri"]), "label": item.get("label"),
-        **(info or {}), "code_version": __version__, "run_id": run_id,
-        "extracted_at": time.time(), "error": f"crashed: {message}", "error_reason": "crashed",
-        "etag": item.get("etag"), "size_bytes": item.get("size_bytes"), "attempts": tries,
-        "retryable": True,
-    }  # fmt: skip
+    row = base_row(str(item["uri"]), str(item["video_id"]), item.get("label"), run_id, info)
+    row.update(error=f"crashed: {message}", error_reason="crashed", etag=item.get("etag"),
+               size_bytes=item.get("size_bytes"), attempts=tries, retryable=True)  # fmt: skip
+    return row
+
+
+def base_row(
+    uri: str, video_id: str, label: int | None, run_id: str, info: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """The columns of a feature row known before its clip is read (`info`: the extractor's
+    weights and front-ends, `ClipFeatureExtractor.info`)."""
+    return {"video_id": video_id, "uri": uri, "label": label, **(info or {}),
+            "code_version": __version__, "run_id": run_id, "extracted_at": time.time()}  # fmt: skip
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> Any:

@@ -355,30 +355,30 @@ def load_state_dict(
 
     converted = resolved.path.parent / "converted.safetensors"
     digest_file = resolved.path.parent / "converted.sha256"
-    data = _read_verified(converted, digest_file)
+    data, digest = _read_verified(converted, digest_file)
     if data is None:
         module, func = spec.converter.split(":")
         state = getattr(importlib.import_module(module), func)(resolved.path)
         data = save({k: v.contiguous() for k, v in state.items()})
+        digest = hashlib.sha256(data).hexdigest()
         # The digest is of the bytes written, and each writer has its own temporary file:
         # actors converting at once on one node each publish a whole file (the same one).
         _write_atomically(converted, data)
-        _write_atomically(digest_file, hashlib.sha256(data).hexdigest().encode())
-    provenance = dataclasses.replace(
-        resolved.provenance, converted_sha256=hashlib.sha256(data).hexdigest()
-    )
+        _write_atomically(digest_file, digest.encode())
+    provenance = dataclasses.replace(resolved.provenance, converted_sha256=digest)
     # Loaded from the verified bytes in memory rather than memory-mapped: a cache file
     # replaced or damaged later must not pull the tensors out from under a running model.
     return load(data), provenance
 
 
-def _read_verified(path: Path, digest_file: Path) -> bytes | None:
-    """The bytes of `path` when their sha256 is the one recorded beside it, else None."""
+def _read_verified(path: Path, digest_file: Path) -> tuple[bytes | None, str | None]:
+    """The bytes of `path` and their sha256 when it is the one recorded beside it, else
+    (None, None)."""
     try:
         data, recorded = path.read_bytes(), digest_file.read_text().strip()
     except FileNotFoundError:
-        return None
-    return data if hashlib.sha256(data).hexdigest() == recorded else None
+        return None, None
+    return (data, recorded) if hashlib.sha256(data).hexdigest() == recorded else (None, None)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
