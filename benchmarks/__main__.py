@@ -14,6 +14,7 @@ from benchmarks import (
     face,
     int8,
     isolation,
+    memory,
     pose,
     scale,
     scene,
@@ -135,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--real", type=int, default=0,
                    help="also score this many tiny clips with the real job")  # fmt: skip
     p.set_defaults(func=scale.bench_scale)
+    p = sub.add_parser("actor-memory", help="actor peak RSS on the worst admitted inputs")
+    p.add_argument("--frames-8k", type=int, default=30, help="frames of the 8K UHD clip")
+    p.add_argument("--long-s", type=int, default=1200, help="seconds of the long video")
+    p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
+    p.add_argument("--frame-batches", type=ints, default=[32, 8],
+                   help="model-stage frames per forward to measure (comma-separated)")  # fmt: skip
+    p.add_argument("--presets", type=lambda t: t.split(","), default=["paper", "cpu-smoke"])
+    p.set_defaults(func=memory.bench_memory)
     p = sub.add_parser("train-memory", help="training driver peak RSS at 100 / 1,000 clips")
     p.add_argument("--rows", type=ints, default=[100, 1000])
     p.set_defaults(func=train_memory.bench_train_memory)

@@ -109,7 +109,7 @@ def random_package(path: str, configs: Any) -> Any:
 
 
 def run_child(module: str, *args: str) -> dict[str, Any]:
-    """`python -m MODULE --child ARGS` in its own process (so its ru_maxrss is that run's
+    """`python -m MODULE --child ARGS` in its own process (so its peak RSS is that run's
     alone); the JSON line it printed last (`child_report`)."""
     import json
     import os
@@ -126,9 +126,11 @@ def run_child(module: str, *args: str) -> dict[str, Any]:
 
 
 def child_report(seconds: float, rows: int) -> None:
-    """What a `run_child` process prints last: its time, rows and peak RSS in MiB."""
+    """What a `run_child` process prints last: its time, rows and peak RSS in MiB (VmHWM:
+    ru_maxrss would not do, Linux carries it across execve from the parent that forked)."""
     import json
-    import resource
+    from pathlib import Path
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    status = Path("/proc/self/status").read_text()
+    rss = int(status.split("VmHWM:")[1].split()[0]) / 1024  # KiB -> MiB
     print(json.dumps({"seconds": seconds, "rows": rows, "rss_mib": rss}))

@@ -1,9 +1,9 @@
 """scale: what the scoring job's orchestration costs per clip, and the driver's peak memory,
 at 1k / 10k / 100k clips. The job's real plan (a streamed listing of N empty files, the done-key
-index, `runtime.plan_blocks`, the two actor pools with one clip per extract call and 8 per
+index, `pools.plan_blocks`, the two actor pools with one clip per extract call and 8 per
 model call, rows streamed into `table.ChunkWriter`) with no-op stages, against the old plan
 (the whole listing in `from_items`, one block per clip) measured in the same run. Each size and
-plan runs in its own process, so its peak RSS (ru_maxrss) is that run's driver alone.
+plan runs in its own process, so its peak RSS (VmHWM) is that run's driver alone.
 
 With ``--real N``, also the real scoring job (`score.run_score`: decode, extractors, heads,
 fusion, Parquet) on N tiny clips (copies of 6 sample clips under distinct paths) with a
@@ -51,7 +51,8 @@ def _child(args: argparse.Namespace) -> None:
     import ray
 
     from emotiw import modalities
-    from emotiw.runtime import Committed, ensure_ray, plan_blocks, write_stream
+    from emotiw.pools import plan_blocks
+    from emotiw.runtime import Committed, ensure_ray, write_stream
     from emotiw.schema import score_schema
     from emotiw.storage import arrow_filesystem, iter_video_objects, video_id
     from emotiw.table import ChunkWriter, done_keys

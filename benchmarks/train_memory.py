@@ -2,7 +2,7 @@
 table with the paper configuration's shapes (12 JPEG frames of 480x320, OpenL3 audio
 11 x 6144, pose 12 x 27, faces 12 x 22; values random, labels cycling), against the old
 driver-side loading (`features.read_rows` + `to_feature_set` on the driver) measured in the
-same run. Each size and plan runs in its own process, so ru_maxrss is that driver alone.
+same run. Each size and plan runs in its own process, so its peak RSS is that driver alone.
 
 The new plan is the train job's own (`train.dataset.load`: the driver reads the key columns,
 an actor pool decodes the frames, the prepared datasets are materialised in Ray's object

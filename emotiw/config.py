@@ -39,7 +39,9 @@ class MediaConfig:
         max_duration_s: never read media past this many seconds; bounds the cost of long videos.
             The frames need frame_step * n_frames frames (~4.8 s at 25 fps) and the audio model
             11 windows at hop 0.5 s (~6 s), so 10 s leaves headroom for slow frame rates.
-        decode_threads: FFmpeg decoder threads per clip; 0 lets FFmpeg choose.
+        decode_threads: FFmpeg decoder threads per clip; 0: in a job's actor, the CPUs Ray
+            gave it; elsewhere FFmpeg chooses (every core + 1: in a one-CPU actor that would
+            oversubscribe the node and multiply the frame buffers, 4x the memory at 8K).
         timeout_s: wall-clock bound for decoding one clip; past it the clip fails with
             reason `timeout` instead of stalling a worker.
         interpolation: swscale interpolation used for the resize (PyAV name). AREA (box
@@ -59,6 +61,8 @@ class MediaConfig:
         max_streams: a file with more streams than this is refused (``too_large``).
         max_metadata_bytes: a file whose container and stream tags add up to more than
             this is refused (``too_large``).
+        max_file_bytes: a file larger than this is refused before it is read (``too_large``):
+            an actor holds a clip's whole file in memory (`EXTRACT_ACTOR_GIB` counts it).
     """
 
     frame_step: int = 10
@@ -75,11 +79,13 @@ class MediaConfig:
     max_frame_pixels: int = 7680 * 4320
     max_streams: int = 32
     max_metadata_bytes: int = 1 << 20
+    max_file_bytes: int = 512 << 20
 
     def __post_init__(self) -> None:
         _require(self.max_frame_pixels >= 256, "max_frame_pixels must be >= 256")
         _require(self.max_streams >= 1, f"max_streams must be >= 1, got {self.max_streams}")
         _require(self.max_metadata_bytes >= 0, "max_metadata_bytes must be >= 0")
+        _require(self.max_file_bytes >= 1, "max_file_bytes must be >= 1")
         _require(self.frame_step >= 1, f"frame_step must be >= 1, got {self.frame_step}")
         _require(self.n_frames >= 1, f"n_frames must be >= 1, got {self.n_frames}")
         _require(
@@ -285,6 +291,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 AUTO = "auto"
+# Ray `memory` (GiB) each actor declares unless told otherwise, from the peaks that
+# `python -m benchmarks actor-memory` measured on the worst inputs the guards admit (README:
+# Benchmarks), with headroom. Ray then places no more actors on a node than its memory holds,
+# instead of the kernel's OOM killer choosing. Extract: 0.57 GiB (paper preset, 8-channel
+# 192 kHz audio) + a file of up to `MediaConfig.max_file_bytes` (0.5 GiB) held whole.
+EXTRACT_ACTOR_GIB = 1.25
+# Model actor: 0.85 GiB measured without a model-stage detector (cpu-smoke); with one (the
+# paper preset's Keypoint R-CNN on CPU) ~2.1 GiB + 0.09 GiB per frame of `frame_batch_size`
+# (2.8 GiB at 8, 5.0 at 32). `pools.model_actor_gib` picks from the package.
+MODEL_ACTOR_GIB = 1.5
+MODEL_DETECTOR_GIB, MODEL_DETECTOR_GIB_PER_FRAME = 2.5, 0.1
 
 
 def amount(value: str, name: str) -> float | None:

@@ -21,7 +21,7 @@ class ExitCode(IntEnum):
     NO_INPUT = 66  # the input prefix, manifest, label file or feature table does not exist
     NO_MODEL = 67  # the model package, registered version or alias does not exist
     NO_WEIGHTS = 68  # pretrained weights are not staged anywhere the run looks
-    UNAVAILABLE = 69  # MLflow, object storage or a requested GPU cannot be reached / found
+    UNAVAILABLE = 69  # MLflow, object storage, a requested GPU or memory cannot be had
     CANT_CREATE = 73  # the output cannot be written (EX_CANTCREAT)
     LEASE_HELD = 75  # another run holds (or took over) the output's lease (EX_TEMPFAIL)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from emotiw.config import JobConfig, MediaConfig, StorageConfig
+from emotiw.config import EXTRACT_ACTOR_GIB, JobConfig, MediaConfig, StorageConfig
 from emotiw.features import ModalityConfigs
 from emotiw.runtime import NO_LABEL, Committed, ExtractActor, ensure_ray, new_run_id
 from emotiw.weights import WeightsConfig
@@ -32,6 +32,9 @@ class ExtractConfig:
         min_extract_actors: actors the pool starts with and never drops below.
         cpus_per_extract_actor, gpus_per_extract_actor: resources each actor reserves; with a
             GPU the extractors run their models on it (pose's Keypoint R-CNN benefits most).
+        memory_per_extract_actor: GiB of Ray memory each actor declares (its measured peak
+            on the worst admitted input, with headroom: README, Benchmarks), so a node holds
+            no more actors than its memory does; 0 declares none.
         clips_per_batch: clips per actor call (1: a slow clip delays no other).
         skip_existing: skip clips (URI and etag) that already have a final row: a success or
             a permanent error (resumable reruns; transient errors are retried).
@@ -55,6 +58,7 @@ class ExtractConfig:
     min_extract_actors: int = 1
     cpus_per_extract_actor: float = 1.0
     gpus_per_extract_actor: float = 0.0
+    memory_per_extract_actor: float = EXTRACT_ACTOR_GIB
     clips_per_batch: int = 1
     skip_existing: bool = True
     details_output: str = "none"
@@ -70,6 +74,8 @@ class ExtractConfig:
             raise ValueError("min_extract_actors must be >= 1 and <= extract_actors (0: no cap)")
         if self.cpus_per_extract_actor <= 0 or self.gpus_per_extract_actor < 0:
             raise ValueError("cpus_per_extract_actor must be > 0 and gpus_per_extract_actor >= 0")
+        if self.memory_per_extract_actor < 0:
+            raise ValueError("memory_per_extract_actor must be >= 0 (0 declares none)")
 
 
 @dataclass
@@ -116,16 +122,9 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     from emotiw.details import detail_root, paired
     from emotiw.features import feature_schema
     from emotiw.labels import read_labels
+    from emotiw.pools import actor_pool, check_memory, memory_args, plan_blocks, pool_estimate
     from emotiw.preflight import run_checks
-    from emotiw.runtime import (
-        Progress,
-        actor_pool,
-        done_index,
-        exclusive_output,
-        plan_blocks,
-        pool_estimate,
-        write_stream,
-    )
+    from emotiw.runtime import Progress, done_index, exclusive_output, write_stream
     from emotiw.storage import list_video_objects, video_id
     from emotiw.table import ChunkWriter
 
@@ -175,7 +174,9 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
 
             def start_ray() -> int:
                 ensure_ray(ray_address)
-                return pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor)
+                gib = cfg.memory_per_extract_actor
+                check_memory({"extract": (cfg.min_extract_actors, gib)}, ray_address)
+                return pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, gib=gib)
 
             refs, _ = plan_blocks(items, start_ray)
             ds = ray.data.from_arrow_refs(refs)
@@ -193,6 +194,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
                 compute=actor_pool(cfg.min_extract_actors, cfg.extract_actors),
                 num_cpus=cfg.cpus_per_extract_actor,
                 num_gpus=cfg.gpus_per_extract_actor,
+                **memory_args(cfg.memory_per_extract_actor),
             )
             main = ChunkWriter(
                 fs, root, summary.run_id, schema, job.commit_every, job.commit_interval_s,

@@ -240,6 +240,7 @@ def extract_item(
     and extracting again while the failure is transient (io, timeout, out_of_memory,
     internal); the row says how many tries it took and whether a later run should retry."""
     from emotiw.errors import is_transient
+    from emotiw.media_guard import refuse_large_file
     from emotiw.retry import delays
     from emotiw.storage import read_bytes_and_etag
 
@@ -249,8 +250,10 @@ def extract_item(
         tries += 1
         etag, size = item.get("etag"), item.get("size_bytes")
         try:  # the fingerprint of the bytes read, which may be newer than the listing's
+            refuse_large_file(size, extractor.media, str(item["uri"]))  # before reading it
             data, etag = read_bytes_and_etag(str(item["uri"]), storage)
             size = len(data)
+            refuse_large_file(size, extractor.media, str(item["uri"]))  # grown since listed
         except Exception as exc:
             data = exc
         row = extractor(str(item["uri"]), str(item["video_id"]), data, label, run_id)

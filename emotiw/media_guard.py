@@ -15,6 +15,20 @@ from emotiw.config import MediaConfig
 from emotiw.errors import DecodeError, DecodeReason
 
 
+def refuse_large_file(size: int | None, cfg: MediaConfig, label: str) -> None:
+    """Raise `DecodeError` (``too_large``) for a file of more than ``max_file_bytes``: a
+    clip's bytes are read whole into its actor's memory, so a multi-gigabyte recording
+    would take the actor's memory before a frame is decoded. Checked on the listing's size
+    before the read, and on the bytes read."""
+    if size is not None and size > cfg.max_file_bytes:
+        raise DecodeError(
+            DecodeReason.TOO_LARGE,
+            f"{label}: {size:,} bytes, more than max_file_bytes {cfg.max_file_bytes:,} "
+            "(--media-max-file-bytes; each actor holds a clip's whole file in memory: raise "
+            "--memory-per-extract-actor with it)",
+        )
+
+
 def refuse_too_large(container: Any, video: Any, cfg: MediaConfig, label: str) -> None:
     """Raise `DecodeError` (``too_large``) when the opened `container` (PyAV) or its `video`
     stream asks for more than `cfg` allows."""

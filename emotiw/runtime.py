@@ -5,17 +5,19 @@ jobs share around them: holding the output's lease, streaming rows into committe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from emotiw import logs
 from emotiw.config import JobConfig, MediaConfig, StorageConfig
 from emotiw.features import ModalityConfigs
 from emotiw.lease import Lease
@@ -76,8 +78,6 @@ class Progress:
         stream: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from emotiw import logs
-
         self.what, self.total, self.interval_s = what, total, interval_s
         self.enabled = interval_s > 0 and not (stream or sys.stderr).isatty()
         self.log = logs.get("progress")
@@ -138,7 +138,11 @@ class ExtractActor:
     ) -> None:
         from emotiw.clip_process import ClipProcess
         from emotiw.features import ItemExtractor
+        from emotiw.pools import assigned_cpus
 
+        threads = assigned_cpus()  # not FFmpeg's every-core-plus-one in a 1-CPU actor
+        if media.decode_threads == 0 and threads is not None:
+            media = dataclasses.replace(media, decode_threads=threads)
         self.storage, self.run_id, self.job = storage, run_id, job
         self.local: ItemExtractor | None = None
         self.child: ClipProcess | None = None
@@ -218,68 +222,6 @@ class ModelActor:
         return self.scorer(batch, self.run_id)
 
 
-def actor_pool(min_size: int, max_size: int) -> Any:
-    """A Ray Data actor pool of `min_size` actors growing to `max_size` (0: no cap, so the
-    pool grows with the cluster: Ray Data adds actors as nodes join, and its cluster
-    autoscaler asks Ray's autoscaler for the nodes that pending actors need)."""
-    import ray
-
-    return ray.data.ActorPoolStrategy(min_size=min_size, max_size=max_size or None)
-
-
-def pool_estimate(max_size: int, per_actor: float, reserved: float = 0.0) -> int:
-    """How many actors a pool will likely have early in the run: its cap, else what the
-    cluster's CPUs hold now (only spreads the first blocks; the pool itself still grows)."""
-    import ray
-
-    if max_size:
-        return max_size
-    cpus = ray.cluster_resources().get("CPU", 1.0) - reserved
-    return max(1, int(cpus // per_actor))
-
-
-def block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
-    """Clips per input block: `first_small` blocks of one clip (so a small run still spreads
-    over every actor), then doubling up to `block_clips` (so a large run costs one Ray task
-    per `block_clips` clips, not per clip)."""
-    yield from [1] * first_small
-    size = 2
-    while True:
-        yield min(size, block_clips)
-        size *= 2
-
-
-def plan_blocks(
-    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100
-) -> tuple[list[Any], int]:
-    """The listing's items, put into Ray's object store block by block as they stream from
-    the listing: the driver holds one block of items and a reference per block. `start()` is
-    called before the first block (it starts Ray and returns the extract pool's size), so a
-    listing with nothing to do starts nothing. Returns the block references and the count."""
-    import pyarrow as pa
-    import ray
-
-    refs: list[Any] = []
-    sizes: Iterator[int] | None = None
-    block: list[dict[str, Any]] = []
-    count, target = 0, 1
-    for item in items:
-        block.append(item)
-        if len(block) >= target:
-            if sizes is None:
-                sizes = block_sizes(2 * max(1, start()), block_clips)
-                next(sizes)
-            refs.append(ray.put(pa.Table.from_pylist(block)))
-            count += len(block)
-            block, target = [], next(sizes)
-    if block:
-        if sizes is None:
-            start()
-        refs.append(ray.put(pa.Table.from_pylist(block)))
-        count += len(block)
-    return refs, count
-
-
 @dataclass
 class Committed:
     """What a job committed (the part of a summary the extract and scoring jobs share)."""
@@ -292,6 +234,7 @@ class Committed:
     error_reasons: dict[str, int] = field(default_factory=dict)
     recovery: str = ""
     lease: str = ""
+    cluster: str = ""  # nodes lost mid-run and what Ray redid (`emotiw.cluster_watch`)
 
     def add(self, rows: Any) -> None:
         """Count a batch of written rows (feature or score rows, pyarrow)."""
@@ -319,7 +262,8 @@ class Committed:
             f"retryable (the next run tries them again); {self.retried} clips needed a retry\n"
             f"  {self.recovery}"
         )
-        return text + (f"; {self.lease}" if self.lease else "")
+        text += f"; {self.lease}" if self.lease else ""
+        return text + (f"\n  {self.cluster}" if self.cluster else "")
 
 
 @contextlib.contextmanager
@@ -360,7 +304,11 @@ def write_stream(
     ds: Any, writer: Any, committed: Committed, on_rows: Any, progress: Progress | None
 ) -> None:
     """Pull the dataset's output blocks to the driver as they finish and commit them in
-    chunks; on any failure the open chunk is dropped (committed ones stay)."""
+    chunks; on any failure the open chunk is dropped (committed ones stay). Nodes lost
+    meanwhile are reported in `committed.cluster` (logged too when the run fails)."""
+    from emotiw.cluster_watch import NodeWatch
+
+    watch = NodeWatch()
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             errors = committed.errors
@@ -377,3 +325,6 @@ def write_stream(
         raise
     finally:
         committed.chunks = len(writer.committed)
+        committed.cluster = watch.report()
+        if committed.cluster and sys.exc_info()[0] is not None:  # no summary will say it
+            logs.get("cluster").warning("%s", committed.cluster)

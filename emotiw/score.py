@@ -14,17 +14,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotiw.config import AUTO, JobConfig, MediaConfig, StorageConfig, amount
+from emotiw.config import (
+    AUTO,
+    EXTRACT_ACTOR_GIB,
+    JobConfig,
+    MediaConfig,
+    StorageConfig,
+    amount,
+)
+from emotiw.pools import actor_pool, check_memory, memory_args, model_actor_gib, pool_estimate
 from emotiw.runtime import (
     Committed,
     ExtractActor,
     ModelActor,
     Progress,
-    actor_pool,
     done_index,
     ensure_ray,
     new_run_id,
-    pool_estimate,
 )
 from emotiw.weights import WeightsConfig
 
@@ -53,6 +59,9 @@ class ScoreConfig:
             the cluster (Ray Data asks the autoscaler for nodes while clips wait).
         min_extract_actors: actors the extract pool starts with and never drops below.
         cpus_per_extract_actor: CPUs each extract actor reserves.
+        memory_per_extract_actor: GiB of Ray memory each extract actor declares (its
+            measured peak on the worst admitted input, with headroom: README, Benchmarks), so
+            a node holds no more actors than its memory does; 0 declares none.
         model_actors: maximum size of the model pool (heads, fusion, deferred pose); 0: no
             cap when the stage uses GPUs (one actor per GPU the cluster grows to), 1 on CPU.
         min_model_actors: actors the model pool starts with.
@@ -60,6 +69,9 @@ class ScoreConfig:
             even when no GPU node is up yet; ``auto``: 1 when the cluster has a GPU when the
             job starts, else 0 (same code on CPU-only clusters).
         cpus_per_model_actor: CPUs each model actor reserves.
+        memory_per_model_actor: GiB of Ray memory each model actor declares; ``auto``: by
+            measurement, from the package (more, growing with `frame_batch_size`, when a
+            modality runs a detector at the model stage: README, Benchmarks).
         model_batch_size: clips per model-stage call (one forward of every head; the scene
             backbone sees all their frames at once).
         frame_batch_size: frames per forward of a model-stage front-end (Keypoint R-CNN),
@@ -97,10 +109,12 @@ class ScoreConfig:
     extract_actors: int = 0
     min_extract_actors: int = 1
     cpus_per_extract_actor: float = 1.0
+    memory_per_extract_actor: float = EXTRACT_ACTOR_GIB
     model_actors: int = 0
     min_model_actors: int = 1
     gpus_per_model_actor: str = "auto"
     cpus_per_model_actor: float = 1.0
+    memory_per_model_actor: str = AUTO
     model_batch_size: int = 8
     frame_batch_size: int = 32
     autocast: str = "auto"
@@ -133,6 +147,9 @@ class ScoreConfig:
         check(self.backend)
         if self.cpus_per_extract_actor <= 0 or self.cpus_per_model_actor < 0:
             raise ValueError("cpus_per_extract_actor must be > 0 and cpus_per_model_actor >= 0")
+        if self.memory_per_extract_actor < 0:
+            raise ValueError("memory_per_extract_actor must be >= 0 (0 declares none)")
+        amount(self.memory_per_model_actor, "memory_per_model_actor")
 
 
 @dataclass
@@ -211,8 +228,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     from emotiw import modalities
     from emotiw.details import detail_root, paired
     from emotiw.packaging import read_configs
+    from emotiw.pools import plan_blocks
     from emotiw.preflight import run_checks
-    from emotiw.runtime import exclusive_output, plan_blocks, write_stream
+    from emotiw.runtime import exclusive_output, write_stream
     from emotiw.schema import SCORE_PARTITION, score_schema
     from emotiw.storage import video_id
     from emotiw.table import ChunkWriter
@@ -251,7 +269,11 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
 
         def start_ray() -> int:
             ensure_ray(ray_address)
-            pools.update(_pools(cfg))
+            pools.update(_pools(cfg, configs))
+            summary.checks.append(check_memory({
+                "extract": (cfg.min_extract_actors, cfg.memory_per_extract_actor),
+                "model": (cfg.min_model_actors, pools["model_gib"]),
+            }, ray_address))  # fmt: skip
             summary.pools = _describe_pools(cfg, pools)
             return int(pools["cpu_estimate"])
 
@@ -302,7 +324,7 @@ def _dry_run(
     return summary
 
 
-def _pools(cfg: ScoreConfig) -> dict[str, float]:
+def _pools(cfg: ScoreConfig, configs: Any) -> dict[str, float]:
     """The model stage's GPUs per actor and the pools' caps (0: none). Auto GPUs look at the
     cluster as it is when the job starts; an explicit request is passed on as is, so Ray
     Data's autoscaler asks for GPU nodes that are not up yet."""
@@ -313,19 +335,21 @@ def _pools(cfg: ScoreConfig) -> dict[str, float]:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     model_max = cfg.model_actors or (0 if gpus else 1)
     reserved = cfg.min_model_actors * cfg.cpus_per_model_actor
-    return {
-        "gpus": gpus,
-        "model_max": model_max,
-        "cpu_estimate": pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, reserved),
-    }
+    model_gib = model_actor_gib(cfg.memory_per_model_actor, configs, cfg.frame_batch_size)
+    reserved_gib = cfg.min_model_actors * model_gib
+    estimate = pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, reserved,
+                             cfg.memory_per_extract_actor, reserved_gib)  # fmt: skip
+    return {"gpus": gpus, "model_max": model_max, "cpu_estimate": estimate,
+            "model_gib": model_gib}  # fmt: skip
 
 
 def _describe_pools(cfg: ScoreConfig, pools: dict[str, float]) -> str:
     """The pools as sized, and why the model stage has no GPU when it has none."""
     cpu_max, model_max = (int(n) or "no cap" for n in (cfg.extract_actors, pools["model_max"]))
     text = (
-        f"extract {cfg.min_extract_actors}..{cpu_max} actors x {cfg.cpus_per_extract_actor:g} CPU, "
-        f"model {cfg.min_model_actors}..{model_max} x {pools['gpus']:g} GPU"
+        f"extract {cfg.min_extract_actors}..{cpu_max} actors x {cfg.cpus_per_extract_actor:g} CPU "
+        f"{cfg.memory_per_extract_actor:g} GiB, model {cfg.min_model_actors}..{model_max} x "
+        f"{pools['gpus']:g} GPU {pools['model_gib']:g} GiB"
     )
     if cfg.gpus_per_model_actor == AUTO and not pools["gpus"]:
         text += (" (no GPU in the cluster when the job started; --gpus-per-model-actor 1 "
@@ -354,6 +378,7 @@ def _pipeline(
         batch_size=1,
         compute=actor_pool(cfg.min_extract_actors, cfg.extract_actors),
         num_cpus=cfg.cpus_per_extract_actor,
+        **memory_args(cfg.memory_per_extract_actor),
     )  # fmt: skip
     package = ray.put(read_package(package_root))
     return ds.map_batches(
@@ -369,6 +394,7 @@ def _pipeline(
         compute=actor_pool(cfg.min_model_actors, int(pools["model_max"])),
         num_gpus=pools["gpus"],
         num_cpus=cfg.cpus_per_model_actor,
+        **memory_args(pools["model_gib"]),
     )
 
 

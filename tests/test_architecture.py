@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "emotiw.features": 4,
     "emotiw.inference": 5, "emotiw.packaging": 5,
     "emotiw.tracking": 6, "emotiw.runtime": 6, "emotiw.pyfunc_model": 6,
+    "emotiw.cluster_watch": 6, "emotiw.pools": 6,
     "emotiw.extract": 7, "emotiw.score": 7, "emotiw.evaluate": 7, "emotiw.train": 7,
     "emotiw.demo": 7,
     "emotiw.cli": 8, "emotiw.cli_modalities": 8, "emotiw.__main__": 8,

@@ -335,3 +335,57 @@ def test_extract_table_has_each_uri_once_after_a_driver_kill(drop, drivers, tmp_
     assert_nothing_to_clean(out)
     # behind --details-output: the per-face table beside the feature table, rows made once
     assert_faces_once(list(rows.values()), tmp_path / "features-details" / "faces")
+
+
+@pytest.mark.nightly
+def test_a_worker_node_lost_mid_run_loses_nothing_and_duplicates_nothing(
+    clean, drop, package, drivers, tmp_path
+) -> None:
+    """A two-node cluster of its own (a 4-CPU head, a 2-CPU worker): Ray Data spreads three
+    extract actors and the model actor over both; once a chunk is committed and actors run on
+    the worker, every process of the worker node is SIGKILLed at once (its raylet, object
+    store, actors). The run finishes on the head (Ray restarts the lost actors there and
+    reruns their batches), every clip is in the table once with its own scores, and the
+    summary names the lost node and what was redone. Nightly: a cluster of its own.
+    Sibling in make test: test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing
+    (actors killed one by one on the session's cluster: the same restart and retry path)."""
+    import shutil
+
+    from helpers import RayNode
+
+    clips = tmp_path / "clips"
+    for copy in ("a", "b", "c"):  # 27 clips: the run outlasts the kill
+        shutil.copytree(drop, clips / copy)
+    env = job_env()
+    env.pop("RAY_ADDRESS", None)
+    head = RayNode("--head", "--num-cpus=4", "--num-gpus=0", head=True, env=env)
+    worker = RayNode(f"--address={head.address}", "--num-cpus=2", "--num-gpus=0", head=False,
+                     env=env)  # fmt: skip
+    try:
+        out = tmp_path / "scores"
+        run = drivers.start(
+            "score", "--input", str(clips), "--output", str(out), "--model", str(package),
+            "--commit-every", "2", "--model-batch-size", "1", "--min-extract-actors", "3",
+            "--extract-actors", "3", env={"RAY_ADDRESS": head.address},
+        )  # fmt: skip
+        on_worker = wait_for(lambda: worker.pids_titled("ray::MapWorker("), "actors on the worker")
+        wait_for(lambda: committed_files(out), "a committed chunk")
+        assert run.poll() is None, "the run finished before the node could be killed"
+        for pid in worker.pids_titled(""):  # every process of the node, at once
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stdout + stderr[-4000:]
+        assert "27 clips listed, 0 already scored, 24 scored, 3 errors" in stdout, stdout
+        lost = re.search(r"lost 1 node\(s\) mid-run: .*; redone: (.*)", stdout)
+        assert lost and "actor(s) restarted" in lost.group(1), stdout
+    finally:
+        worker.stop()
+        head.stop()
+    rows = rows_of(str(out))
+    for copy in ("a", "b", "c"):
+        got = by_clip([r for r in rows if r["uri"].startswith(str(clips / copy))],
+                      str(clips / copy))  # fmt: skip
+        assert_same_scores(got, clean)
+    assert len(rows) == 27, len(rows)
+    assert_nothing_to_clean(out)
+    assert on_worker  # (the kill hit running actors, not an idle node)

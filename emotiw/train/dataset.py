@@ -78,7 +78,7 @@ def prepare(cfg: TrainConfig, tables: list[str], splits: dict[str, str]) -> Any:
     one actor pool and materialised in the object store, with a ``split`` column."""
     import ray
 
-    from emotiw.runtime import actor_pool
+    from emotiw.pools import actor_pool
     from emotiw.storage import arrow_filesystem
     from emotiw.table import data_files
 
