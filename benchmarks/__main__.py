@@ -143,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frame-batches", type=ints, default=[32, 8],
                    help="model-stage frames per forward to measure (comma-separated)")  # fmt: skip
     p.add_argument("--presets", type=lambda t: t.split(","), default=["paper", "cpu-smoke"])
+    p.add_argument("--inputs", type=lambda t: t.split(","), default=list(memory.INPUTS),
+                   help="which inputs to write and measure (comma-separated)")  # fmt: skip
     p.set_defaults(func=memory.bench_memory)
     p = sub.add_parser("train-memory", help="training driver peak RSS at 100 / 1,000 clips")
     p.add_argument("--rows", type=ints, default=[100, 1000])

@@ -90,21 +90,31 @@ def write_media(
             out.mux(stream.encode(None))
 
 
-def write_inputs(folder: str, frames_8k: int = 30, long_s: int = 1200) -> dict[str, str]:
-    """The hostile inputs above, written into `folder`; name -> path."""
+INPUTS = ("sample", "8k", "audio-8ch-192k", "streams-32", "long-20min")
+
+
+def write_inputs(
+    folder: str, frames_8k: int = 30, long_s: int = 1200, names: tuple[str, ...] = INPUTS
+) -> dict[str, str]:
+    """The hostile inputs above (those in `names`), written into `folder`; name -> path."""
     from emotiw.corpus import write_sample_corpus
 
     write_sample_corpus(folder, 1, seed=0)
     paths = {"sample": str(next(Path(folder).glob("*.mp4")))}
-    paths["8k"] = f"{folder}/uhd8k.mkv"
-    write_media(paths["8k"], (7680, 4320), 25, frames_8k)
-    paths["audio-8ch-192k"] = f"{folder}/audio8ch.mkv"
-    write_media(paths["audio-8ch-192k"], (480, 320), 25, 250, (192_000, "7.1", 10.0), 1)
-    paths["streams-32"] = f"{folder}/streams32.mkv"
-    write_media(paths["streams-32"], (480, 320), 25, 150, (48_000, "stereo", 6.0), 31)
-    paths["long-20min"] = f"{folder}/long.mkv"
-    write_media(paths["long-20min"], (480, 320), 5, long_s * 5)
-    return paths
+    writers = {
+        "8k": ("uhd8k.mkv", lambda p: write_media(p, (7680, 4320), 25, frames_8k)),
+        "audio-8ch-192k": ("audio8ch.mkv", lambda p: write_media(
+            p, (480, 320), 25, 250, (192_000, "7.1", 10.0), 1)),
+        "streams-32": ("streams32.mkv", lambda p: write_media(
+            p, (480, 320), 25, 150, (48_000, "stereo", 6.0), 31)),
+        "long-20min": ("long.mkv", lambda p: write_media(p, (480, 320), 5, long_s * 5)),
+    }  # fmt: skip
+    for name in names:
+        if name in writers:
+            filename, write = writers[name]
+            paths[name] = f"{folder}/{filename}"
+            write(paths[name])
+    return {name: paths[name] for name in names}
 
 
 def _extract_child(path: str, threads: int, preset: str) -> None:
@@ -151,7 +161,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, float]:
     """Peak RSS per actor kind, preset and input: loading the models, then the work alone."""
     work = tempfile.mkdtemp(prefix="emotiw-bench-memory-")
     print(f"writing the inputs to {work} ...", flush=True)
-    paths = write_inputs(work, args.frames_8k, args.long_s)
+    paths = write_inputs(work, args.frames_8k, args.long_s, tuple(args.inputs))
     figures: dict[str, float] = {}
 
     def show(key: str, got: dict[str, float]) -> None:
@@ -160,13 +170,13 @@ def bench_memory(args: argparse.Namespace) -> dict[str, float]:
               f"MiB ({got['seconds']:.1f} s)", flush=True)  # fmt: skip
 
     for preset in args.presets:
-        runs = [(name, "1") for name in paths] + [("8k", "0")]
+        runs = [(name, "1") for name in paths] + ([("8k", "0")] if "8k" in paths else [])
         for name, threads in runs:
             got = run_child("benchmarks.memory", "extract", paths[name], threads, preset)
             show(f"extract {preset} {name}" + (" ffmpeg-threads" if threads == "0" else ""), got)
         package = str(random_package(f"{work}/model-{preset}", random_init(preset)))
         for frame_batch in args.frame_batches:
-            got = run_child("benchmarks.memory", "model", paths["8k"], package,
+            got = run_child("benchmarks.memory", "model", paths.get("8k", paths["sample"]), package,
                             str(args.batch), str(frame_batch), preset)  # fmt: skip
             show(f"model {preset} batch {args.batch} frames/forward {frame_batch}", got)
     print(f"decoder threads: 1 (an actor's CPU share) against FFmpeg's own choice here, "

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -83,20 +84,13 @@ def write_sample_corpus(
     from emotiw.labels import write_labels
     from emotiw.storage import join_url, write_bytes
 
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     cfg = cfg or CorpusConfig()
-    labels = np.arange(n) % len(CLASS_NAMES)
-    np.random.default_rng(seed).shuffle(labels)
     clips: list[SampleClip] = []
-    for i, label in enumerate(labels.tolist()):
-        name = f"clip_{i:04d}"
-        rng = np.random.default_rng([seed, i])
-        cues = [_draw_cue(rng, label, cfg.cue_strength) for _ in range(3)]
-        data = render_clip(rng, scene=cues[0], audio=cues[1], face=cues[2], cfg=cfg)
-        uri = join_url(out_dir, f"{name}.mp4")
-        write_bytes(uri, data, storage)
-        clips.append(SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]])))
+    for clip, rng in _plan(n, seed, cfg, out_dir):
+        data = render_clip(rng, scene=clip.scene_cue, audio=clip.audio_cue, face=clip.face_cue,
+                           cfg=cfg)  # fmt: skip
+        write_bytes(clip.uri, data, storage)
+        clips.append(clip)
     names = {f"{c.name}.mp4": c.label for c in clips}
     write_labels(join_url(out_dir, "labels.txt"), names, storage)
     table = io.StringIO()
@@ -113,6 +107,29 @@ def write_sample_corpus(
     }
     write_bytes(join_url(out_dir, "corpus.json"), json.dumps(about, indent=2).encode(), storage)
     return clips
+
+
+def sample_plan(n: int, seed: int = 0, cfg: CorpusConfig | None = None) -> list[SampleClip]:
+    """The clips `write_sample_corpus` would write (labels and cues), without rendering them."""
+    return [clip for clip, _ in _plan(n, seed, cfg or CorpusConfig(), "")]
+
+
+def _plan(
+    n: int, seed: int, cfg: CorpusConfig, out_dir: str
+) -> Iterator[tuple[SampleClip, np.random.Generator]]:
+    """Each clip's labels and cues, with the generator its rendering goes on drawing from."""
+    from emotiw.storage import join_url
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    labels = np.arange(n) % len(CLASS_NAMES)
+    np.random.default_rng(seed).shuffle(labels)
+    for i, label in enumerate(labels.tolist()):
+        name = f"clip_{i:04d}"
+        rng = np.random.default_rng([seed, i])
+        cues = [_draw_cue(rng, label, cfg.cue_strength) for _ in range(3)]
+        uri = join_url(out_dir, f"{name}.mp4") if out_dir else f"{name}.mp4"
+        yield SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]])), rng
 
 
 def _draw_cue(rng: np.random.Generator, label: int, strength: float) -> int:

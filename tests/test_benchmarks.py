@@ -27,6 +27,17 @@ def test_benchmark_decode_prints_ratio(capsys) -> None:
                                                             "--repeat", "1")  # fmt: skip
 
 
+@pytest.mark.e2e  # many seconds (child processes, models): out of make test-fast
+def test_benchmark_actor_memory_prints_load_and_work_peaks(capsys) -> None:
+    out = run_benchmark(capsys, "actor-memory", "--presets", "cpu-smoke", "--inputs", "sample",
+                        "--frame-batches", "2", "--batch", "1")  # fmt: skip
+    rows = [line for line in out.splitlines() if "work peak" in line]
+    assert [r.split(":")[0].strip() for r in rows] == [
+        "extract cpu-smoke sample", "model cpu-smoke batch 1 frames/forward 2"
+    ], out  # fmt: skip
+    assert all(" MiB, work peak " in r and r.strip().endswith("s)") for r in rows)
+
+
 @pytest.mark.e2e  # many seconds: out of make test-fast
 def test_benchmark_face_prints_split_and_recall(capsys) -> None:
     out = run_benchmark(capsys, "face", "--n", "2", "--frames", "3")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,11 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "labels.txt:2: unknown label '7'" in proc.stderr
 
 
-def _fails(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
-    """Run `emotiw ARGS`: it exits with `code` and one line on stderr, no traceback."""
-    proc = run(*args, check=False, timeout=180)
+def _fails(code: int, *args: str, words: tuple[str, ...] = (), here: bool = False) -> str:
+    """Run `emotiw ARGS` (`here`: ``emotiw.cli.main(ARGS)`` in this process, as the console
+    script does, without paying a Python start-up per case): it exits with `code` and one
+    line on stderr, no traceback."""
+    proc = _main_here(*args) if here else run(*args, check=False, timeout=180)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("emotiw ")]
     assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
@@ -59,10 +63,40 @@ def _fails(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
     return lines[0]
 
 
+def _main_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """``emotiw.cli.main(args)`` with stdout / stderr captured and the log handlers put back."""
+    import contextlib
+    import io
+
+    from emotiw import logs
+    from emotiw.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                code = int(exit_.code or 0)
+    finally:
+        logs.setup("info", "text")
+        if "mlflow" in sys.modules:  # a command pointed MLflow at its store: point it back
+            sys.modules["mlflow"].set_tracking_uri(saved.get("MLFLOW_TRACKING_URI"))
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _fails_here(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
+    return _fails(code, *args, words=words, here=True)
+
+
 @pytest.mark.e2e  # many seconds: out of make test-fast
 def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -> None:
     """The exit codes of `emotiw.errors.ExitCode`, one per class of user error, each from a
-    real command with the real failure (nothing started, no Ray)."""
+    real command with the real failure (nothing started, no Ray): the console script's
+    process for the first and the logging variants, its `main` in this process for the rest."""
     from helpers import free_port, make_package, smoke_configs
 
     package = make_package(tmp_path / "model", smoke_configs())
@@ -70,36 +104,39 @@ def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -
     clips.mkdir()
     score = ("score", "--output", out, "--model")
     # 2: bad flags, and a value the config rejects
-    _fails(2, "score", "--input", str(clips), "--output", out, "--bogus")
-    _fails(2, *score, str(package), "--input", str(clips), "--model-batch-size", "0",
-           words=("model_batch_size",))  # fmt: skip
+    _fails(2, "score", "--input", str(clips), "--output", out, "--bogus")  # a real process's code
+    _fails_here(2, *score, str(package), "--input", str(clips), "--model-batch-size", "0",
+                words=("model_batch_size",))  # fmt: skip
     # 66: the input does not exist
-    _fails(66, *score, str(package), "--input", str(tmp_path / "nope"), words=("not_found",))
+    _fails_here(66, *score, str(package), "--input", str(tmp_path / "nope"),
+                words=("not_found",))  # fmt: skip
     # 67: no package at the path; no such alias in the registry
-    _fails(67, *score, str(tmp_path / "nope"), "--input", str(clips), words=("missing_model",))
+    _fails_here(67, *score, str(tmp_path / "nope"), "--input", str(clips),
+                words=("missing_model",))  # fmt: skip
     registry = f"sqlite:///{tmp_path}/mlflow.db"
-    _fails(67, *score, "models:/emotiw@champion", "--input", str(clips), "--tracking-uri",
-           registry, words=("missing_model", "emotiw@champion"))  # fmt: skip
+    _fails_here(67, *score, "models:/emotiw@champion", "--input", str(clips), "--tracking-uri",
+                registry, words=("missing_model", "emotiw@champion"))  # fmt: skip
     # 68: the paper preset's ImageNet ResNet-50 is not staged here (checked before any actor)
     extract = ("extract", "--videos", str(clips), "--output", str(tmp_path / "f"))
-    _fails(68, *extract, "--preset", "paper", "--weights-dir", str(tmp_path),
-           words=("missing_weights", "resnet50"))  # fmt: skip
+    _fails_here(68, *extract, "--preset", "paper", "--weights-dir", str(tmp_path),
+                words=("missing_weights", "resnet50"))  # fmt: skip
     # 69: nothing listens on the MLflow server's or the S3 endpoint's port
     port = free_port()
-    _fails(69, *score, "models:/emotiw/1", "--input", str(clips), "--tracking-uri",
-           f"http://127.0.0.1:{port}", words=("unavailable", "did not answer"))  # fmt: skip
-    _fails(69, "--endpoint-url", f"http://127.0.0.1:{port}", "list", "s3://bucket/clips/",
-           words=("io",))  # fmt: skip
+    _fails_here(69, *score, "models:/emotiw/1", "--input", str(clips), "--tracking-uri",
+                f"http://127.0.0.1:{port}", words=("unavailable", "did not answer"))  # fmt: skip
+    _fails_here(69, "--endpoint-url", f"http://127.0.0.1:{port}", "list", "s3://bucket/clips/",
+                words=("io",))  # fmt: skip
     # 73: the output cannot be created (a file where its folder should be)
     (tmp_path / "a-file").write_text("x")
-    _fails(73, "score", "--output", str(tmp_path / "a-file" / "scores"), "--model", str(package),
-           "--input", str(clips), words=("output_not_writable", "is not a folder"))  # fmt: skip
+    _fails_here(73, "score", "--output", str(tmp_path / "a-file" / "scores"), "--model",
+                str(package), "--input", str(clips),
+                words=("output_not_writable", "is not a folder"))  # fmt: skip
     # 69: GPUs asked for on a local run of a machine without CUDA (it would wait forever)
     import torch
 
     if not torch.cuda.is_available():
-        _fails(69, *score, str(package), "--input", str(clips), "--gpus-per-model-actor", "1",
-               words=("no CUDA device", "forever"))  # fmt: skip
+        _fails_here(69, *score, str(package), "--input", str(clips), "--gpus-per-model-actor",
+                    "1", words=("no CUDA device", "forever"))  # fmt: skip
     # --verbose adds the traceback to the same line and code
     proc = run("-v", *score, str(tmp_path / "nope"), "--input", str(clips), check=False)
     assert proc.returncode == 67 and "Traceback" in proc.stderr and "missing_model" in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from emotiw.config import CorpusConfig
-from emotiw.corpus import write_sample_corpus
+from emotiw.corpus import sample_plan, write_sample_corpus
 from emotiw.labels import read_labels
 from emotiw.media import decode
 
@@ -64,9 +65,16 @@ def test_cues_follow_class_at_full_strength(tmp_path: Path) -> None:
 
 @pytest.mark.e2e  # ~20 s: out of make test-fast, still in make test
 def test_zero_strength_decouples_cues(tmp_path: Path) -> None:
-    clips = write_sample_corpus(str(tmp_path), 30, seed=1, cfg=CorpusConfig(cue_strength=0.0))
+    """The plan (labels and cues) without rendering 30 clips; the plan is what the writer
+    writes, clip for clip."""
+    clips = sample_plan(30, seed=1, cfg=CorpusConfig(cue_strength=0.0))
     agree = sum(c.scene_cue == c.label for c in clips)
     assert agree < 20  # chance is 1/3; 20 of 30 would be far above it
+    zero = CorpusConfig(cue_strength=0.0)
+    written = write_sample_corpus(str(tmp_path), 3, seed=1, cfg=zero)
+    assert [dataclasses.replace(c, uri=c.name + ".mp4") for c in written] == sample_plan(
+        3, seed=1, cfg=zero
+    )
 
 
 def test_faces_are_real_and_big_enough(sample_corpus: Path) -> None:
