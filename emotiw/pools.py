@@ -15,9 +15,11 @@ def assigned_cpus() -> int | None:
 
     import ray
 
+    if not ray.is_initialized():  # (asking would start a local Ray in this process)
+        return None
     try:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    except AssertionError:  # "only available when the process is a worker"
+    except AssertionError:  # a driver: "only available when the process is a worker"
         return None
     return max(1, math.ceil(cpus))
 

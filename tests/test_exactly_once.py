@@ -347,8 +347,11 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_duplicates_nothing(
     store, actors). The run finishes on the head (Ray restarts the lost actors there and
     reruns their batches), every clip is in the table once with its own scores, and the
     summary names the lost node and what was redone. Nightly: a cluster of its own.
-    Sibling in make test: test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing
-    (actors killed one by one on the session's cluster: the same restart and retry path)."""
+    Sibling in make test:
+    tests/test_exactly_once.py::test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing
+    (actors killed one by one on the session's cluster: the same restart and retry path) and
+    tests/test_pools.py::test_a_run_that_lost_no_node_reports_nothing_and_operators_are_named
+    (the report)."""
     import shutil
 
     from helpers import RayNode

@@ -102,6 +102,9 @@ def test_the_extract_actor_writes_a_crashing_clip_as_a_row_and_goes_on(tmp_path:
                          WeightsConfig(allow_download=False), None, "run",
                          JobConfig(attempts=2, backoff_s=0))  # fmt: skip
     rows = actor(batch).to_pylist()
+    import ray
+
+    assert not ray.is_initialized()  # building the actor outside Ray starts no local Ray
     assert [r["error_reason"] for r in rows] == [None, "crashed", "crashed"]
     assert rows[0]["poison_seen"] and rows[0]["etag"] == listed[0].etag
     assert "exited with code 3" in rows[1]["error"] and rows[1]["attempts"] == 2

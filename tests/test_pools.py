@@ -60,7 +60,7 @@ def test_an_actor_decodes_with_as_many_threads_as_ray_gave_it(local_ray) -> None
 
     threads = [ray.get(ray.remote(num_cpus=n)(assigned_cpus).remote()) for n in (1, 2, 0.5)]
     assert threads == [1, 2, 1]
-    assert assigned_cpus() is None  # not a Ray worker: FFmpeg chooses
+    assert assigned_cpus() is None  # a driver, not a Ray worker: FFmpeg chooses
 
 
 def test_a_run_that_lost_no_node_reports_nothing_and_operators_are_named(local_ray) -> None:

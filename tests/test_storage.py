@@ -200,6 +200,7 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
     it nor takes the old version's fingerprint for the new bytes."""
     import hashlib
 
+    from emotiw.config import MediaConfig
     from emotiw.features import extract_item
     from emotiw.storage import list_video_objects, write_bytes
 
@@ -214,6 +215,7 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
     def extractor(uri: str, video_id: str, data: bytes, label: object, run: str) -> dict:
         return {"uri": uri, "content_sha256": hashlib.sha256(data).hexdigest()}
 
+    extractor.media = MediaConfig()  # type: ignore[attr-defined]  # its file-size limit
     item = {"uri": listed.uri, "video_id": "clip", "etag": listed.etag, "size_bytes": listed.size}
     row = extract_item(extractor, item, cfg, "run")
     assert row["etag"] == now.etag and row["size_bytes"] == now.size
