@@ -18,6 +18,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -27,9 +28,10 @@ class ProcessDied(Exception):
     """The child died while working on a call: `returncode` as `subprocess` reports it
     (negative: killed by that signal)."""
 
-    def __init__(self, returncode: int | None) -> None:
-        self.returncode = returncode
-        super().__init__(describe_exit(returncode))
+    def __init__(self, returncode: int | None, stderr: str = "") -> None:
+        self.returncode, self.stderr = returncode, stderr
+        last = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+        super().__init__(describe_exit(returncode) + (f" ({last[0]})" if last else ""))
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -74,9 +76,11 @@ class ClipProcess:
         from_child_r, from_child_w = os.pipe()
         # The child imports what the actor imports (a job's working dir, a test's paths).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # Its stderr is kept (a file, not a pipe nobody drains) so a death can say why.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open for the child's life)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emotiw.clip_process", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w), env=env,
+            pass_fds=(to_child_r, from_child_w), env=env, stderr=self.stderr,
         )  # fmt: skip
         os.close(to_child_r)
         os.close(from_child_w)
@@ -118,12 +122,16 @@ class ClipProcess:
         except subprocess.TimeoutExpired:  # closed its pipe yet lingers: end it
             self.proc.kill()
             returncode = self.proc.wait()
+        self.stderr.seek(0)
+        text = self.stderr.read()[-4000:].decode(errors="replace")
+        sys.stderr.write(text)  # into the actor's log, as if the child had written there
         self._forget()
-        raise ProcessDied(returncode)
+        raise ProcessDied(returncode, text)
 
     def _forget(self) -> None:
         for conn in (self.send, self.recv):
             conn.close()
+        self.stderr.close()
         self.proc = None
 
     def close(self) -> None:
