@@ -80,7 +80,7 @@ class ClipProcess:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open for the child's life)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emotiw.clip_process", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w), env=env, stderr=self.stderr,
+            pass_fds=(to_child_r, from_child_w), env=env, stderr=self.stderr, cwd=_cwd(),
         )  # fmt: skip
         os.close(to_child_r)
         os.close(from_child_w)
@@ -144,6 +144,16 @@ class ClipProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _cwd() -> str:
+    """The actor's working folder, or the temp folder when it no longer exists (an actor of a
+    `--working-dir` job on a node that joined mid-run runs in one that is gone; a child
+    started there fails in its first `os.getcwd`, importing torch)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return tempfile.gettempdir()
 
 
 def _serve(read_fd: int, write_fd: int) -> None:

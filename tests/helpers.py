@@ -229,8 +229,12 @@ class RayNode:
             ports = [f"--{name}={free_port()}" for name in self.PORTS]
             if head:
                 ports += [f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
-                          f"--ray-client-server-port={free_port()}", "--include-dashboard=true",
-                          f"--temp-dir={self.temp}"]  # fmt: skip
+                          f"--ray-client-server-port={free_port()}",
+                          "--include-dashboard=true"]  # fmt: skip
+            # Every node its own temp dir: two nodes on one host sharing one would unpack a
+            # job's working dir into the same folder, the second replacing the first under
+            # the other node's running actors (their working folder gone).
+            ports.append(f"--temp-dir={self.temp}")
             self.log = Path(self.temp + f"-{attempt}.log")
             with self.log.open("w") as log:
                 self.proc = subprocess.Popen(

@@ -369,13 +369,20 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_duplicates_nothing(
         run = drivers.start(
             "score", "--input", str(clips), "--output", str(out), "--model", str(package),
             "--commit-every", "2", "--model-batch-size", "1", "--min-extract-actors", "3",
-            "--extract-actors", "3", env={"RAY_ADDRESS": head.address},
+            "--extract-actors", "3", "--lease-ttl-s", "300", env={"RAY_ADDRESS": head.address},
         )  # fmt: skip
         on_worker = wait_for(lambda: worker.pids_titled("ray::MapWorker("), "actors on the worker")
         wait_for(lambda: committed_files(out), "a committed chunk")
         assert run.poll() is None, "the run finished before the node could be killed"
-        for pid in worker.pids_titled(""):  # every process of the node, at once
-            os.kill(pid, signal.SIGKILL)
+        # The driver is held while the node dies and Ray's health check marks it dead (~15 s),
+        # so the run cannot end before the loss is known, however fast this machine is.
+        os.kill(run.pid, signal.SIGSTOP)
+        try:
+            for pid in worker.pids_titled(""):  # every process of the node, at once
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: _dead_nodes(head.dashboard), "the node marked dead", timeout=120)
+        finally:
+            os.kill(run.pid, signal.SIGCONT)
         stdout, stderr = run.communicate(timeout=900)
         assert run.returncode == 0, stdout + stderr[-4000:]
         assert "27 clips listed, 0 already scored, 24 scored, 3 errors" in stdout, stdout
@@ -392,3 +399,9 @@ def test_a_worker_node_lost_mid_run_loses_nothing_and_duplicates_nothing(
     assert len(rows) == 27, len(rows)
     assert_nothing_to_clean(out)
     assert on_worker  # (the kill hit running actors, not an idle node)
+
+
+def _dead_nodes(dashboard: str) -> list[Any]:
+    from ray.util.state import list_nodes
+
+    return [n for n in list_nodes(address=dashboard) if n.state == "DEAD"]
