@@ -30,8 +30,8 @@ class ProcessDied(Exception):
 
     def __init__(self, returncode: int | None, stderr: str = "") -> None:
         self.returncode, self.stderr = returncode, stderr
-        last = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        super().__init__(describe_exit(returncode) + (f" ({last[0]})" if last else ""))
+        lines = stderr.strip().splitlines()
+        super().__init__(describe_exit(returncode) + (f" ({lines[-1]})" if lines else ""))
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -270,10 +270,10 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         def start_ray() -> int:
             ensure_ray(ray_address)
             pools.update(_pools(cfg, configs))
-            summary.checks.append(check_memory({
+            check_memory({
                 "extract": (cfg.min_extract_actors, cfg.memory_per_extract_actor),
                 "model": (cfg.min_model_actors, pools["model_gib"]),
-            }, ray_address))  # fmt: skip
+            }, ray_address)  # fmt: skip
             summary.pools = _describe_pools(cfg, pools)
             return int(pools["cpu_estimate"])
 

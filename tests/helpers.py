@@ -288,32 +288,44 @@ def run_here(
     entrypoints are that call and nothing else), on the session's Ray cluster, with `env`
     set and stdout / stderr captured for the call, then everything put back: environment,
     log handlers, Ray connection. For tests where no process boundary is under test."""
-    import io
-
     import ray
+
+    try:
+        proc = main_here(job, *args, env=job_env(env))
+    finally:
+        ray.shutdown()  # disconnect: the cluster stays up
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def main_here(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``emotiw.cli.main(argv)`` in this process as the console script runs it (argparse's
+    usage errors become their exit code), with `env` set and stdout / stderr captured, then
+    the environment, the log handlers and MLflow's tracking URI put back."""
+    import io
 
     from emotiw import logs
     from emotiw.cli import main
 
     saved = dict(os.environ)
     out, err = io.StringIO(), io.StringIO()
-    os.environ.update(job_env(env))
+    os.environ.update(env or {})
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([job, *args])
+            try:
+                code = main(list(argv))
+            except SystemExit as exit_:
+                code = int(exit_.code or 0)
     finally:
         logs.setup("info", "text")  # the handler on this process's stderr again
-        ray.shutdown()  # disconnect: the cluster stays up
         if "mlflow" in sys.modules:  # a job pointed MLflow at its store: point it back
             import mlflow
 
             mlflow.set_tracking_uri(saved.get("MLFLOW_TRACKING_URI"))
         os.environ.clear()
         os.environ.update(saved)
-    proc = subprocess.CompletedProcess([job, *args], code, out.getvalue(), err.getvalue())
-    if check:
-        assert code == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
 
 
 def run_cli(

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import job_env
+from helpers import job_env, main_here
 from helpers import run_cli as run
 
 
@@ -55,37 +53,12 @@ def _fails(code: int, *args: str, words: tuple[str, ...] = (), here: bool = Fals
     """Run `emotiw ARGS` (`here`: ``emotiw.cli.main(ARGS)`` in this process, as the console
     script does, without paying a Python start-up per case): it exits with `code` and one
     line on stderr, no traceback."""
-    proc = _main_here(*args) if here else run(*args, check=False, timeout=180)
+    proc = main_here(*args) if here else run(*args, check=False, timeout=180)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("emotiw ")]
     assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
     assert all(w in lines[0] for w in words), lines[0]
     return lines[0]
-
-
-def _main_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """``emotiw.cli.main(args)`` with stdout / stderr captured and the log handlers put back."""
-    import contextlib
-    import io
-
-    from emotiw import logs
-    from emotiw.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as exit_:  # argparse's usage errors
-                code = int(exit_.code or 0)
-    finally:
-        logs.setup("info", "text")
-        if "mlflow" in sys.modules:  # a command pointed MLflow at its store: point it back
-            sys.modules["mlflow"].set_tracking_uri(saved.get("MLFLOW_TRACKING_URI"))
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _fails_here(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
