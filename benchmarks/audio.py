@@ -15,7 +15,7 @@ from benchmarks.harness import load_corpus, per_clip_seconds
 def bench_audio(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from emotiw.media import decode
+    from emotiw.io.media import decode
     from emotiw.modalities import audio
 
     data = load_corpus(args.corpus, args.n, args.seed)

@@ -40,7 +40,7 @@ def _front_end(name: str, backend: str, clip: Any, args: argparse.Namespace,
     import numpy as np
     import torch
 
-    from emotiw.frames import fit
+    from emotiw.io.frames import fit
     from emotiw.modalities import audio, face, pose, scene
     from emotiw.modalities.nets import backends, openl3
     from emotiw.modalities.nets.backbones import Backbone
@@ -83,7 +83,7 @@ def _flat(out: Any) -> Any:
 def one_clip(args: argparse.Namespace, weights: Any) -> tuple[Any, float, float]:
     """A decoded sample clip and the per-clip seconds of what no backend changes: decoding
     it, and dlib's face detection on it (shared with ``benchmarks.int8``)."""
-    from emotiw.media import decode
+    from emotiw.io.media import decode
     from emotiw.modalities import face
 
     data = load_corpus(args.corpus, 2, args.seed)[0]
@@ -96,8 +96,8 @@ def one_clip(args: argparse.Namespace, weights: Any) -> tuple[Any, float, float]
 def bench_backends(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
+    from emotiw.io.weights import WeightsConfig
     from emotiw.modalities.nets import torchvision_ops
-    from emotiw.weights import WeightsConfig
 
     weights = WeightsConfig(cache_dir=args.cache or tempfile.mkdtemp(prefix="emotiw-backends-"))
     clip, t_decode, t_detect = one_clip(args, weights)

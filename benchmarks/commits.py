@@ -1,5 +1,5 @@
 """commits: what chunked commits cost. The scoring job's write path (a Ray Data pipeline whose
-rows stream back to the driver, `runtime.write_stream` into `table.ChunkWriter`) with a commit
+rows stream back to the driver, `pipeline.write_stream` into `chunks.ChunkWriter`) with a commit
 every 1,000 clips, against the same pipeline with one commit at the end, in the same run.
 
 The stages are no-ops producing score rows, so this is the worst case: every second spent is
@@ -24,7 +24,7 @@ def _rows(batch: dict[str, Any]) -> Any:
     import pyarrow as pa
 
     from emotiw import modalities
-    from emotiw.schema import score_schema
+    from emotiw.tables.schema import score_schema
 
     schema = score_schema(modalities.specs())
     n = len(batch["id"])
@@ -40,10 +40,10 @@ def _run(n: int, commit_every: int, url: str, storage: Any) -> tuple[float, int]
     import ray
 
     from emotiw import modalities
-    from emotiw.runtime import Committed, write_stream
-    from emotiw.schema import score_schema
-    from emotiw.storage import arrow_filesystem
-    from emotiw.table import ChunkWriter
+    from emotiw.io.storage import arrow_filesystem
+    from emotiw.jobs.pipeline import Committed, write_stream
+    from emotiw.tables.chunks import ChunkWriter
+    from emotiw.tables.schema import score_schema
 
     fs, root = arrow_filesystem(url, storage)
     writer = ChunkWriter(
@@ -81,9 +81,9 @@ def _moto() -> tuple[subprocess.Popen, str]:
 
 def bench_commits(args: argparse.Namespace) -> dict[str, float]:
     """Clips/s with a commit every `args.commit_every` clips vs a single commit."""
-    from emotiw.config import StorageConfig
-    from emotiw.runtime import ensure_ray
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.core.config import StorageConfig
+    from emotiw.io.storage import fsspec_filesystem
+    from emotiw.jobs.pipeline import ensure_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray()

@@ -1,8 +1,7 @@
-"""decode: clips/s of `emotiw.media.decode` (sampling 12 frames, RGB + resize of those frames only,
-mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the
-same clips' video and audio streams with the same thread settings and no conversion at all.
-Both read the clips from memory, so storage I/O is excluded. Target ratio >= 0.8.
-"""
+"""decode: clips/s of `emotiw.io.media.decode` (sampling 12 frames, RGB + resize of those frames
+only, mono 48 kHz resampling) against the decode-only limit: PyAV decoding every packet of the same
+clips' video and audio streams with the same thread settings and no conversion at all. Both read the
+clips from memory, so storage I/O is excluded. Target ratio >= 0.8."""
 
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ def decode_only(data: bytes, threads: int) -> int:
 
 
 def bench_decode(args: argparse.Namespace) -> dict[str, float]:
-    from emotiw.config import MediaConfig
-    from emotiw.media import decode
+    from emotiw.core.config import MediaConfig
+    from emotiw.io.media import decode
 
     cfg = MediaConfig(decode_threads=args.threads)
     clips = load_corpus(args.corpus, args.n, args.seed)

@@ -19,7 +19,7 @@ def _known_face_frames(n: int, seed: int) -> tuple[list, list]:
     """Frames with astronaut faces pasted at known places; returns (frames, boxes per frame)."""
     from PIL import Image
 
-    from emotiw.corpus import ASTRONAUT_FACE, FACE_MARGIN, face_crop
+    from emotiw.io.corpus import ASTRONAUT_FACE, FACE_MARGIN, face_crop
 
     rng = np.random.default_rng(seed)
     crop = face_crop()
@@ -49,7 +49,7 @@ def _known_face_frames(n: int, seed: int) -> tuple[list, list]:
 
 
 def bench_face(args: argparse.Namespace) -> dict[str, float]:
-    from emotiw.media import decode
+    from emotiw.io.media import decode
     from emotiw.modalities import face
 
     clips = [decode(data) for data in load_corpus(args.corpus, args.n, args.seed)]

@@ -11,8 +11,8 @@ from typing import Any
 
 
 def load_corpus(corpus: str | None, n: int, seed: int) -> list[bytes]:
-    from emotiw.corpus import write_sample_corpus
-    from emotiw.storage import list_videos, read_bytes
+    from emotiw.io.corpus import write_sample_corpus
+    from emotiw.io.storage import list_videos, read_bytes
 
     if corpus is None:
         tmp = tempfile.mkdtemp(prefix="emotiw-bench-")
@@ -97,8 +97,8 @@ def random_package(path: str, configs: Any) -> Any:
     not depend on the weights' values, and its provenance says random-init)."""
     import torch
 
-    from emotiw import fusion
-    from emotiw.packaging import PackagedModel, save_model
+    from emotiw.models import fusion
+    from emotiw.models.packaging import PackagedModel, save_model
 
     torch.manual_seed(0)
     heads = {s.name: s.head(configs.of(s.name)) for s in configs.specs()}

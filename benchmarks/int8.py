@@ -102,7 +102,7 @@ def _front_ends(clip: Any, args: argparse.Namespace, weights: Any, folder: Path)
     import numpy as np
     import torch
 
-    from emotiw.frames import fit
+    from emotiw.io.frames import fit
     from emotiw.modalities import audio, face, pose, scene
     from emotiw.modalities.nets import backends, openl3
     from emotiw.modalities.nets.backbones import Backbone
@@ -181,7 +181,7 @@ def _mkdir(path: Path) -> Path:
 def bench_int8(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from emotiw.weights import WeightsConfig
+    from emotiw.io.weights import WeightsConfig
 
     folder = Path(args.cache or tempfile.mkdtemp(prefix="emotiw-int8-"))
     weights = WeightsConfig(cache_dir=str(folder))

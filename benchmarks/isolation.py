@@ -1,5 +1,5 @@
 """isolation: clips/s of the extract actor's work with each clip in its child process
-(`emotiw.clip_process`, the default: a clip that kills its process costs that clip) against
+(`emotiw.io.clip_process`, the default: a clip that kills its process costs that clip) against
 the same work in the actor's own process, in the same run. Both extract the same sample clips
 from local files with the cpu-smoke preset's extractors (random-init weights), with the same
 number of threads; the child's start-up (Python, imports, the extractors' models) is reported
@@ -35,10 +35,10 @@ def bench_isolation(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _measure(args: argparse.Namespace, threads: int) -> dict[str, float]:
-    from emotiw.clip_process import ClipProcess
-    from emotiw.config import MediaConfig
-    from emotiw.features import ItemExtractor, ModalityConfigs
-    from emotiw.weights import WeightsConfig
+    from emotiw.core.config import MediaConfig
+    from emotiw.io.clip_process import ClipProcess
+    from emotiw.io.weights import WeightsConfig
+    from emotiw.models.features import ItemExtractor, ModalityConfigs
 
     clips = load_corpus(args.corpus, args.n, args.seed)
     folder = tempfile.mkdtemp(prefix="emotiw-bench-isolation-")

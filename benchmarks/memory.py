@@ -10,7 +10,7 @@ stops at `max_duration_s`). Extract: the scoring job's `ItemExtractor` (pose def
 model stage); model: `ClipScorer` on `--batch` rows of the 8K clip's features at each
 `--frame-batches` size; per preset (`--presets`: paper and cpu-smoke). Weights are
 random-init everywhere (memory does not depend on the values). The declared memory defaults
-(`emotiw.config`: EXTRACT_ACTOR_GIB, MODEL_*) come from these peaks, with headroom.
+(`emotiw.core.config`: EXTRACT_ACTOR_GIB, MODEL_*) come from these peaks, with headroom.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from benchmarks.harness import random_package, run_child
 
 def random_init(preset: str):  # type: ignore[no-untyped-def]
     """A preset's modality configs with random-init weights (same shapes as pretrained)."""
-    from emotiw.features import ModalityConfigs
+    from emotiw.models.features import ModalityConfigs
 
     configs = ModalityConfigs.preset(preset)
     return ModalityConfigs({
@@ -97,7 +97,7 @@ def write_inputs(
     folder: str, frames_8k: int = 30, long_s: int = 1200, names: tuple[str, ...] = INPUTS
 ) -> dict[str, str]:
     """The hostile inputs above (those in `names`), written into `folder`; name -> path."""
-    from emotiw.corpus import write_sample_corpus
+    from emotiw.io.corpus import write_sample_corpus
 
     write_sample_corpus(folder, 1, seed=0)
     paths = {"sample": str(next(Path(folder).glob("*.mp4")))}
@@ -118,9 +118,9 @@ def write_inputs(
 
 
 def _extract_child(path: str, threads: int, preset: str) -> None:
-    from emotiw.config import MediaConfig
-    from emotiw.features import ItemExtractor
-    from emotiw.weights import WeightsConfig
+    from emotiw.core.config import MediaConfig
+    from emotiw.io.weights import WeightsConfig
+    from emotiw.models.features import ItemExtractor
 
     extractor = ItemExtractor(random_init(preset), MediaConfig(decode_threads=threads),
                               WeightsConfig(allow_download=False), defer=True)  # fmt: skip
@@ -135,10 +135,10 @@ def _extract_child(path: str, threads: int, preset: str) -> None:
 def _model_child(path: str, package: str, batch: int, frame_batch: int, preset: str) -> None:
     import torch
 
-    from emotiw.config import MediaConfig
-    from emotiw.features import ItemExtractor, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
-    from emotiw.weights import WeightsConfig
+    from emotiw.core.config import MediaConfig
+    from emotiw.io.weights import WeightsConfig
+    from emotiw.models.features import ItemExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     torch.set_num_threads(1)  # as one model actor of 1 CPU computes
     extractor = ItemExtractor(random_init(preset), MediaConfig(decode_threads=1),

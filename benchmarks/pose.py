@@ -19,7 +19,7 @@ def bench_pose(args: argparse.Namespace) -> dict[str, float]:
 
     import torch
 
-    from emotiw.media import decode
+    from emotiw.io.media import decode
     from emotiw.modalities import face, pose
 
     data = load_corpus(args.corpus, 2, args.seed)[0]

@@ -1,7 +1,7 @@
 """scale: what the scoring job's orchestration costs per clip, and the driver's peak memory,
 at 1k / 10k / 100k clips. The job's real plan (a streamed listing of N empty files, the done-key
 index, `pools.plan_blocks`, the two actor pools with one clip per extract call and 8 per
-model call, rows streamed into `table.ChunkWriter`) with no-op stages, against the old plan
+model call, rows streamed into `chunks.ChunkWriter`) with no-op stages, against the old plan
 (the whole listing in `from_items`, one block per clip) measured in the same run. Each size and
 plan runs in its own process, so its peak RSS (VmHWM) is that run's driver alone.
 
@@ -22,7 +22,7 @@ from benchmarks.harness import child_report, run_child
 
 
 class NoopExtract:
-    """Stands in for `runtime.ExtractActor`: one tiny row per clip."""
+    """Stands in for `pipeline.ExtractActor`: one tiny row per clip."""
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
@@ -31,13 +31,13 @@ class NoopExtract:
 
 
 class NoopModel:
-    """Stands in for `runtime.ModelActor`: score rows (the real schema) for a batch."""
+    """Stands in for `pipeline.ModelActor`: score rows (the real schema) for a batch."""
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
         from emotiw import modalities
-        from emotiw.schema import score_schema
+        from emotiw.tables.schema import score_schema
 
         schema = score_schema(modalities.specs())
         n = batch.num_rows
@@ -51,11 +51,11 @@ def _child(args: argparse.Namespace) -> None:
     import ray
 
     from emotiw import modalities
-    from emotiw.pools import plan_blocks
-    from emotiw.runtime import Committed, ensure_ray, write_stream
-    from emotiw.schema import score_schema
-    from emotiw.storage import arrow_filesystem, iter_video_objects, video_id
-    from emotiw.table import ChunkWriter, done_keys
+    from emotiw.io.storage import arrow_filesystem, iter_video_objects, video_id
+    from emotiw.jobs.pipeline import Committed, ensure_ray, write_stream
+    from emotiw.jobs.pools import plan_blocks
+    from emotiw.tables.chunks import ChunkWriter, done_keys
+    from emotiw.tables.schema import score_schema
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray()
@@ -133,10 +133,10 @@ def _real_stages(n: int) -> dict[str, float]:
     import shutil
 
     from benchmarks.harness import random_package
-    from emotiw.corpus import write_sample_corpus
-    from emotiw.features import ModalityConfigs
-    from emotiw.runtime import ensure_ray
-    from emotiw.score import ScoreConfig, run_score
+    from emotiw.io.corpus import write_sample_corpus
+    from emotiw.jobs.pipeline import ensure_ray
+    from emotiw.jobs.score import ScoreConfig, run_score
+    from emotiw.models.features import ModalityConfigs
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = tempfile.mkdtemp(prefix="emotiw-bench-scale-real-")

@@ -37,8 +37,8 @@ def _photo_frames(n: int) -> np.ndarray:
 def bench_scene(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from emotiw.frames import decode_frames, encode_frames
-    from emotiw.media import decode
+    from emotiw.io.frames import decode_frames, encode_frames
+    from emotiw.io.media import decode
     from emotiw.modalities import scene
 
     data = load_corpus(args.corpus, 2, args.seed)[0]

@@ -24,12 +24,12 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
 
     import torch
 
-    from emotiw.corpus import write_sample_corpus
-    from emotiw.features import ClipFeatureExtractor, ModalityConfigs, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
-    from emotiw.runtime import ensure_ray
-    from emotiw.score import ScoreConfig, run_score
-    from emotiw.storage import list_video_objects, read_bytes, video_id
+    from emotiw.io.corpus import write_sample_corpus
+    from emotiw.io.storage import list_video_objects, read_bytes, video_id
+    from emotiw.jobs.pipeline import ensure_ray
+    from emotiw.jobs.score import ScoreConfig, run_score
+    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     configs = ModalityConfigs.preset("cpu-smoke")

@@ -19,12 +19,12 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
     """Ray Train samples/s of each head for 1 and 2 CPU workers on a synthetic feature set."""
     import os
 
-    from emotiw.features import FeatureSet, ModalityConfigs
-    from emotiw.runtime import ensure_ray
-    from emotiw.train import TrainConfig
-    from emotiw.train.data import flatten
-    from emotiw.train.driver import fit
-    from emotiw.train.worker import HeadSpec
+    from emotiw.jobs.pipeline import ensure_ray
+    from emotiw.jobs.train import TrainConfig
+    from emotiw.jobs.train.data import flatten
+    from emotiw.jobs.train.driver import fit
+    from emotiw.jobs.train.worker import HeadSpec
+    from emotiw.models.features import FeatureSet, ModalityConfigs
 
     configs = ModalityConfigs.preset("cpu-smoke", tuple(args.heads))
     rng = np.random.default_rng(args.seed)

@@ -26,7 +26,7 @@ from benchmarks.harness import child_report, run_child
 
 
 def _configs():  # type: ignore[no-untyped-def]
-    from emotiw.features import ModalityConfigs
+    from emotiw.models.features import ModalityConfigs
 
     configs = ModalityConfigs.preset("paper")
     scene = dataclasses.replace(configs.of("scene"), frozen=False)
@@ -37,10 +37,10 @@ def write_table(root: str, n: int, seed: int = 0) -> None:
     """N synthetic feature rows of the paper's shapes, in files of 50 rows."""
     import pyarrow.parquet as pq
 
-    from emotiw.features import rows_to_table
-    from emotiw.frames import encode_frames
+    from emotiw.io.frames import encode_frames
     from emotiw.modalities.base import Extraction
-    from emotiw.schema import FRAMES_COLUMN
+    from emotiw.models.features import rows_to_table
+    from emotiw.tables.schema import FRAMES_COLUMN
 
     configs = _configs()
     rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def write_table(root: str, n: int, seed: int = 0) -> None:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from emotiw.features import read_rows, to_feature_set
+    from emotiw.models.features import read_rows, to_feature_set
 
     start = time.perf_counter()
     if args.plan == "driver":  # the old train job: every row's arrays in the driver
@@ -79,10 +79,10 @@ def _child(args: argparse.Namespace) -> None:
 def _new_plan(table: str) -> int:
     import ray
 
-    from emotiw.train import TrainConfig
-    from emotiw.train import dataset as train_data
-    from emotiw.train.driver import fit
-    from emotiw.train.worker import HeadSpec
+    from emotiw.jobs.train import TrainConfig
+    from emotiw.jobs.train import dataset as train_data
+    from emotiw.jobs.train.driver import fit
+    from emotiw.jobs.train.worker import HeadSpec
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory() as run_dir:

@@ -2,6 +2,6 @@
 
 import sys
 
-from emotiw.cli import main
+from emotiw.cli.commands import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@
 
 import sys
 
-from emotiw.cli import main
+from emotiw.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["score", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 
 import sys
 
-from emotiw.cli import main
+from emotiw.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

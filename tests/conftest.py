@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from emotiw.config import StorageConfig
+from emotiw.core.config import StorageConfig
 from helpers import BIN, SESSION, TEST_KEY, TEST_SECRET, RayNode, job_env, serve, write_clip
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -135,7 +135,7 @@ def make_clip(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six clips of the synthetic sample corpus (seed 7), shared by the session."""
-    from emotiw.corpus import write_sample_corpus
+    from emotiw.io.corpus import write_sample_corpus
 
     out = tmp_path_factory.mktemp("corpus")
     write_sample_corpus(str(out), 6, seed=7)
@@ -197,7 +197,7 @@ def s3_storage(s3_endpoint: str) -> StorageConfig:
 @pytest.fixture
 def s3_bucket(s3_storage: StorageConfig) -> str:
     """A fresh, empty bucket; returns its ``s3://name`` URL."""
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     name = f"emotiw-{uuid.uuid4().hex[:12]}"
     fs, _ = fsspec_filesystem(f"s3://{name}", s3_storage)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -284,10 +286,10 @@ def run_job(
 def run_here(
     job: str, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """`run_job` without the process: ``emotiw.cli.main([job, *args])`` in this process (the
-    entrypoints are that call and nothing else), on the session's Ray cluster, with `env`
-    set and stdout / stderr captured for the call, then everything put back: environment,
-    log handlers, Ray connection. For tests where no process boundary is under test."""
+    """`run_job` without the process: ``emotiw.cli.commands.main([job, *args])`` in this process
+    (the entrypoints are that call and nothing else), on the session's Ray cluster, with `env` set
+    and stdout / stderr captured for the call, then everything put back: environment, log handlers,
+    Ray connection. For tests where no process boundary is under test."""
     import ray
 
     try:
@@ -300,13 +302,13 @@ def run_here(
 
 
 def main_here(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``emotiw.cli.main(argv)`` in this process as the console script runs it (argparse's
+    """``emotiw.cli.commands.main(argv)`` in this process as the console script runs it (argparse's
     usage errors become their exit code), with `env` set and stdout / stderr captured, then
     the environment, the log handlers and MLflow's tracking URI put back."""
     import io
 
-    from emotiw import logs
-    from emotiw.cli import main
+    from emotiw.cli.commands import main
+    from emotiw.core import logs
 
     saved = dict(os.environ)
     out, err = io.StringIO(), io.StringIO()
@@ -343,7 +345,7 @@ def run_cli(
 
 def smoke_configs() -> Any:
     """The `cpu-smoke` preset's modality configs (what tests, benchmarks and the demo use)."""
-    from emotiw.features import ModalityConfigs
+    from emotiw.models.features import ModalityConfigs
 
     return ModalityConfigs.preset("cpu-smoke")
 
@@ -355,8 +357,8 @@ def make_package(
     (`fusion_options`: its settings other than the defaults)."""
     import torch
 
-    from emotiw import fusion
-    from emotiw.packaging import PackagedModel, save_model
+    from emotiw.models import fusion
+    from emotiw.models.packaging import PackagedModel, save_model
 
     torch.manual_seed(seed)
     heads, provenance = {}, {"heads": "random-init (test)"}
@@ -514,9 +516,9 @@ def _proxy_handler(proxy: FaultyS3Proxy) -> type:
 
 
 def cookbook() -> dict[str, str]:
-    """The README's query cookbook: first comment line -> SQL (over ``runs/demo/scores``)."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("**Query cookbook**")
+    """The docs' query cookbook: first comment line -> SQL (over ``runs/demo/scores``)."""
+    text = (ROOT / "docs" / "tutorials" / "query.md").read_text()
+    start = text.index("## Query cookbook")
     block = text[
         text.index("```sql\n", start) + 7 : text.index("```", text.index("```sql\n", start) + 7)
     ]
@@ -536,3 +538,15 @@ def run_cookbook(scores: Path) -> dict[str, list[tuple]]:
         name: duckdb.sql(sql.replace("runs/demo/scores", str(scores))).fetchall()
         for name, sql in cookbook().items()
     }
+
+
+def doc_commands(page: Path) -> list[list[str]]:
+    """Every command of a page's ``sh`` blocks (continuations joined, comments dropped)."""
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            for part in line.split("&&"):
+                if part.strip() and not part.strip().startswith("#"):
+                    out.append(shlex.split(part))
+    return out

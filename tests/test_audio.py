@@ -12,9 +12,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from emotiw import modalities
-from emotiw import weights as W
-from emotiw.config import MediaConfig
-from emotiw.media import decode
+from emotiw.core.config import MediaConfig
+from emotiw.io import weights as W
+from emotiw.io.media import decode
 from emotiw.modalities import audio
 from emotiw.modalities.nets import openl3
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from emotiw.io.weights import WeightsConfig
 from emotiw.modalities import audio, face, pose
 from emotiw.modalities.nets import backends
-from emotiw.weights import WeightsConfig
 from helpers import real_photos
 
 EXPORTED = ("onnxruntime", "openvino")

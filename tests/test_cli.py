@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
 
 
 def _fails(code: int, *args: str, words: tuple[str, ...] = (), here: bool = False) -> str:
-    """Run `emotiw ARGS` (`here`: ``emotiw.cli.main(ARGS)`` in this process, as the console
+    """Run `emotiw ARGS` (`here`: ``emotiw.cli.commands.main(ARGS)`` in this process, as the console
     script does, without paying a Python start-up per case): it exits with `code` and one
     line on stderr, no traceback."""
     proc = main_here(*args) if here else run(*args, check=False, timeout=180)
@@ -67,7 +69,7 @@ def _fails_here(code: int, *args: str, words: tuple[str, ...] = ()) -> str:
 
 @pytest.mark.e2e  # many seconds: out of make test-fast
 def test_each_user_error_class_exits_with_its_code_in_one_line(tmp_path: Path) -> None:
-    """The exit codes of `emotiw.errors.ExitCode`, one per class of user error, each from a
+    """The exit codes of `emotiw.core.errors.ExitCode`, one per class of user error, each from a
     real command with the real failure (nothing started, no Ray): the console script's
     process for the first and the logging variants, its `main` in this process for the rest."""
     from helpers import free_port, make_package, smoke_configs
@@ -149,6 +151,29 @@ def test_demo_trains_registers_scores_and_reruns(tmp_path: Path) -> None:
     again = run("demo", "--workdir", work, "--n-train", "9", "--n-drop", "3", env=env, timeout=900)
     assert "using the registered models:/emotiw-demo/1" in again.stdout
     assert "5 already scored" in again.stdout
+    _run_local_tutorial(Path(work), tmp_path / "tutorial")
+
+
+def _run_local_tutorial(demo: Path, where: Path) -> None:
+    """docs/tutorials/score-local.md as written, after its `make demo` step (the demo above):
+    every other command runs in a folder whose ``runs/demo`` is the demo's and ``.venv`` ours,
+    with no Ray address, as a user's shell would."""
+    from helpers import ROOT, doc_commands
+
+    (where / "runs").mkdir(parents=True)
+    (where / "runs" / "demo").symlink_to(demo)
+    (where / ".venv").symlink_to(Path(sys.executable).parents[1])
+    steps = doc_commands(ROOT / "docs" / "tutorials" / "score-local.md")
+    assert steps[0] == ["make", "demo"] and len(steps) == 4, steps
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    outputs = []
+    for argv in steps[1:]:
+        proc = subprocess.run(argv, cwd=where, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert proc.returncode == 0, f"{argv}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        outputs.append(proc.stdout)
+    assert "4 clips listed, 0 already scored, 4 scored" in outputs[1]
+    assert outputs[2].count(".mp4") == 4  # the query's four rows
 
 
 @pytest.mark.e2e
@@ -156,8 +181,8 @@ def test_demo_scores_a_drop_with_a_registered_model(tmp_path: Path, smoke_packag
     """`emotiw demo` where a model is registered already (the demo's second run, a scheduled
     tick): no training corpus, no training; the drop scored through Ray into Parquet, the
     rerun finding nothing new, DuckDB's summary, a clean stderr, the cookbook on its table."""
-    from emotiw.demo import MODEL_NAME
-    from emotiw.tracking import log_package, mlflow_client
+    from emotiw.jobs.demo import MODEL_NAME
+    from emotiw.tracking.client import log_package, mlflow_client
 
     work = tmp_path / "demo"
     client = mlflow_client(f"sqlite:///{work}/mlflow.db", "emotiw", str(work))
@@ -207,15 +232,16 @@ def test_every_flag_maps_to_a_config_field() -> None:
     (with the prefix of its config), except the few documented shorthands."""
     import dataclasses
 
-    from emotiw import fusion, modalities
-    from emotiw.cli import build_parser
-    from emotiw.config import CorpusConfig, JobConfig, MediaConfig, StorageConfig
-    from emotiw.demo import DemoConfig
-    from emotiw.evaluate import EvaluateConfig
-    from emotiw.extract import ExtractConfig
-    from emotiw.score import ScoreConfig
-    from emotiw.train import TrainConfig
-    from emotiw.weights import WeightsConfig
+    from emotiw import modalities
+    from emotiw.cli.commands import build_parser
+    from emotiw.core.config import CorpusConfig, JobConfig, MediaConfig, StorageConfig
+    from emotiw.io.weights import WeightsConfig
+    from emotiw.jobs.demo import DemoConfig
+    from emotiw.jobs.evaluate import EvaluateConfig
+    from emotiw.jobs.extract import ExtractConfig
+    from emotiw.jobs.score import ScoreConfig
+    from emotiw.jobs.train import TrainConfig
+    from emotiw.models import fusion
 
     def fields(cls: type) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
@@ -248,9 +274,9 @@ def test_every_flag_maps_to_a_config_field() -> None:
 
 def test_absent_flags_leave_the_dataclass_defaults_and_presets_build() -> None:
     from emotiw import modalities
-    from emotiw.cli import build_parser, modality_configs
-    from emotiw.extract import ExtractConfig
-    from emotiw.features import ModalityConfigs
+    from emotiw.cli.commands import build_parser, modality_configs
+    from emotiw.jobs.extract import ExtractConfig
+    from emotiw.models.features import ModalityConfigs
 
     parser = build_parser()
     args = parser.parse_args(["extract", "--videos", "v", "--output", "o"])
@@ -284,11 +310,11 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
 
     import pyarrow as pa
 
-    from emotiw.cli import build_parser
-    from emotiw.cli_modalities import train_configs
-    from emotiw.features import ModalityConfigs, feature_schema
-    from emotiw.storage import arrow_filesystem
-    from emotiw.table import ChunkWriter
+    from emotiw.cli.commands import build_parser
+    from emotiw.cli.modality_flags import train_configs
+    from emotiw.io.storage import arrow_filesystem
+    from emotiw.models.features import ModalityConfigs, feature_schema
+    from emotiw.tables.chunks import ChunkWriter
 
     def table(name: str, configs: ModalityConfigs) -> str:
         fs, root = arrow_filesystem(str(tmp_path / name))
@@ -306,7 +332,7 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
         return train_configs(parser.parse_args(["train", "--features", train, *flags]))
 
     # the preset picks the training schedule and stacking unless a flag says otherwise
-    from emotiw.cli_modalities import train_config
+    from emotiw.cli.modality_flags import train_config
 
     def job(*flags: str) -> Any:
         return train_config(parser.parse_args(["train", "--features", train, *flags]), None)
@@ -342,10 +368,10 @@ def test_one_flag_name_per_concept_and_auto_is_spelt_auto() -> None:
     means "auto" by a magic number."""
     import dataclasses
 
-    from emotiw.cli import build_parser
-    from emotiw.extract import ExtractConfig
-    from emotiw.score import ScoreConfig
-    from emotiw.train import TrainConfig
+    from emotiw.cli.commands import build_parser
+    from emotiw.jobs.extract import ExtractConfig
+    from emotiw.jobs.score import ScoreConfig
+    from emotiw.jobs.train import TrainConfig
 
     subs = _subparsers(build_parser())
     options = {
@@ -374,9 +400,9 @@ def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_comm
     schedule scores with."""
     from mlflow import MlflowClient
 
-    import emotiw.cli
-    from emotiw.cli import build_parser
-    from emotiw.tracking import model_ref
+    import emotiw.cli.commands
+    from emotiw.cli.commands import build_parser
+    from emotiw.tracking.client import model_ref
 
     registry = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(registry)
@@ -390,7 +416,7 @@ def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_comm
     assert model_ref("models:/m@champion", registry).version == "2"
     _fails(67, "promote", "models:/m/9", "--tracking-uri", registry, words=("missing_model",))
     # docs and code agree: the module docstring names every subcommand
-    doc = emotiw.cli.__doc__.split("\n\n")[1]
+    doc = emotiw.cli.commands.__doc__.split("\n\n")[1]
     listed = {line.split()[0] for line in doc.splitlines()[1:]}
     assert listed == set(_subparsers(build_parser()))
 
@@ -398,9 +424,9 @@ def test_promote_points_champion_at_a_version_and_the_docstring_lists_every_comm
 def test_extract_dry_run_counts_pending_clips_read_only(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from emotiw.features import feature_schema
-    from emotiw.storage import arrow_filesystem, iter_video_objects
-    from emotiw.table import ChunkWriter
+    from emotiw.io.storage import arrow_filesystem, iter_video_objects
+    from emotiw.models.features import feature_schema
+    from emotiw.tables.chunks import ChunkWriter
     from helpers import write_clip
 
     clips, table = tmp_path / "clips", tmp_path / "features"

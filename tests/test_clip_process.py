@@ -1,4 +1,4 @@
-"""`emotiw.clip_process`: a child process that dies costs one call, says how it died, and
+"""`emotiw.io.clip_process`: a child process that dies costs one call, says how it died, and
 the next call gets a fresh child (the unit under the poison-clip isolation of the extract
 actors; `tests/test_poison_clip.py` runs it inside the jobs)."""
 
@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from emotiw.clip_process import ClipProcess, ProcessDied, describe_exit
+from emotiw.io.clip_process import ClipProcess, ProcessDied, describe_exit
 
 
 class Doubler:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from emotiw.config import (
+from emotiw.core.config import (
     CLASS_NAMES,
     CLASS_TO_VGAF_LABEL,
     VGAF_LABEL_TO_CLASS,

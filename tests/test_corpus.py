@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotiw.config import CorpusConfig
-from emotiw.corpus import sample_plan, write_sample_corpus
-from emotiw.labels import read_labels
-from emotiw.media import decode
+from emotiw.core.config import CorpusConfig
+from emotiw.io.corpus import sample_plan, write_sample_corpus
+from emotiw.io.labels import read_labels
+from emotiw.io.media import decode
 
 
 def test_files_labels_and_balance(tmp_path: Path) -> None:

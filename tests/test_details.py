@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from emotiw import modalities
-from emotiw.details import detail_root, paired
+from emotiw.io.storage import arrow_filesystem
+from emotiw.jobs.pipeline import Committed
 from emotiw.modalities.base import Column
-from emotiw.runtime import Committed
-from emotiw.schema import detail_schema, details_column, with_details
-from emotiw.storage import arrow_filesystem
-from emotiw.table import ChunkWriter, data_files, read, recover
+from emotiw.tables.chunks import ChunkWriter, data_files, read, recover
+from emotiw.tables.details import detail_root, paired
+from emotiw.tables.schema import detail_schema, details_column, with_details
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,10 @@ def test_the_face_table_schema_is_declared_once_and_documented() -> None:
     assert face.details_table == "faces"
     assert {"uri", "run_id", "slot", "frame_index", "timestamp_s", "fps", "top", "left",
             "prob_happy", "prob_neutral", "model_uri"} <= set(schema.names)  # fmt: skip
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### The per-face table") : text.index("### Querying it")]
+    text = (ROOT / "docs" / "reference" / "tables.md").read_text()
+    section = text[text.index("## Detail table `faces`") :]
     documented = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
-    assert documented == [*schema.names, "scored_date"]
+    assert documented == schema.names and "Partitioned by `scored_date`" in section
 
 
 def test_detail_root() -> None:

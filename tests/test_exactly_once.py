@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from emotiw import modalities
-from emotiw.corpus import write_sample_corpus
-from emotiw.features import feature_schema
-from emotiw.schema import score_schema
-from emotiw.storage import arrow_filesystem
-from emotiw.table import read
+from emotiw.io.corpus import write_sample_corpus
+from emotiw.io.storage import arrow_filesystem
+from emotiw.models.features import feature_schema
+from emotiw.tables.chunks import read
+from emotiw.tables.schema import score_schema
 from helpers import (
     ROOT,
     SMOKE_ARGS,
@@ -257,7 +257,7 @@ def test_s3_outage_and_dropped_reads_are_ridden_out(
     and tests/test_storage.py::test_upload_lands_whole_or_raises_when_the_endpoint_drops (the
     lease and the chunk upload through outages) and
     tests/test_scoring.py::test_score_on_s3_with_manifest (the job on S3)."""
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)
     fs.put(str(drop), f"{bucket}/in", recursive=True)
@@ -294,7 +294,7 @@ def test_a_clip_failing_past_its_attempts_is_retried_by_the_next_run(
     (a retryable row is not done) and
     tests/test_table.py::test_retry_call_retries_transient_failures_only
     (the per-clip attempts)."""
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     fs, bucket = fsspec_filesystem(s3_bucket, s3_storage)
     fs.put(str(drop / "cam1" / "clip_0002.mp4"), f"{bucket}/in/cam3/late.mp4")

@@ -14,11 +14,11 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from emotiw import modalities
-from emotiw.media import Clip, ClipMeta, decode
+from emotiw.io.media import Clip, ClipMeta, decode
+from emotiw.io.weights import WeightsConfig, load_state_dict, resolve
 from emotiw.modalities import face
 from emotiw.modalities.face import FER_CLASSES
 from emotiw.modalities.nets.mini_xception import MiniXception
-from emotiw.weights import WeightsConfig, load_state_dict, resolve
 
 ASTRONAUT_FACE = (76, 265, 166, 175)  # dlib HOG box (top, right, bottom, left)
 

@@ -1,4 +1,4 @@
-"""`emotiw.train.driver.fit` in process (TorchTrainer runs on the session's Ray cluster, 2
+"""`emotiw.jobs.train.driver.fit` in process (TorchTrainer runs on the session's Ray cluster, 2
 workers) on in-memory tables:
 - reports to Ray Train at most once per `TrainConfig.report_interval_s` (each
   `ray.train.report` waits for the controller's poll, which cost more than a small head's
@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw import fusion
-from emotiw.features import ModalityConfigs
-from emotiw.inference import predict_arrays
+from emotiw.jobs.train.config import Schedule, TrainConfig, schedule_for
+from emotiw.jobs.train.data import SEP, unflatten
+from emotiw.jobs.train.driver import fit, fit_many
+from emotiw.jobs.train.worker import FusionSpec, HeadSpec
 from emotiw.modalities import pose, pose_vector
-from emotiw.train.config import Schedule, TrainConfig, schedule_for
-from emotiw.train.data import SEP, unflatten
-from emotiw.train.driver import fit, fit_many
-from emotiw.train.worker import FusionSpec, HeadSpec
+from emotiw.models import fusion
+from emotiw.models.features import ModalityConfigs
+from emotiw.models.inference import predict_arrays
 
 pytestmark = pytest.mark.e2e  # three TorchTrainer runs on the session's Ray cluster: ~1 min
 

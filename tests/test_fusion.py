@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw import fusion, metrics, modalities
+from emotiw import modalities
 from emotiw.modalities import audio, pose, scene
+from emotiw.models import fusion, metrics
 
 B = 6
 BUILTIN = modalities.BUILTIN

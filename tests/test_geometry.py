@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotiw.config import MediaConfig
-from emotiw.media import decode
+from emotiw.core.config import MediaConfig
+from emotiw.io.media import decode
 from emotiw.modalities import face
 from helpers import real_photos
 

@@ -19,9 +19,9 @@ import ray
 import yaml
 
 import emotiw
-from emotiw.cli import build_parser
-from emotiw.extract import ExtractConfig
-from emotiw.score import ScoreConfig
+from emotiw.cli.commands import build_parser
+from emotiw.jobs.extract import ExtractConfig
+from emotiw.jobs.score import ScoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -171,7 +171,7 @@ def s3_urls(text: str) -> set[str]:
 
 def details_of(config: type, args: Any) -> str | None:
     """Where a job's flags put its detail tables (the per-face table), or None."""
-    from emotiw.details import detail_root
+    from emotiw.tables.details import detail_root
 
     default = config.__dataclass_fields__["details_output"].default  # type: ignore[attr-defined]
     return detail_root(getattr(args, "details_output", default), args.output)
@@ -321,19 +321,19 @@ def test_schedule_pod_role_is_the_dry_runs_read_only_needs() -> None:
 
 def test_rows_reach_tables_only_through_the_driver() -> None:
     """What lets workers hold no write grant: no Ray Data write (which would run as tasks on
-    any node) anywhere in the package; tables are written by `table.ChunkWriter`, which only
+    any node) anywhere in the package; tables are written by `chunks.ChunkWriter`, which only
     the jobs' drivers create (directly, and through `details.paired` for the detail
     tables)."""
     writes = re.compile(r"\.write_(parquet|datasink|json|csv|numpy|images|webdataset)\(")
-    users = set()
+    users = {}
     for path in (ROOT / "emotiw").rglob("*.py"):
         text = path.read_text()
         assert not writes.search(text), f"{path}: a Ray Data write runs on workers"
-        if "ChunkWriter(" in text and path.name != "table.py":
-            users.add(path.name)
-    assert users == {"score.py", "extract.py", "details.py"}, users
-    for name in users:  # and there only in the driver's run function, not in an actor
-        tree = ast.parse((ROOT / "emotiw" / name).read_text())
+        if "ChunkWriter(" in text and path.name != "chunks.py":
+            users[path.name] = path
+    assert set(users) == {"score.py", "extract.py", "details.py"}, users
+    for name, path in users.items():  # and there only in the driver's run function, not in an actor
+        tree = ast.parse(path.read_text())
         for made in ("ChunkWriter", "paired"):
             owners = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
                       for call in ast.walk(f) if isinstance(call, ast.Call)
@@ -752,13 +752,14 @@ def test_dockerfile_matches_ray_torch_and_makefile_pins() -> None:
     assert "pip install --no-cache-dir -e ." in text
 
 
-# --- the README's cluster section ---------------------------------------------------------------
+# --- the cluster tutorial ----------------------------------------------------------------------
 
 
 def readme_cluster_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "tutorials" / "score-s3-cluster.md").read_text()
     start = text.index("## Run on a cluster")
-    return text[start : text.index("\n## ", start + 1)]
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
 
 
 def readme_commands() -> list[list[str]]:

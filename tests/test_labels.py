@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from emotiw.config import CLASS_NAMES
-from emotiw.errors import LabelError
-from emotiw.labels import format_labels, parse_labels, read_labels, write_labels
+from emotiw.core.config import CLASS_NAMES
+from emotiw.core.errors import LabelError
+from emotiw.io.labels import format_labels, parse_labels, read_labels, write_labels
 
 
 def test_vgaf_values_map_to_class_order() -> None:

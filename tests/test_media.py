@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotiw.config import MediaConfig
-from emotiw.errors import DecodeError, DecodeReason
-from emotiw.media import decode
+from emotiw.core.config import MediaConfig
+from emotiw.core.errors import DecodeError, DecodeReason
+from emotiw.io.media import decode
 from helpers import frame_colour, index_from_pixel
 
 
@@ -159,7 +159,7 @@ def test_long_audio_is_capped(make_clip) -> None:
 
 
 def test_all_sources_give_the_same_clip(make_clip, s3_bucket, s3_storage) -> None:
-    from emotiw.storage import write_bytes
+    from emotiw.io.storage import write_bytes
 
     path = make_clip(n_frames=40)
     data = path.read_bytes()
@@ -264,7 +264,7 @@ def test_missing_s3_object(s3_bucket, s3_storage) -> None:
 
 
 def test_empty_s3_object(s3_bucket, s3_storage) -> None:
-    from emotiw.storage import write_bytes
+    from emotiw.io.storage import write_bytes
 
     write_bytes(f"{s3_bucket}/empty.mp4", b"", s3_storage)
     expect(DecodeReason.EMPTY, f"{s3_bucket}/empty.mp4", storage=s3_storage)
@@ -314,7 +314,7 @@ def test_a_file_larger_than_max_file_bytes_is_refused_before_it_is_read(make_cli
     """The listing's size past `max_file_bytes`: a ``too_large`` row and no read (the object
     is not even there); a file that grew past it between listing and read: the same, from
     the bytes read. Under the limit it is extracted."""
-    from emotiw.features import ClipFeatureExtractor, ModalityConfigs, extract_item
+    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs, extract_item
 
     clip = make_clip(n_frames=20)
     size = clip.stat().st_size

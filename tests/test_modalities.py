@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from emotiw import modalities
-from emotiw.features import ModalityConfigs, feature_schema
-from emotiw.frames import encode_frames
+from emotiw.io.frames import encode_frames
+from emotiw.io.weights import REGISTRY
 from emotiw.modalities.base import CPU_STAGE, MODEL_STAGE, Extraction
-from emotiw.schema import FRAMES_COLUMN
-from emotiw.weights import REGISTRY
+from emotiw.models.features import ModalityConfigs, feature_schema
+from emotiw.tables.schema import FRAMES_COLUMN
 
 NAMES = modalities.names()
 
@@ -89,14 +89,21 @@ def test_features_round_trip_through_the_table(name: str) -> None:
 def test_declared_detail_table_has_its_own_typed_columns(name: str) -> None:
     """A modality with a detail table declares typed columns that do not clash with the keys
     the table adds (uri, run_id, ...); `row_values` carries them in flight."""
-    from emotiw.schema import DETAIL_KEY_DOC, DETAIL_RUN_DOC, detail_schema, details_column
+    from emotiw.tables.schema import (
+        DETAIL_KEY_COLUMNS,
+        DETAIL_RUN_COLUMNS,
+        detail_schema,
+        details_column,
+    )
 
     spec = modalities.get(name)
     if not spec.details_table:
         assert not spec.details
         return
     own = [c.name for c in spec.details]
-    assert len(set(own)) == len(own) and not set(own) & {*DETAIL_KEY_DOC, *DETAIL_RUN_DOC}
+    assert len(set(own)) == len(own) and not set(own) & {
+        c.name for c in (*DETAIL_KEY_COLUMNS, *DETAIL_RUN_COLUMNS)
+    }
     assert detail_schema(spec).names[3 : 3 + len(own)] == own
     cfg = small(spec)
     details = {c.name: np.zeros(2, np.float32) for c in spec.details}

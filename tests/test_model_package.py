@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from emotiw.corpus import write_sample_corpus
-from emotiw.features import ClipFeatureExtractor, feature_schema, rows_to_table
+from emotiw.io.corpus import write_sample_corpus
+from emotiw.models.features import ClipFeatureExtractor, feature_schema, rows_to_table
 from helpers import make_package, smoke_configs
 
 PREDICT = """
@@ -35,7 +35,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     registry gets it, with a feature table of real extracted rows to predict on."""
     import mlflow
 
-    from emotiw.tracking import CANDIDATE, log_package, mlflow_client
+    from emotiw.tracking.client import CANDIDATE, log_package, mlflow_client
 
     tmp_path = tmp_path_factory.mktemp("logged")
     # a feature table of real extracted rows (in-process: no Ray needed for three clips)
@@ -67,7 +67,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_registered_model_is_code_with_a_signature_and_pinned_requirements(logged) -> None:
     import mlflow
 
-    from emotiw.tracking import MODEL_REQUIREMENTS
+    from emotiw.tracking.client import MODEL_REQUIREMENTS
 
     local = logged["local"]
     assert logged["uri"] == f"models:/emotiw-test/{logged['version'].version}"
@@ -77,7 +77,7 @@ def test_registered_model_is_code_with_a_signature_and_pinned_requirements(logge
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert pyfunc["model_code_path"].endswith("pyfunc_model.py")
     assert not list(local.rglob("python_model.pkl"))
-    assert (local / "code" / "emotiw" / "packaging.py").is_file()
+    assert (local / "code" / "emotiw" / "models" / "packaging.py").is_file()
     inputs = {c.name: c for c in meta.signature.inputs.inputs}
     assert inputs["video_id"].required and not inputs["face"].required
     assert [c.name for c in meta.signature.outputs.inputs][-1] == "predicted"
@@ -126,6 +126,7 @@ def test_registered_model_loads_and_predicts_in_a_fresh_virtualenv(logged, tmp_p
 
 def test_the_model_file_names_the_package_artifact_as_packaging_does() -> None:
     """pyfunc_model.py repeats `packaging.ARTIFACT` (MLflow runs it as the model file)."""
-    from emotiw import packaging, pyfunc_model
+    from emotiw.models import packaging
+    from emotiw.tracking import pyfunc_model
 
     assert pyfunc_model.ARTIFACT == packaging.ARTIFACT

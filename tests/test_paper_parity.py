@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw import fusion
-from emotiw.features import ModalityConfigs
 from emotiw.modalities import audio, face, pose, scene
 from emotiw.modalities.nets.keras_lstm import KerasBiLSTM, hard_sigmoid_keras
+from emotiw.models import fusion, presets
+from emotiw.models.features import ModalityConfigs
 
 PAPER = ModalityConfigs.preset("paper")
 B = 2
@@ -95,7 +95,7 @@ def test_fc_fusion_is_the_deployed_dense_72() -> None:
     assert every.hidden_dim() == 198  # + face 8
     opt = fusion.optimizer(every)
     assert opt.param_groups[0]["weight_decay"] == 2 * 0.01 and opt.defaults["lr"] == 0.01
-    assert fusion.Config(**fusion.PRESETS["cpu-smoke"]).presence_flags  # the settings before
+    assert fusion.Config(**presets.get("cpu-smoke").fusion).presence_flags  # the settings before
 
 
 def test_keras_lstm_equals_torch_lstm_with_one_bias() -> None:
@@ -118,9 +118,9 @@ def test_keras_lstm_equals_torch_lstm_with_one_bias() -> None:
 
 
 def test_paper_schedule_per_model_and_keras_selection() -> None:
-    from emotiw.train import TrainConfig
-    from emotiw.train.config import Schedule, schedule_for
-    from emotiw.train.worker import Selection
+    from emotiw.jobs.train import TrainConfig
+    from emotiw.jobs.train.config import Schedule, schedule_for
+    from emotiw.jobs.train.worker import Selection
 
     paper = TrainConfig(features="x")
     assert schedule_for(paper, "audio") == Schedule(4000, 32, "val_accuracy", 300)
@@ -155,12 +155,12 @@ def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) 
     (`Config.BEFORE`), not today's defaults."""
     import json
 
-    from emotiw.packaging import MANIFEST, load_model
+    from emotiw.models.packaging import MANIFEST, load_model
     from helpers import make_package, smoke_configs
 
     # as the fusion was then: presence flags in its input, no L2
     package = make_package(
-        tmp_path / "old", smoke_configs(), fusion_options=fusion.PRESETS["cpu-smoke"]
+        tmp_path / "old", smoke_configs(), fusion_options=dict(presets.get("cpu-smoke").fusion)
     )
     manifest = json.loads((package / MANIFEST).read_text())
     added = {"scene": ("pooling", "recurrent_activation"), "face": ("lstm",), "audio": ("head",)}
@@ -177,7 +177,7 @@ def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) 
     assert model.configs.of("audio").normalise == "zscore" and model.fusion.cfg.presence_flags
     # pose's frame vector before the sheet's rules (its extractor runs in the model stage,
     # so an old model's pose features are computed as they were when it was trained)
-    from emotiw.packaging import _from_dict
+    from emotiw.models.packaging import _from_dict
 
     old_pose = {k: v for k, v in dataclasses.asdict(pose.Config()).items() if k != "frame_vector"}
     assert _from_dict(pose.Config, old_pose).frame_vector == "extent"

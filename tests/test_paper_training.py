@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from emotiw.corpus import write_sample_corpus
-from emotiw.packaging import load_model
+from emotiw.io.corpus import write_sample_corpus
+from emotiw.models.packaging import load_model
 from helpers import run_job
 
 # Two extract jobs and two train jobs at the paper's schedules: ~14 min, nightly. Their cheaper

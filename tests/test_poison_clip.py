@@ -82,11 +82,11 @@ def test_the_extract_actor_writes_a_crashing_clip_as_a_row_and_goes_on(tmp_path:
     """The actor itself, without Ray: a batch of a good clip, one that exits its process and
     one SIGKILLed, in that order: three rows, the good one extracted, each poison one tried
     `attempts` times in fresh processes and written as ``crashed`` with how it died."""
-    from emotiw.config import JobConfig, MediaConfig
-    from emotiw.features import ModalityConfigs
-    from emotiw.runtime import NO_LABEL, ExtractActor
-    from emotiw.storage import list_video_objects
-    from emotiw.weights import WeightsConfig
+    from emotiw.core.config import JobConfig, MediaConfig
+    from emotiw.io.storage import list_video_objects
+    from emotiw.io.weights import WeightsConfig
+    from emotiw.jobs.pipeline import NO_LABEL, ExtractActor
+    from emotiw.models.features import ModalityConfigs
 
     write_clip(tmp_path / "a_good.mp4", n_frames=30, fps=25, tone_hz=None)
     write_clip(tmp_path / "b_exits.mp4", n_frames=10, fps=7, tone_hz=None)

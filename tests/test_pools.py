@@ -1,6 +1,6 @@
-"""Sizing the actor pools (`emotiw.pools`) and watching the cluster (`emotiw.cluster_watch`)
-on the session's Ray cluster: the memory each actor declares, the local-Ray check, the
-decoder threads an actor gets, and a run's report of lost nodes."""
+"""Sizing the actor pools (`emotiw.jobs.pools`) and watching the cluster
+(`emotiw.jobs.cluster_watch`) on the session's Ray cluster: the memory each actor declares, the
+local-Ray check, the decoder threads an actor gets, and a run's report of lost nodes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ pytestmark = pytest.mark.e2e
 def test_memory_declarations_and_the_local_ray_check(local_ray, monkeypatch) -> None:
     import ray
 
-    from emotiw import config
-    from emotiw.config import EXTRACT_ACTOR_GIB, MODEL_ACTOR_GIB
-    from emotiw.errors import Unavailable
-    from emotiw.extract import ExtractConfig
-    from emotiw.features import ModalityConfigs
-    from emotiw.pools import check_memory, memory_args, model_actor_gib, pool_estimate
-    from emotiw.score import ScoreConfig
+    from emotiw.core import config
+    from emotiw.core.config import EXTRACT_ACTOR_GIB, MODEL_ACTOR_GIB
+    from emotiw.core.errors import Unavailable
+    from emotiw.jobs.extract import ExtractConfig
+    from emotiw.jobs.pools import check_memory, memory_args, model_actor_gib, pool_estimate
+    from emotiw.jobs.score import ScoreConfig
+    from emotiw.models.features import ModalityConfigs
 
     assert memory_args(0) == {} and memory_args(1.5) == {"memory": 3 * 2**29}
     score = ScoreConfig(output="o", model="m", input="i")
@@ -56,7 +56,7 @@ def test_memory_declarations_and_the_local_ray_check(local_ray, monkeypatch) -> 
 def test_an_actor_decodes_with_as_many_threads_as_ray_gave_it(local_ray) -> None:
     import ray
 
-    from emotiw.pools import assigned_cpus
+    from emotiw.jobs.pools import assigned_cpus
 
     threads = [ray.get(ray.remote(num_cpus=n)(assigned_cpus).remote()) for n in (1, 2, 0.5)]
     assert threads == [1, 2, 1]
@@ -65,7 +65,7 @@ def test_an_actor_decodes_with_as_many_threads_as_ray_gave_it(local_ray) -> None
 
 def test_a_run_that_lost_no_node_reports_nothing_and_operators_are_named(local_ray) -> None:
     """The nightly node-loss run (tests/test_exactly_once.py) shows a report with a loss."""
-    from emotiw.cluster_watch import NodeWatch, _operator
+    from emotiw.jobs.cluster_watch import NodeWatch, _operator
 
     watch = NodeWatch()
     assert watch.lost() == [] and watch.report() == ""

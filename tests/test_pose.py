@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from emotiw import modalities
-from emotiw import weights as W
-from emotiw.media import decode
+from emotiw.io import weights as W
+from emotiw.io.media import decode
 from emotiw.modalities import pose, pose_vector
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from emotiw import weights as W
-from emotiw.frames import decode_frames, encode_frames
-from emotiw.media import decode
+from emotiw.io import weights as W
+from emotiw.io.frames import decode_frames, encode_frames
+from emotiw.io.media import decode
 from emotiw.modalities import get, scene
 from emotiw.modalities.nets.convlstm import ConvLSTM, ConvLSTMCell
 
@@ -246,8 +246,8 @@ def test_extractor_passes_frames_and_counts(make_clip) -> None:
     assert out.stats == {"n_frames": 4} and out.n_details == 0
     # a portrait clip's frames pass on at 9:16; read back from the table they are fitted to
     # the scene model's 480x320 input
-    from emotiw.frames import encode_frames
-    from emotiw.schema import FRAMES_COLUMN
+    from emotiw.io.frames import encode_frames
+    from emotiw.tables.schema import FRAMES_COLUMN
 
     portrait = decode(make_clip(n_frames=40, size=(360, 640)))
     assert spec.extractor(scene.Config())(portrait).features.shape == (12, 523, 294, 3)

@@ -95,9 +95,9 @@ def _commit(table: Path, rows: list[dict]) -> None:
     import pyarrow as pa
 
     from emotiw import modalities
-    from emotiw.schema import score_schema
-    from emotiw.storage import arrow_filesystem
-    from emotiw.table import ChunkWriter
+    from emotiw.io.storage import arrow_filesystem
+    from emotiw.tables.chunks import ChunkWriter
+    from emotiw.tables.schema import score_schema
 
     schema = score_schema(modalities.specs())
     fs, root = arrow_filesystem(str(table))
@@ -111,7 +111,7 @@ def _commit(table: Path, rows: list[dict]) -> None:
 def test_schedule_starts_a_rayjob_only_for_new_clips_and_waits_for_it(
     tmp_path: Path, smoke_package: Path
 ) -> None:
-    from emotiw.storage import iter_video_objects
+    from emotiw.io.storage import iter_video_objects
 
     clips, table = tmp_path / "clips", tmp_path / "scores"
     model = smoke_package

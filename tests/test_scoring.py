@@ -1,4 +1,4 @@
-"""The scoring job run as a user would: its command line (`emotiw.cli.main`, what
+"""The scoring job run as a user would: its command line (`emotiw.cli.commands.main`, what
 `jobs/score.py` calls, in this process) on the session's Ray cluster, over good and bad
 clips, locally and on the S3 test server; reruns; `ray job submit` of `jobs/score.py` to the
 session's cluster, and (nightly) to a cluster that gains a node with a logical GPU mid-run;
@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from emotiw import modalities
-from emotiw.corpus import write_sample_corpus
-from emotiw.features import ModalityConfigs
+from emotiw.io.corpus import write_sample_corpus
 from emotiw.modalities import face, pose
-from emotiw.schema import SCORE_PARTITION, score_docs, score_schema
+from emotiw.models.features import ModalityConfigs
+from emotiw.tables.schema import SCORE_PARTITION, score_docs, score_schema
 from helpers import (
     BIN,
     ODD_NAMES,
@@ -48,7 +48,7 @@ CLASSES = ("positive", "neutral", "negative")
 FER = face.FER_CLASSES
 
 
-# README, "Querying it": the current row of each clip under each model
+# docs/tutorials/query.md: the current row of each clip under each model
 CURRENT_PER_MODEL = """
     SELECT model_uri, count(*) AS clips, count(*) FILTER (WHERE error IS NULL) AS scored
     FROM (SELECT * FROM read_parquet('runs/demo/scores/*/*.parquet', hive_partitioning = true)
@@ -186,11 +186,11 @@ def test_score_local_rows_errors_rerun_and_changed_file(corpus, package, tmp_pat
     assert f"output {out}: writable" in dry and "GPUs: " in dry and "weights: " in dry
     assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in run_score(*score[1:], rescore)
     assert run_here(*score, rescore, "--dry-run", check=False).returncode == 4
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert " ".join(CURRENT_PER_MODEL.split()) in readme  # the README's query, verbatim
+    page = " ".join((ROOT / "docs" / "tutorials" / "query.md").read_text().split())
+    assert " ".join(CURRENT_PER_MODEL.split()) in page  # the documented query, verbatim
     per_model = duckdb.sql(CURRENT_PER_MODEL.replace("runs/demo/scores", str(out))).fetchall()
     assert sorted(per_model) == [(str(package), 10, 7), (str(other), 10, 7)]
-    # the README's query cookbook on this table (two models, a rescored file, errors)
+    # the docs' query cookbook on this table (two models, a rescored file, errors)
     book = run_cookbook(out)
     negative = book["most negative clips this week (each clip's current score)"]
     assert len(negative) == 7 and negative == sorted(negative, key=lambda r: -r[1])
@@ -223,7 +223,7 @@ def test_odd_object_keys_are_scored_once_under_their_own_names(
     (the same keys through the listing and the reads the jobs use)."""
     import duckdb
 
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     names = [*ODD_NAMES, *(["up/../dots.mp4"] if where == "s3" else [])]
     data = {n: (corpus / f"clip_000{i % 5}.mp4").read_bytes() for i, n in enumerate(names)}
@@ -258,7 +258,7 @@ def test_odd_object_keys_are_scored_once_under_their_own_names(
 def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_env) -> None:
     import pandas as pd
 
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     fs, _ = fsspec_filesystem(s3_bucket, s3_storage)
     bucket = s3_bucket.removeprefix("s3://")
@@ -443,9 +443,9 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     scorer decodes them, runs Keypoint R-CNN, the scene backbone and the heads (random-init
     pose, recorded)."""
 
-    from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
-    from emotiw.packaging import read_package, unpacked
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
+    from emotiw.models.packaging import read_package, unpacked
 
     configs = ModalityConfigs.create(
         pose.Config(weights="random-init", input_size=160, score_threshold=0.0),
@@ -473,7 +473,7 @@ def test_clip_scorer_runs_deferred_pose_on_jpeg_frames(corpus, tmp_path) -> None
     # The same clip with ONNX Runtime running the front-ends (score --backend): FER in the
     # CPU stage, the keypoint and scene backbones in the model stage; the same scores, and
     # each row says what ran (`tests/test_backends.py` has the parity of each network).
-    from emotiw.weights import WeightsConfig
+    from emotiw.io.weights import WeightsConfig
 
     weights = WeightsConfig(cache_dir=str(tmp_path / "cache"))
     fast = ClipFeatureExtractor(configs.with_backend("onnxruntime"), None, weights, defer=True)
@@ -497,8 +497,8 @@ def test_clip_scorer_isolates_a_row_that_breaks_its_batch(corpus, package) -> No
     """A row whose features break the batch's forward pass: the scorer halves the batch down
     to that row, tries it `attempts` times, and marks only it (retryable `model_failed`); the
     other rows get the scores they get when scored alone."""
-    from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     configs = smoke_configs()
     extractor = ClipFeatureExtractor(configs, defer=True)
@@ -522,8 +522,8 @@ def test_model_stage_extractor_out_of_memory_is_retried(corpus, package) -> None
     is tried again within the call; one that always does gives a retryable row."""
     import torch
 
-    from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     configs = smoke_configs()
     name = "clip_0001.mp4"
@@ -564,9 +564,9 @@ def test_model_stage_batches_frames_across_clips_and_backs_off_on_out_of_memory(
 
     import torch
 
-    from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.frames import clip_from_frames, decode_frames
-    from emotiw.inference import ClipScorer, ModelRef
+    from emotiw.io.frames import clip_from_frames, decode_frames
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     cfg = pose.Config(weights="random-init", input_size=128, score_threshold=0.0)
     keypoints = pose.Extractor(cfg)
@@ -620,8 +620,8 @@ def test_model_ref_pins_latest_and_aliases_to_a_version(tmp_path) -> None:
     """Every row of a run names one concrete registered version, whatever the URI said."""
     from mlflow import MlflowClient
 
-    from emotiw.inference import ModelRef
-    from emotiw.tracking import model_ref
+    from emotiw.models.inference import ModelRef
+    from emotiw.tracking.client import model_ref
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
@@ -642,8 +642,8 @@ def test_weights_column_records_the_weights_this_run_loaded(corpus, package) -> 
     """A score row's `weights` says what scored the clip: the package's heads, but the
     front-ends this run loaded (the feature row's, the model stage's), not the ones recorded
     at training time when they differ."""
-    from emotiw.features import ClipFeatureExtractor, rows_to_table
-    from emotiw.inference import ClipScorer, ModelRef
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
 
     extractor = ClipFeatureExtractor(smoke_configs())
     data = (corpus / "clip_0001.mp4").read_bytes()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotiw.train import TrainConfig
-from emotiw.train.data import source_groups, stratified_split
+from emotiw.jobs.train import TrainConfig
+from emotiw.jobs.train.data import source_groups, stratified_split
 
 
 def vgaf_names(n_videos: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,7 @@ def test_group_by_needs_a_group() -> None:
 
 
 def test_stacking_folds_keep_a_source_video_together() -> None:
-    from emotiw.train.stacking import fold_of
+    from emotiw.jobs.train.stacking import fold_of
 
     uris, _ = vgaf_names(200, 3)
     folds = fold_of(uris, TrainConfig(features="x").group_by, 5)

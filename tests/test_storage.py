@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from emotiw.config import StorageConfig
-from emotiw.errors import StorageError
-from emotiw.storage import (
+from emotiw.core.config import StorageConfig
+from emotiw.core.errors import StorageError
+from emotiw.io.storage import (
     arrow_filesystem,
     join_url,
     list_videos,
@@ -79,7 +79,7 @@ def test_streamed_listing_pages_through_s3_and_walks_local_folders(
 ) -> None:
     """`iter_video_objects` yields what `list_video_objects` returns (same URLs, sizes and
     fingerprints, so skip keys agree) without holding the listing: S3 page by page."""
-    from emotiw.storage import iter_video_objects, list_video_objects
+    from emotiw.io.storage import iter_video_objects, list_video_objects
 
     for rel in ["a.mp4", "b.MP4", "sub/c.mkv", "notes.txt", "sub/deeper/d.mp4", "e.webm"]:
         write_bytes(f"{s3_bucket}/drop/{rel}", b"xy", s3_storage)
@@ -174,7 +174,7 @@ def test_credentials_and_endpoint_from_environment(
 def test_secrets_never_in_repr_or_errors(s3_endpoint: str) -> None:
     cfg = StorageConfig(endpoint_url=s3_endpoint, key=TEST_KEY, secret=TEST_SECRET, token="tok-123")
     assert TEST_SECRET not in repr(cfg) and "tok-123" not in repr(cfg)
-    from emotiw.config import to_dict
+    from emotiw.core.config import to_dict
 
     assert TEST_SECRET not in str(to_dict(cfg))
     assert redact(f"bad key {TEST_KEY} with {TEST_SECRET}", cfg) == "bad key *** with ***"
@@ -200,9 +200,9 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
     it nor takes the old version's fingerprint for the new bytes."""
     import hashlib
 
-    from emotiw.config import MediaConfig
-    from emotiw.features import extract_item
-    from emotiw.storage import list_video_objects, write_bytes
+    from emotiw.core.config import MediaConfig
+    from emotiw.io.storage import list_video_objects, write_bytes
+    from emotiw.models.features import extract_item
 
     root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)
     url = f"{root}/drop/clip.mp4"
@@ -229,7 +229,7 @@ def test_odd_keys_are_listed_and_read_as_stored(
     """The odd keys of the scoring test (`helpers.ODD_NAMES`, and a ``..``
     segment on S3): each listed once under its key exactly as written, each read back as its
     own bytes with the listing's fingerprint; a symlink loop is not followed."""
-    from emotiw.storage import list_video_objects, read_bytes_and_etag, write_bytes
+    from emotiw.io.storage import list_video_objects, read_bytes_and_etag, write_bytes
     from helpers import ODD_NAMES
 
     root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)

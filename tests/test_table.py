@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emotiw import retry
-from emotiw.config import JobConfig
-from emotiw.errors import LeaseHeld, LeaseLost, StorageError
-from emotiw.lease import Lease
-from emotiw.storage import arrow_filesystem
-from emotiw.table import ChunkWriter, data_files, done_keys, read, recover
+from emotiw.core import retry
+from emotiw.core.config import JobConfig
+from emotiw.core.errors import LeaseHeld, LeaseLost, StorageError
+from emotiw.io.storage import arrow_filesystem
+from emotiw.tables.chunks import ChunkWriter, data_files, done_keys, read, recover
+from emotiw.tables.lease import Lease
 
 SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("error_reason", pa.string())])
 
@@ -250,8 +250,8 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(table_url, tmp_pa
         env.update(AWS_ENDPOINT_URL_S3=storage.endpoint_url, AWS_ACCESS_KEY_ID=storage.key,
                    AWS_SECRET_ACCESS_KEY=storage.secret)  # fmt: skip
     code = (
-        "import os, signal, sys; from emotiw.config import JobConfig, StorageConfig; "
-        "from emotiw.lease import Lease; "
+        "import os, signal, sys; from emotiw.core.config import JobConfig, StorageConfig; "
+        "from emotiw.tables.lease import Lease; "
         "Lease.acquire(sys.argv[1], StorageConfig.from_env(key=os.environ.get("
         "'AWS_ACCESS_KEY_ID'), secret=os.environ.get('AWS_SECRET_ACCESS_KEY')) "
         "if sys.argv[1].startswith('s3') else None, 'killed', JobConfig(lease_ttl_s=600)); "
@@ -329,8 +329,8 @@ def test_progress_prints_one_line_at_an_interval_off_a_terminal() -> None:
     import io
     import json
 
-    from emotiw import logs
-    from emotiw.runtime import Progress
+    from emotiw.core import logs
+    from emotiw.jobs.pipeline import Progress
 
     out = io.StringIO()  # not a terminal
     logs.setup("info", "text", stream=out)
@@ -371,7 +371,7 @@ def test_run_ids_are_utc_whatever_the_machine_time_zone() -> None:
     import subprocess
     import sys
 
-    code = "from emotiw.runtime import new_run_id; print(new_run_id())"
+    code = "from emotiw.jobs.pipeline import new_run_id; print(new_run_id())"
     ids = []
     for zone in ("EAST-14", "WEST+12"):  # POSIX TZ strings (no zone database): UTC+14, UTC-12
         env = {**os.environ, "TZ": zone}

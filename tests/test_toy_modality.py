@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from emotiw import modalities
-from emotiw.config import CLASS_NAMES
+from emotiw.core.config import CLASS_NAMES
 from emotiw.modalities.base import Column, Extraction, Modality
 from helpers import write_bad_files
 
@@ -104,24 +104,24 @@ def toy_registered() -> Iterator[None]:
 
 
 def test_the_toy_is_registered_and_has_flags() -> None:
-    from emotiw.cli import build_parser
+    from emotiw.cli.commands import build_parser
 
     assert "toy" in modalities.names() and modalities.get("toy") is TOY
     args = build_parser().parse_args(
         ["extract", "--videos", "v", "--output", "o", "--modalities", "toy", "--toy-hidden", "8"]
     )
-    from emotiw.cli import modality_configs
+    from emotiw.cli.commands import modality_configs
 
     assert modality_configs(args).of("toy") == Config(hidden=8)
 
 
 @pytest.mark.e2e
 def test_extract_train_and_score_with_a_fifth_modality(local_ray, tmp_path: Path) -> None:
-    from emotiw.corpus import write_sample_corpus
-    from emotiw.extract import ExtractConfig, run_extract
-    from emotiw.features import ModalityConfigs, read_rows
-    from emotiw.score import ScoreConfig, run_score
-    from emotiw.train import TrainConfig, run_train
+    from emotiw.io.corpus import write_sample_corpus
+    from emotiw.jobs.extract import ExtractConfig, run_extract
+    from emotiw.jobs.score import ScoreConfig, run_score
+    from emotiw.jobs.train import TrainConfig, run_train
+    from emotiw.models.features import ModalityConfigs, read_rows
 
     videos = tmp_path / "videos"
     write_sample_corpus(str(videos), 9, seed=4)

@@ -1,10 +1,10 @@
-"""Extract -> train -> evaluate, run as a user would: the jobs' command lines (`emotiw.cli.main`,
-what `jobs/*.py` call, run in this process: the entrypoints' process boundary is tested in
-test_cli and test_exactly_once) on the session's Ray cluster, the validation corpus and its
-feature table on a real S3 endpoint (moto_server on loopback), MLflow against a real
-`mlflow server` on 127.0.0.1, the registered model loaded back. Also the learnability test:
-on the synthetic corpus, each head with a cue (scene colours, audio tones, face counts) beats
-chance on held-out clips and FC fusion is at least as good as the best head."""
+"""Extract -> train -> evaluate, run as a user would: the jobs' command lines
+(`emotiw.cli.commands.main`, what `jobs/*.py` call, run in this process: the entrypoints' process
+boundary is tested in test_cli and test_exactly_once) on the session's Ray cluster, the validation
+corpus and its feature table on a real S3 endpoint (moto_server on loopback), MLflow against a real
+`mlflow server` on 127.0.0.1, the registered model loaded back. Also the learnability test: on the
+synthetic corpus, each head with a cue (scene colours, audio tones, face counts) beats chance on
+held-out clips and FC fusion is at least as good as the best head."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from emotiw import features as feats
-from emotiw import fusion, metrics
-from emotiw.corpus import write_sample_corpus
+from emotiw.io.corpus import write_sample_corpus
 from emotiw.modalities import face, pose, scene
-from emotiw.packaging import PackagedModel, load_model, save_model
+from emotiw.models import features as feats
+from emotiw.models import fusion, metrics
+from emotiw.models.packaging import PackagedModel, load_model, save_model
 from helpers import SMOKE_ARGS, run_here, smoke_configs, write_bad_files
 
 CONFIGS = smoke_configs()
@@ -37,8 +37,8 @@ def tables(
     same session gets another) on the S3 test server."""
     import uuid
 
-    from emotiw.config import StorageConfig
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.core.config import StorageConfig
+    from emotiw.io.storage import fsspec_filesystem
     from helpers import TEST_KEY, TEST_SECRET
 
     root = tmp_path_factory.mktemp("train")
@@ -156,7 +156,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     assert {"training_data", "weights_provenance", "intended_use", "val_accuracy.fusion:fc",
             "val_accuracy.scene"} <= set(card.tags)  # fmt: skip
     # Ray Train kept its checkpoints on S3 (what a multi-node cluster needs), none locally
-    from emotiw.storage import fsspec_filesystem
+    from emotiw.io.storage import fsspec_filesystem
 
     fs, _ = fsspec_filesystem(f"s3://{tables['bucket']}", tables["storage"])
     saved = fs.glob(f"{tables['bucket']}/ray/heads-*/checkpoint_*/*.safetensors")
@@ -193,7 +193,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
 
     # the registered model loads from the registry without the training code
     mlflow.set_tracking_uri(mlflow_server)
-    from emotiw.tracking import resolve_model_dir
+    from emotiw.tracking.client import resolve_model_dir
 
     model = load_model(resolve_model_dir("models:/emotiw-test/1"))
     assert model.default == "fc" and "scene" in model.provenance
@@ -230,8 +230,8 @@ def test_bad_inputs_fail_fast_with_clear_messages(tmp_path: Path) -> None:
     stop the jobs before any Ray work, saying what is wrong."""
     import pyarrow.parquet as pq
 
-    from emotiw.extract import ExtractConfig, run_extract
-    from emotiw.train import TrainConfig, run_train
+    from emotiw.jobs.extract import ExtractConfig, run_extract
+    from emotiw.jobs.train import TrainConfig, run_train
 
     videos = tmp_path / "videos"
     write_sample_corpus(str(videos), 2, seed=5)

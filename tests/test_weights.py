@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotiw import weights as W
+from emotiw.io import weights as W
+from emotiw.io.weights import WeightsConfig, WeightsError, WeightSpec
 from emotiw.modalities import face  # noqa: F401  (registers its weight files)
-from emotiw.weights import WeightsConfig, WeightsError, WeightSpec
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_weights_dir_local_comes_first(tmp_path: Path, cfg, temp_spec) -> None:
 
 
 def test_weights_dir_from_env_on_s3(tmp_path, cfg, temp_spec, s3_bucket, s3_storage) -> None:
-    from emotiw.storage import write_bytes
+    from emotiw.io.storage import write_bytes
 
     data = b"s3-weights" * 50
     temp_spec(name="t-s3", filename="m.bin", sha256=hashlib.sha256(data).hexdigest(), format="x")
@@ -155,8 +155,8 @@ def test_locate_finds_each_source_without_fetching_and_check_fails_in_one_line(
 ) -> None:
     """The driver's pre-flight: where each file would come from (nothing copied into the
     cache), and one line with exit code 68 for a file no source has."""
-    from emotiw.errors import ExitCode
-    from emotiw.preflight import check_available, locate
+    from emotiw.core.errors import ExitCode
+    from emotiw.jobs.preflight import check_available, locate
 
     path, digest = _blob(tmp_path)
     temp_spec(name="t-dir", filename="model.bin", sha256=digest, format="x")
@@ -202,7 +202,7 @@ def slow_rename(*args, **kwargs):  # a slow file system: writers overlap their r
     time.sleep(0.3)
     return rename(*args, **kwargs)
 os.replace = slow_rename
-from emotiw import weights as W
+from emotiw.io import weights as W
 W.register(W.WeightSpec(name="race", filename="model.bin", sha256={digest!r}, format="raw",
                         converter="test_weights:big_state"))
 state, prov = W.load_state_dict("race", W.WeightsConfig(

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-NOTHING_NEW = 4  # emotiw.errors.ExitCode.NOTHING_NEW: the dry run found nothing to score
+NOTHING_NEW = 4  # emotiw.core.errors.ExitCode.NOTHING_NEW: the dry run found nothing to score
 FINISHED = {"Complete", "Failed", "ValidationFailed"}  # KubeRay JobDeploymentStatus
 
 

@@ -1,5 +1,5 @@
-"""The modality registry. Each modality module registers one `base.Modality` (see `base` for
-the contract); jobs ask the registry, never a modality by name.
+"""Layer 3, modalities: the registry. Each modality module registers one `base.Modality` (see `base`
+for the contract); jobs ask the registry, never a modality by name.
 
 The four built-in modalities (scene, pose, audio, face) are imported on first use of the
 registry, so `import emotiw` stays light. A plug-in modality is any importable module that
@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from emotiw.modalities.base import Modality
 
+__all__ = ["BUILTIN", "canonical", "for_config", "get", "names", "register", "specs", "unregister"]
+
 BUILTIN: tuple[str, ...] = ("scene", "pose", "audio", "face")
 _REGISTRY: dict[str, Modality] = {}
 _loaded = False
@@ -22,7 +24,7 @@ _loaded = False
 
 def register(spec: Modality) -> Modality:
     """Add a modality (and its weight files to the weights registry); returns it."""
-    from emotiw.weights import register as register_weights
+    from emotiw.io.weights import register as register_weights
 
     name = spec.name
     if not name.isidentifier() or name != name.lower():

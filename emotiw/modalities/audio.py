@@ -29,12 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emotiw.config import CLASS_NAMES
-from emotiw.modalities import register
-from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality, resolve_device
-from emotiw.modalities.nets import backends, openl3
-from emotiw.modalities.nets.keras_lstm import KerasBiLSTM
-from emotiw.weights import (
+from emotiw.core.config import CLASS_NAMES
+from emotiw.io.weights import (
     PRETRAINED,
     RANDOM_INIT,
     Provenance,
@@ -42,9 +38,13 @@ from emotiw.weights import (
     WeightSpec,
     build_model,
 )
+from emotiw.modalities import register
+from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality, resolve_device
+from emotiw.modalities.nets import backends, openl3
+from emotiw.modalities.nets.keras_lstm import KerasBiLSTM
 
 if TYPE_CHECKING:
-    from emotiw.media import Clip
+    from emotiw.io.media import Clip
 
 NAME = "audio"
 FEATURE_KINDS = ("openl3", "logmel")
@@ -294,7 +294,7 @@ class Head(nn.Module):
 
 
 class DeployedHead(nn.Module):
-    """The authors' deployed audio model (../shared/paper/authors-models.md 3), over ``[B, 11,
+    """The authors' deployed audio model (docs/explanation/authors-models.md 3), over ``[B, 11,
     D]``: three blocks of Conv1D (64, 512, 512 maps, kernel 2, SELU) -> batch norm (Keras'
     momentum 0.99, eps 1e-3) -> max-pool 2 with stride 1 -> dropout (0.4, 0.2, 0.2); a
     BiLSTM of 10 units with SELU cells over the sequence (input dropout 0.2); a BiLSTM of 5

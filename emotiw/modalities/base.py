@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from emotiw.tables.schema import Column  # a modality's columns: name, type, doc
+
 if TYPE_CHECKING:
-    import pyarrow as pa
     import torch
 
-    from emotiw.weights import Provenance, WeightsConfig, WeightSpec
+    from emotiw.io.weights import Provenance, WeightsConfig, WeightSpec
 
 # Where a modality's extractor runs: the CPU decode/extract pool, or the model (GPU) stage on
 # frames decoded from the feature row's JPEGs.
@@ -91,23 +92,6 @@ class Extraction:
         return len(next(iter(self.details.values()))) if self.details else 0
 
 
-@dataclass(frozen=True)
-class Column:
-    """One feature-table column a modality writes: name, arrow type name, meaning."""
-
-    name: str
-    type: str  # "float32", "int32", "int16", "bool" or "list<float32>"
-    doc: str
-
-    def arrow_type(self) -> pa.DataType:
-        import pyarrow as pa
-
-        if self.type == "list<float32>":
-            return pa.list_(pa.float32())
-        kinds = {"float32": pa.float32(), "int32": pa.int32(), "int16": pa.int16()}
-        return {**kinds, "bool": pa.bool_()}[self.type]
-
-
 class Modality:
     """Base class of a modality's registration. Subclasses set the class attributes and
     override the hooks whose default does not fit; the defaults describe the common case of a
@@ -122,7 +106,7 @@ class Modality:
         stats: the per-clip stat columns the extractor reports (name -> `Column`).
         details_table: name of the modality's detail table (``faces``: one row per detail the
             extractor reports in `Extraction.details`), or "" for none.
-        details: that table's own columns (`emotiw.schema.detail_schema` adds the keys).
+        details: that table's own columns (`emotiw.tables.schema.detail_schema` adds the keys).
         vote_weight: weight in weighted voting.
         weight_specs: the pretrained weight files this modality registers.
         presets: preset name -> Config, or None where the preset leaves the modality out (a
@@ -168,7 +152,7 @@ class Modality:
     def row_values(self, out: Extraction, cfg: Any) -> dict[str, Any]:
         """Feature-table values of one clip: the flattened features and the stats (and, in
         flight to the detail table, its details as a list of dicts)."""
-        from emotiw.schema import details_column
+        from emotiw.tables.schema import details_column
 
         values: dict[str, Any] = {self.name: np.asarray(out.features, np.float32).reshape(-1)}
         for column in self.stats:
@@ -205,7 +189,7 @@ class Modality:
     def weight_names(self, cfg: Any) -> tuple[str, ...]:
         """Registry names of the pretrained weights this modality's extractor and heads load
         with `cfg`: by default every `weight_specs` entry when `cfg.weights` is pretrained; a
-        run checks them on the driver before any actor starts (`emotiw.preflight`)."""
+        run checks them on the driver before any actor starts (`emotiw.jobs.preflight`)."""
         pretrained = getattr(cfg, "weights", None) == "pretrained"
         return tuple(s.name for s in self.weight_specs) if pretrained else ()
 

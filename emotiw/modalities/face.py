@@ -22,11 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from emotiw.modalities import register
-from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality
-from emotiw.modalities.nets import backends
-from emotiw.modalities.nets.bilstm import BiLSTMHead
-from emotiw.weights import (
+from emotiw.io.weights import (
     PRETRAINED,
     RANDOM_INIT,
     Provenance,
@@ -36,9 +32,13 @@ from emotiw.weights import (
     get_spec,
     resolve,
 )
+from emotiw.modalities import register
+from emotiw.modalities.base import HEAD, RUNTIME, Column, Extraction, Modality
+from emotiw.modalities.nets import backends
+from emotiw.modalities.nets.bilstm import BiLSTMHead
 
 if TYPE_CHECKING:
-    from emotiw.media import Clip
+    from emotiw.io.media import Clip
 
 NAME = "face"
 # FER2013 class order, the FER network's outputs.

@@ -1,7 +1,7 @@
 """The paper's reported figures (Tables 1-3 of *Video Sentiment Analysis in the Wild*), which
 `emotiw evaluate` prints beside the measured ones. Here, in the modalities package, because
 the rows are named by modality. Each figure is precision / recall / F1 on VGAF's validation
-set as printed; ../shared/paper/authors-models.md says what the authors' code computed (mostly
+set as printed; docs/explanation/authors-models.md says what the authors' code computed (mostly
 support-weighted averages; Table 1's audio row mixes weighted P/R with micro-F1, its face row
 is a macro average) and which rows are invalid.
 """

@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from emotiw.io.weights import (
+    PRETRAINED,
+    RANDOM_INIT,
+    Provenance,
+    WeightsConfig,
+    WeightSpec,
+    build_model,
+)
 from emotiw.modalities import base, register
 from emotiw.modalities.base import (
     CPU_STAGE,
@@ -45,17 +53,9 @@ from emotiw.modalities.pose_vector import (
     frame_features,
     joint_scores,
 )
-from emotiw.weights import (
-    PRETRAINED,
-    RANDOM_INIT,
-    Provenance,
-    WeightsConfig,
-    WeightSpec,
-    build_model,
-)
 
 if TYPE_CHECKING:
-    from emotiw.media import Clip
+    from emotiw.io.media import Clip
 
 NAME = "pose"
 WEIGHTS = "torchvision-keypointrcnn-coco"

@@ -1,14 +1,14 @@
 """Scene modality (paper 4.1, 5.1, 7.1.1): the whole frame, through an ImageNet CNN applied to
 each of the 12 frames, then three ConvLSTM heads whose outputs are concatenated -> FC -> 3.
 
-Where the parts run (figures in the README, from ``jobs/benchmark.py scene``): the CPU stage's
+Where the parts run (figures: docs/benchmarks.md, ``jobs/benchmark.py scene``): the CPU stage's
 `Extractor` only passes the decoded frames on, and the feature table stores them as JPEG
-(`emotiw.frames.encode_frames`, ~20x smaller than the backbone's feature maps); the backbone is
+(`emotiw.io.frames.encode_frames`, ~20x smaller than the backbone's feature maps); the backbone is
 part of the model (`Head`), so it runs in the model (GPU) stage and can be frozen or
 fine-tuned with the same code. Training with a frozen backbone computes `Head.maps` once
 (`Scene.precompute`) and trains `Head.forward_maps` on them.
 
-Backbones (`Config.backbone`), weights through `emotiw.weights`:
+Backbones (`Config.backbone`), weights through `emotiw.io.weights`:
 
 - ``resnet50`` (paper): torchvision ResNet-50, ImageNet ``IMAGENET1K_V1`` (the Keras-era
   weights closest to the paper's); maps ``[2048, H/32, W/32]``.
@@ -28,23 +28,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotiw.config import CLASS_NAMES
-from emotiw.modalities import register
-from emotiw.modalities.base import HEAD, RUNTIME, Extraction, Modality
-from emotiw.modalities.nets import backends
-from emotiw.modalities.nets.backbones import BACKBONE_CHANNELS as BACKBONE_CHANNELS
-from emotiw.modalities.nets.backbones import BACKBONE_WEIGHTS, STRIDE, Backbone
-from emotiw.modalities.nets.convlstm import ConvLSTM
-from emotiw.weights import (
+from emotiw.core.config import CLASS_NAMES
+from emotiw.io.weights import (
     PRETRAINED,
     RANDOM_INIT,
     Provenance,
     WeightsConfig,
     WeightSpec,
 )
+from emotiw.modalities import register
+from emotiw.modalities.base import HEAD, RUNTIME, Extraction, Modality
+from emotiw.modalities.nets import backends
+from emotiw.modalities.nets.backbones import BACKBONE_CHANNELS as BACKBONE_CHANNELS
+from emotiw.modalities.nets.backbones import BACKBONE_WEIGHTS, STRIDE, Backbone
+from emotiw.modalities.nets.convlstm import ConvLSTM
 
 if TYPE_CHECKING:
-    from emotiw.media import Clip
+    from emotiw.io.media import Clip
 
 NAME = "scene"
 CPU_FRAME_BATCH = 4
@@ -71,7 +71,7 @@ class Config:
             ``sigmoid``.
         l2: L2 factor on the FC layer's weights, Keras' ``l2(0.001)`` (loss += l2 * sum(w^2)).
         lr: Adam learning rate (deployed: 1e-3; the paper's text says 0.01).
-        n_frames, frame_height, frame_width: the decoded frames (`emotiw.config.MediaConfig`).
+        n_frames, frame_height, frame_width: the decoded frames (`emotiw.core.config.MediaConfig`).
         frame_batch: frames per backbone forward; 0 = auto: 4 on CPU, where
             `jobs/benchmark.py scene` measured 1-4 frames per forward 1.5-1.8x faster than 12
             and 24 slowest (activations fall out of cache), all real frames of the batch at
@@ -334,8 +334,8 @@ class Scene(Modality):
         return {}
 
     def read_inputs(self, table: Any, cfg: Config) -> tuple[np.ndarray, ...]:
-        from emotiw.frames import decode_frames, fit
-        from emotiw.schema import FRAMES_COLUMN
+        from emotiw.io.frames import decode_frames, fit
+        from emotiw.tables.schema import FRAMES_COLUMN
 
         column = table[FRAMES_COLUMN]
         if any(v is None for v in column):

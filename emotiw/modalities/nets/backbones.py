@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from emotiw.weights import WeightsConfig, build_model, get_spec
+from emotiw.io.weights import WeightsConfig, build_model, get_spec
 
 BACKBONE_WEIGHTS = {
     "resnet50": "torchvision-resnet50-imagenet",

@@ -7,7 +7,7 @@ signature. ONNX and OpenVINO models are exported from the module's own weights o
 and cached under the weights cache (``backends/<key>/``), the key being a sha256 of the
 weights' bytes, the input's non-dynamic shape and the backend's version; each exported file
 is stored beside its own sha256 and re-exported when it does not match (like converted weights
-in `emotiw.weights`). A backend that is not installed, not usable on this device or fails to
+in `emotiw.io.weights`). A backend that is not installed, not usable on this device or fails to
 export falls back to eager, and `Runner.describe` says so: it goes into the provenance of every
 output row, so figures are never attributed to a backend that did not run.
 
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotiw.weights import Provenance, WeightsConfig
+from emotiw.io.weights import Provenance, WeightsConfig
 
 EAGER = "eager"
 AUTO = "auto"
 BACKENDS = (AUTO, EAGER, "compile", "onnxruntime", "openvino")
 # What `auto` runs on a CPU. ONNX Runtime and OpenVINO were the fastest backends per clip of
-# the paper configuration in `jobs/benchmark.py backends`, each leading some runs (README, "CPU
-# inference backends": why ONNX Runtime for now; OpenVINO is a one-line change here).
+# the paper configuration in `jobs/benchmark.py backends`, each leading some runs
+# (docs/benchmarks.md: why ONNX Runtime for now; OpenVINO is a one-line change here).
 CPU_DEFAULT = "onnxruntime"
 _DISTRIBUTION = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch"}
 _MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch._inductor"}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emotiw.config import CLASS_NAMES
+from emotiw.core.config import CLASS_NAMES
 from emotiw.modalities.nets.keras_lstm import KerasBiLSTM
 
 

@@ -1,5 +1,5 @@
 """An LSTM with the parameters and semantics of Keras' ``LSTM`` / ``Bidirectional(LSTM)``,
-which the authors' deployed heads use (../shared/paper/authors-models.md).
+which the authors' deployed heads use (docs/explanation/authors-models.md).
 
 Why not ``torch.nn.LSTM``: it has two bias vectors per direction (so a Keras layer's
 parameter count, which the `paper` preset's parity tests check, is not reproduced) and a

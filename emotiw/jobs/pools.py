@@ -1,0 +1,138 @@
+"""Sizing the jobs' Ray Data stages: the actor pools (how many actors, the CPUs and memory
+each declares, whether a local Ray can hold them) and the input blocks the driver cuts the
+listing into (few tasks for a large run, every actor busy in a small one)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+
+def assigned_cpus() -> int | None:
+    """The CPUs Ray gave this worker (at least 1), rounded up; None outside a Ray worker."""
+    import math
+
+    import ray
+
+    if not ray.is_initialized():  # (asking would start a local Ray in this process)
+        return None
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    except AssertionError:  # a driver: "only available when the process is a worker"
+        return None
+    return max(1, math.ceil(cpus))
+
+
+def memory_args(gib: float) -> dict[str, int]:
+    """Ray's ``memory`` resource for an actor declaring `gib` GiB (none for 0)."""
+    return {"memory": int(gib * 2**30)} if gib > 0 else {}
+
+
+def model_actor_gib(value: str, configs: Any, frame_batch: int) -> float:
+    """`ScoreConfig.memory_per_model_actor`: a number of GiB, or ``auto``: what the package
+    needs by measurement (`emotiw.core.config`): more, growing with `frame_batch`, when one of its
+    modalities runs a detector at the model stage."""
+    from emotiw.core import config
+    from emotiw.modalities.base import MODEL_STAGE
+
+    gib = config.amount(value, "memory_per_model_actor")
+    if gib is not None:
+        return gib
+    if any(s.stage(configs.of(s.name)) == MODEL_STAGE for s in configs.specs()):
+        return config.MODEL_DETECTOR_GIB + config.MODEL_DETECTOR_GIB_PER_FRAME * frame_batch
+    return config.MODEL_ACTOR_GIB
+
+
+def check_memory(pools: dict[str, tuple[int, float]], ray_address: str | None) -> str:
+    """The Ray memory the pools' smallest sizes declare (pool -> (min actors, GiB each))
+    against the cluster's. A local Ray that cannot hold them would wait for memory forever,
+    so that fails here; on a cluster the autoscaler may add nodes.
+
+    Raises:
+        Unavailable: a local Ray with less memory than the pools' minimum declares.
+    """
+    import ray
+
+    from emotiw.core.errors import Unavailable
+
+    need = sum(n * gib for n, gib in pools.values())
+    have = ray.cluster_resources().get("memory", 0.0) / 2**30
+    parts = ", ".join(f"{n} {name} x {gib:g} GiB" for name, (n, gib) in pools.items() if gib)
+    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+    if local and need > have:
+        flags = "/".join(f"--memory-per-{name}-actor" for name in pools)
+        raise Unavailable(
+            f"the actor pools' smallest sizes declare {need:.1f} GiB of memory ({parts}) but "
+            f"this machine's Ray has {have:.1f} GiB: lower {flags} (0 declares none) or run on "
+            "a cluster (--address)"
+        )
+    return f"memory: pools declare {parts or 'none'}; Ray has {have:.1f} GiB"
+
+
+def actor_pool(min_size: int, max_size: int) -> Any:
+    """A Ray Data actor pool of `min_size` actors growing to `max_size` (0: no cap, so the
+    pool grows with the cluster: Ray Data adds actors as nodes join, and its cluster
+    autoscaler asks Ray's autoscaler for the nodes that pending actors need)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=min_size, max_size=max_size or None)
+
+
+def pool_estimate(
+    max_size: int, per_actor: float, reserved: float = 0.0, gib: float = 0.0,
+    reserved_gib: float = 0.0,
+) -> int:  # fmt: skip
+    """How many actors a pool will likely have early in the run: its cap, else what the
+    cluster's CPUs and memory hold now (only spreads the first blocks; the pool still grows)."""
+    import ray
+
+    if max_size:
+        return max_size
+    resources = ray.cluster_resources()
+    fits = (resources.get("CPU", 1.0) - reserved) // per_actor
+    if gib:
+        fits = min(fits, (resources.get("memory", 0.0) / 2**30 - reserved_gib) // gib)
+    return max(1, int(fits))
+
+
+def block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
+    """Clips per input block: `first_small` blocks of one clip (so a small run still spreads
+    over every actor), then doubling up to `block_clips` (so a large run costs one Ray task
+    per `block_clips` clips, not per clip)."""
+    yield from [1] * first_small
+    size = 2
+    while True:
+        yield min(size, block_clips)
+        size *= 2
+
+
+def plan_blocks(
+    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100
+) -> tuple[list[Any], int]:
+    """The listing's items, put into Ray's object store block by block as they stream from
+    the listing: the driver holds one block of items and a reference per block. `start()` is
+    called before the first block (it starts Ray and returns the extract pool's size), so a
+    listing with nothing to do starts nothing. Returns the block references and the count."""
+    import pyarrow as pa
+    import ray
+
+    refs: list[Any] = []
+    sizes: Iterator[int] | None = None
+    block: list[dict[str, Any]] = []
+    count, target = 0, 1
+    for item in items:
+        block.append(item)
+        if len(block) >= target:
+            if sizes is None:
+                sizes = block_sizes(2 * max(1, start()), block_clips)
+                next(sizes)
+            refs.append(ray.put(pa.Table.from_pylist(block)))
+            count += len(block)
+            block, target = [], next(sizes)
+    if block:
+        if sizes is None:
+            start()
+        refs.append(ray.put(pa.Table.from_pylist(block)))
+        count += len(block)
+    return refs, count
