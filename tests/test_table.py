@@ -306,7 +306,7 @@ def test_actors_failing_together_do_not_retry_in_lockstep() -> None:
     import subprocess
     import sys
 
-    code = "from emotiw import retry; print(retry.delays(4, 1.0))"
+    code = "from emotiw.core import retry; print(retry.delays(4, 1.0))"
     seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout for _ in range(3)}  # fmt: skip
     assert len(seen) == 3, seen  # three processes, three schedules
