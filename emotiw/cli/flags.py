@@ -115,11 +115,11 @@ def add_fields(
         if is_config(tp) or tp is typing.Any:
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
-        default = _default(f)
+        default = field_default(f)
         required = default is dataclasses.MISSING
         help_text = docs.get(f.name, "")
         if not required:
-            help_text += f" (default: {_show(default)})"
+            help_text += f" (default: {show_value(default)})"
         kwargs: dict[str, Any] = {"dest": dest_prefix + f.name, "help": help_text.strip()}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -133,7 +133,7 @@ def add_fields(
         parser.add_argument(flag, **kwargs)
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -141,7 +141,7 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) or "none"
     if isinstance(value, dict):

@@ -127,9 +127,11 @@ def config_page() -> str:
         for f in dataclasses.fields(cls):
             if not f.init or f.name in flags.SECRET_FIELDS:
                 continue
-            default = flags._default(f)
+            default = flags.field_default(f)
             shown = "required" if default is dataclasses.MISSING else f"`{_show(default)}`"
-            nested = f"its own fields: `{_show(default)[:-3]}` below" if "(…)" in shown else ""
+            nested = ""
+            if dataclasses.is_dataclass(default):
+                nested = f"its own fields: `{type(default).__name__}` below"
             rows.append((f"`{f.name}`", f"`{f.type}`", shown, docs.get(f.name, nested)))
         out.append(_table(("field", "type", "default", "meaning"), rows))
     return "".join(out)
@@ -138,7 +140,7 @@ def config_page() -> str:
 def _show(value: Any) -> str:
     if dataclasses.is_dataclass(value):
         return type(value).__name__ + "(…)"
-    return flags._show(value)
+    return flags.show_value(value)
 
 
 # --- tables and SQL --------------------------------------------------------------------------
