@@ -5,6 +5,7 @@ stay small, and the compute layers work without Ray or MLflow installed."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,66 @@ def test_each_package_declares_its_public_names() -> None:
         assert package.__all__, name
         missing = [n for n in package.__all__ if not hasattr(package, n)]
         assert not missing, f"{name}.__all__ names what it cannot give: {missing}"
+
+
+def _defined_names(tree: ast.Module) -> list[str]:
+    """The names a module binds at its top level (functions, classes, assignments)."""
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return names
+
+
+def unmarked_private_names(
+    sources: dict[str, str], exported: set[str], users: dict[str, str]
+) -> list[str]:
+    """`module.name` for each public-looking name (no leading underscore) that nothing outside
+    its module uses: not exported in an `__all__`, and not named by another module of
+    `sources` or by `users` (the scripts and benchmarks built on the package)."""
+    found = []
+    for module, text in sources.items():
+        others = [t for m, t in {**sources, **users}.items() if m != module]
+        for name in _defined_names(ast.parse(text)):
+            if name.startswith("_") or name in exported:
+                continue
+            word = re.compile(rf"\b{re.escape(name)}\b")
+            if not any(word.search(t) for t in others):
+                found.append(f"{module}.{name}")
+    return found
+
+
+def test_internal_names_are_private_by_name() -> None:
+    """What users and plug-ins may rely on is in an `__all__`; a name no other module uses is
+    the module's own business and says so with a leading underscore. (Names other modules
+    import are the package's internal interfaces: documented by their docstrings, not
+    promised to users, whose API page lists the `__all__`s only.)"""
+    import importlib
+
+    exported = {
+        n
+        for name in ("emotiw", *(f"emotiw.{layer}" for layer in LAYERS))
+        for n in importlib.import_module(name).__all__
+    }
+    sources = {
+        name: path.read_text()
+        for name, path in MODULES.items()
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    users = {
+        str(p): p.read_text()
+        for folder in ("jobs", "benchmarks")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+    }
+    found = unmarked_private_names(sources, exported, users)
+    assert not found, f"used only in their own module: make them _private: {found}"
+    # The check can fail: a helper only its own module calls is caught.
+    mine = {"m.a": "def helper(): ...\ndef api(): return helper()\n", "m.b": "from m.a import api"}
+    assert unmarked_private_names(mine, set(), {}) == ["m.a.helper"]
 
 
 def test_imports_point_down_the_layers() -> None:

@@ -37,12 +37,12 @@ def test_window_count_and_padding(seconds: int, steps: int) -> None:
 def test_mel_front_end_matches_librosa() -> None:
     librosa = pytest.importorskip("librosa")
     ref = librosa.filters.mel(sr=48_000, n_fft=2048, n_mels=256, fmin=0.0, fmax=24_000)
-    np.testing.assert_allclose(openl3.mel_filterbank(48_000, 2048, 256), ref, atol=1e-7)
+    np.testing.assert_allclose(openl3._mel_filterbank(48_000, 2048, 256), ref, atol=1e-7)
     rng = np.random.default_rng(0)
     x = (
         0.3 * np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000) + 0.01 * rng.normal(size=48_000)
     ).astype(np.float32)
-    pad = (openl3.N_FRAMES - 1) * openl3.HOP + openl3.N_FFT - len(x)
+    pad = (openl3.N_FRAMES - 1) * openl3._HOP + openl3._N_FFT - len(x)
     mag = np.abs(
         librosa.stft(np.pad(x, (0, pad)), n_fft=2048, hop_length=242, window="hann", center=False)
     )
@@ -92,7 +92,7 @@ def _perturbed_model(seed: int) -> openl3.OpenL3Audio:
 def test_converter_on_a_synthetic_keras_file(tmp_path: Path) -> None:
     model = _perturbed_model(0)
     path = tmp_path / "openl3_audio_mel256_music.h5"
-    openl3.write_keras_weights(model, path)
+    openl3._write_keras_weights(model, path)
     # A kapre 0.1 front-end layer with its fixed kernels precedes the network in old files.
     with h5py.File(path, "a") as handle:
         group = handle.create_group("melspectrogram_1")
@@ -121,7 +121,7 @@ def test_converter_on_a_synthetic_keras_file(tmp_path: Path) -> None:
         np.testing.assert_allclose(converted(x).numpy(), want, atol=1e-3 * np.abs(want).max())
         spec = converted.frontend(x[:1])
         first = converted.bns[0](converted.convs[0](converted.input_bn(spec))).relu()
-    layers = {n: w for n, w in openl3.read_keras_layers(path)}
+    layers = {n: w for n, w in openl3._read_keras_layers(path)}
     expected = _numpy_first_conv(spec[0].permute(1, 2, 0).double().numpy(), layers)
     np.testing.assert_allclose(first[0].permute(1, 2, 0).numpy(), expected, rtol=1e-4, atol=1e-4)
 
@@ -145,7 +145,7 @@ def test_openl3_features_shapes_determinism_and_normalisation(make_clip) -> None
     assert a.stats == {"has_audio": True, "audio_steps": 11}
     assert np.allclose(np.linalg.norm(a.features, axis=1), 1, atol=1e-4)  # deployed: per step
     assert np.isfinite(a.features).all()
-    z = audio.normalise_per_sample(a.features, np.ones(11, bool))  # cpu-smoke: per sample
+    z = audio._normalise_per_sample(a.features, np.ones(11, bool))  # cpu-smoke: per sample
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-3
 
 
@@ -193,11 +193,11 @@ def test_audio_at_another_rate_is_resampled(make_clip) -> None:
 def test_pretrained_weights_pinned_on_first_use(tmp_path: Path, make_clip) -> None:
     staged = tmp_path / "weights"
     staged.mkdir()
-    openl3.write_keras_weights(_perturbed_model(1), staged / "openl3_audio_mel256_music.h5")
+    openl3._write_keras_weights(_perturbed_model(1), staged / "openl3_audio_mel256_music.h5")
     cfg = W.WeightsConfig(weights_dir=str(staged), cache_dir=str(tmp_path / "cache"))
     extractor = audio.Extractor(audio.Config(), cfg)
     prov = extractor.provenance["audio"]
-    assert prov.pinned_on_first_use and prov.sha256 == W.sha256_file(
+    assert prov.pinned_on_first_use and prov.sha256 == W._sha256_file(
         staged / "openl3_audio_mel256_music.h5"
     )
     assert "pinned on first use" in str(prov) and prov.converted_sha256
@@ -205,7 +205,7 @@ def test_pretrained_weights_pinned_on_first_use(tmp_path: Path, make_clip) -> No
     # A different file under the same name is refused while the pin stands.
     other = tmp_path / "other"
     other.mkdir()
-    openl3.write_keras_weights(_perturbed_model(2), other / "openl3_audio_mel256_music.h5")
+    openl3._write_keras_weights(_perturbed_model(2), other / "openl3_audio_mel256_music.h5")
     (
         tmp_path
         / "cache"
@@ -267,13 +267,13 @@ def test_verify_against_reference_tool(tmp_path: Path) -> None:
     comes from the port itself on a synthetic weight file, so only the tool is exercised."""
     model = _perturbed_model(4)
     h5 = tmp_path / "w.h5"
-    openl3.write_keras_weights(model, h5)
+    openl3._write_keras_weights(model, h5)
     signal = (0.2 * np.sin(2 * np.pi * 330 * np.arange(72_000) / 48_000)).astype(np.float32)
     batch, mask = openl3.windows(signal, n_steps=4)
     with torch.no_grad():
         reference = model(torch.from_numpy(batch[mask])).numpy()
     np.savez(tmp_path / "ref.npz", audio=signal, embedding=reference)
     # oneDNN picks convolution algorithms at run time; they round differently (~1e-4 here).
-    assert openl3.verify_against_reference(h5, tmp_path / "ref.npz") < 1e-3
+    assert openl3._verify_against_reference(h5, tmp_path / "ref.npz") < 1e-3
     np.savez(tmp_path / "bad.npz", audio=signal, embedding=reference + 1)
-    assert openl3.verify_against_reference(h5, tmp_path / "bad.npz") > 0.5
+    assert openl3._verify_against_reference(h5, tmp_path / "bad.npz") > 0.5

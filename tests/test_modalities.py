@@ -90,8 +90,8 @@ def test_declared_detail_table_has_its_own_typed_columns(name: str) -> None:
     """A modality with a detail table declares typed columns that do not clash with the keys
     the table adds (uri, run_id, ...); `row_values` carries them in flight."""
     from emotiw.tables.schema import (
-        DETAIL_KEY_COLUMNS,
-        DETAIL_RUN_COLUMNS,
+        _DETAIL_KEY_COLUMNS,
+        _DETAIL_RUN_COLUMNS,
         detail_schema,
         details_column,
     )
@@ -102,7 +102,7 @@ def test_declared_detail_table_has_its_own_typed_columns(name: str) -> None:
         return
     own = [c.name for c in spec.details]
     assert len(set(own)) == len(own) and not set(own) & {
-        c.name for c in (*DETAIL_KEY_COLUMNS, *DETAIL_RUN_COLUMNS)
+        c.name for c in (*_DETAIL_KEY_COLUMNS, *_DETAIL_RUN_COLUMNS)
     }
     assert detail_schema(spec).names[3 : 3 + len(own)] == own
     cfg = small(spec)

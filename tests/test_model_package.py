@@ -35,7 +35,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     registry gets it, with a feature table of real extracted rows to predict on."""
     import mlflow
 
-    from emotiw.tracking.client import CANDIDATE, log_package, mlflow_client
+    from emotiw.tracking.client import _CANDIDATE, log_package, mlflow_client
 
     tmp_path = tmp_path_factory.mktemp("logged")
     # a feature table of real extracted rows (in-process: no Ray needed for three clips)
@@ -55,7 +55,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         package = make_package(tmp_path / "model" / "emotiw-test", configs)
         with client.start_run():
             uri = log_package(client, package, "emotiw-test")
-        version = mlflow.MlflowClient().get_model_version_by_alias("emotiw-test", CANDIDATE)
+        version = mlflow.MlflowClient().get_model_version_by_alias("emotiw-test", _CANDIDATE)
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl"))
         )
@@ -67,7 +67,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_registered_model_is_code_with_a_signature_and_pinned_requirements(logged) -> None:
     import mlflow
 
-    from emotiw.tracking.client import MODEL_REQUIREMENTS
+    from emotiw.tracking.client import _MODEL_REQUIREMENTS
 
     local = logged["local"]
     assert logged["uri"] == f"models:/emotiw-test/{logged['version'].version}"
@@ -82,7 +82,7 @@ def test_registered_model_is_code_with_a_signature_and_pinned_requirements(logge
     assert inputs["video_id"].required and not inputs["face"].required
     assert [c.name for c in meta.signature.outputs.inputs][-1] == "predicted"
     requirements = (local / "requirements.txt").read_text().split()
-    assert [r.split("==")[0] for r in requirements] == list(MODEL_REQUIREMENTS)
+    assert [r.split("==")[0] for r in requirements] == list(_MODEL_REQUIREMENTS)
     assert all("==" in r and "+" not in r for r in requirements)
     out = mlflow.pyfunc.load_model(str(local)).predict(
         pq.read_table(logged["features"]).to_pandas()

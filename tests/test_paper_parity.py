@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from emotiw.modalities import audio, face, pose, scene
-from emotiw.modalities.nets.keras_lstm import KerasBiLSTM, hard_sigmoid_keras
+from emotiw.modalities.nets.keras_lstm import KerasBiLSTM, _hard_sigmoid_keras
 from emotiw.models import fusion, presets
 from emotiw.models.features import ModalityConfigs
 
@@ -61,7 +61,7 @@ def test_pose_head_is_a_bilstm_without_hidden_layer() -> None:
 def test_audio_head_is_the_deployed_cnn_bilstm() -> None:
     cfg = PAPER.of("audio")
     head = audio.Audio().head(cfg)
-    assert isinstance(head, audio.DeployedHead)
+    assert isinstance(head, audio._DeployedHead)
     assert count(head, stats=True) == 1_425_027  # the sheet's total, BN statistics included
     assert count(head, stats=True) - count(head) == 2_176  # its non-trainable part
     layer_params = [count(b[0]) for b in head.blocks]
@@ -79,7 +79,7 @@ def test_face_head_and_audio_normalisation() -> None:
     assert head(torch.randn(B, 12, 22)).shape == (B, 3) and head.feature_dim == 8
     features = np.zeros((11, 6), np.float32)
     features[2:] = np.random.default_rng(0).normal(size=(9, 6))
-    normed = audio.normalise_per_step(features)
+    normed = audio._normalise_per_step(features)
     assert np.allclose(np.linalg.norm(normed[2:], axis=1), 1) and not normed[:2].any()
 
 
@@ -114,13 +114,13 @@ def test_keras_lstm_equals_torch_lstm_with_one_bias() -> None:
     _, (h, _) = ref(x)
     assert torch.allclose(ours(x), torch.cat([h[0], h[1]], dim=-1), atol=1e-6)
     x = torch.tensor([-3.0, -2.5, 0.0, 1.0, 2.5, 4.0])
-    assert hard_sigmoid_keras(x).tolist() == pytest.approx([0.0, 0.0, 0.5, 0.7, 1.0, 1.0])
+    assert _hard_sigmoid_keras(x).tolist() == pytest.approx([0.0, 0.0, 0.5, 0.7, 1.0, 1.0])
 
 
 def test_paper_schedule_per_model_and_keras_selection() -> None:
     from emotiw.jobs.train import TrainConfig
     from emotiw.jobs.train.config import Schedule, schedule_for
-    from emotiw.jobs.train.worker import Selection
+    from emotiw.jobs.train.worker import _Selection
 
     paper = TrainConfig(features="x")
     assert schedule_for(paper, "audio") == Schedule(4000, 32, "val_accuracy", 300)
@@ -136,14 +136,14 @@ def test_paper_schedule_per_model_and_keras_selection() -> None:
         TrainConfig(features="x", max_epochs=-1)
     # checkpoint on strictly better accuracy; stop after 2 epochs without a lower loss
     rows = [(1.0, 0.5), (0.9, 0.5), (0.95, 0.6), (0.97, 0.4), (0.99, 0.7)]
-    pick = Selection("val_accuracy", patience=2)
+    pick = _Selection("val_accuracy", patience=2)
     seen = []
     for loss, acc in rows:
         seen.append(pick.improved({"val_loss": loss, "val_accuracy": acc}))
         if pick.stop():
             break
     assert seen == [True, False, True, False]  # stopped after epoch 4: loss last fell at 2
-    by_loss = Selection("val_loss")
+    by_loss = _Selection("val_loss")
     assert [by_loss.improved({"val_loss": v, "val_accuracy": 0}) for v in (1, 2, 0.5)] == [
         True, False, True]  # fmt: skip
     assert not by_loss.stop()
@@ -155,14 +155,14 @@ def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) 
     (`Config.BEFORE`), not today's defaults."""
     import json
 
-    from emotiw.models.packaging import MANIFEST, load_model
+    from emotiw.models.packaging import _MANIFEST, load_model
     from helpers import make_package, smoke_configs
 
     # as the fusion was then: presence flags in its input, no L2
     package = make_package(
         tmp_path / "old", smoke_configs(), fusion_options=dict(presets.get("cpu-smoke").fusion)
     )
-    manifest = json.loads((package / MANIFEST).read_text())
+    manifest = json.loads((package / _MANIFEST).read_text())
     added = {"scene": ("pooling", "recurrent_activation"), "face": ("lstm",), "audio": ("head",)}
     for name, fields in added.items():
         for field in fields:
@@ -170,7 +170,7 @@ def test_a_package_saved_before_these_fields_loads_the_model_it_saved(tmp_path) 
     manifest["configs"]["audio"]["normalise"] = True  # a bool then
     for variant in manifest["fusions"].values():
         del variant["presence_flags"], variant["l2"]
-    (package / MANIFEST).write_text(json.dumps(manifest))
+    (package / _MANIFEST).write_text(json.dumps(manifest))
     model = load_model(package)
     assert model.configs.of("scene").pooling == "flatten" and model.heads["scene"].feature_dim > 30
     assert model.configs.of("face").lstm == "torch" and model.configs.of("audio").head == "compact"

@@ -24,14 +24,14 @@ def test_coco_mapping_is_what_the_docs_say() -> None:
         "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
         "left_ankle",
     )  # fmt: skip
-    assert pose_vector.COCO_FOR_JOINT["neck"] == (
+    assert pose_vector._COCO_FOR_JOINT["neck"] == (
         coco.index("left_shoulder"),
         coco.index("right_shoulder"),
     )
     for joint in pose.JOINTS[1:]:
-        assert coco[pose_vector.COCO_FOR_JOINT[joint]] == joint
+        assert coco[pose_vector._COCO_FOR_JOINT[joint]] == joint
     dropped = {"nose", "left_eye", "right_eye", "left_ear", "right_ear"}
-    used = {coco[i] for j in pose.JOINTS[1:] for i in [pose_vector.COCO_FOR_JOINT[j]]}
+    used = {coco[i] for j in pose.JOINTS[1:] for i in [pose_vector._COCO_FOR_JOINT[j]]}
     assert used.isdisjoint(dropped) and len(used) == 12
     assert pose.FEATURE_COLUMNS[:2] == ("neck_x", "neck_y")
     assert pose.FEATURE_COLUMNS[-1] == "n_people" and len(pose.FEATURE_COLUMNS) == 27
@@ -56,7 +56,7 @@ def test_normalise_person_follows_the_sheet() -> None:
     joints[0], joints[7], joints[12] = (110, 200), (100, 300), (130, 400)
     seen[[0, 7, 12]] = True
     joints[5] = (9999, -9999)  # unseen: must not move the box
-    out = pose_vector.normalise_person(joints, seen)
+    out = pose_vector._normalise_person(joints, seen)
     # x and y min-max scaled separately: extent x 30, y 200
     np.testing.assert_allclose(out[0], [10 / 30, 0])
     np.testing.assert_allclose(out[7], [0, 100 / 200])
@@ -64,14 +64,14 @@ def test_normalise_person_follows_the_sheet() -> None:
     assert (out[~seen] == -1).all()  # a missing joint is (-1, -1)
     # invariant to stretching one axis (what detection on aspect-kept frames relies on)
     stretched = joints * np.array([2.7, 1.0], np.float32)
-    np.testing.assert_allclose(pose_vector.normalise_person(stretched, seen), out, rtol=1e-6)
+    np.testing.assert_allclose(pose_vector._normalise_person(stretched, seen), out, rtol=1e-6)
     single = np.zeros(13, bool)
     single[3] = True
-    one = pose_vector.normalise_person(joints, single)  # zero extent: 0, not the authors' NaN
+    one = pose_vector._normalise_person(joints, single)  # zero extent: 0, not the authors' NaN
     assert one[3].tolist() == [0, 0] and (one[~single] == -1).all() and np.isfinite(one).all()
-    assert not pose_vector.normalise_person(joints, np.zeros(13, bool)).any()  # nobody: zeros
+    assert not pose_vector._normalise_person(joints, np.zeros(13, bool)).any()  # nobody: zeros
     # the rule before the sheet: one scale for both axes, unseen joints 0
-    old = pose_vector.normalise_person(joints, seen, "extent")
+    old = pose_vector._normalise_person(joints, seen, "extent")
     np.testing.assert_allclose(old[0], [10 / 200, 0])
     assert not old[5].any()
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from emotiw import modalities
-from emotiw.cli.commands import build_parser, extract_config
+from emotiw.cli.commands import _extract_config, build_parser
 from emotiw.cli.modality_flags import train_config
 from emotiw.jobs.extract import ExtractConfig
 from emotiw.jobs.train import TrainConfig
@@ -30,7 +30,7 @@ def test_the_command_line_and_the_api_agree_on_every_preset(name, tmp_path) -> N
     args = build_parser().parse_args(
         ["extract", "--videos", "v", "--output", "o", "--preset", name]
     )
-    cli_extract = extract_config(args)
+    cli_extract = _extract_config(args)
     api_extract = ExtractConfig(videos="v", output="o", preset=name)
     env = {"storage": cli_extract.storage, "weights": cli_extract.weights}
     assert cli_extract == dataclasses.replace(api_extract, **env)

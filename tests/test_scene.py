@@ -15,14 +15,14 @@ from emotiw.io import weights as W
 from emotiw.io.frames import decode_frames, encode_frames
 from emotiw.io.media import decode
 from emotiw.modalities import get, scene
-from emotiw.modalities.nets.convlstm import ConvLSTM, ConvLSTMCell
+from emotiw.modalities.nets.convlstm import ConvLSTM, _ConvLSTMCell
 
 # Small frames keep the model tests fast; the full 480x320 path is exercised once below.
 SMALL = {"frame_height": 96, "frame_width": 128, "weights": "random-init"}
 
 
 def _reference_convlstm(
-    cell: ConvLSTMCell, xs: torch.Tensor, mask: torch.Tensor | None = None
+    cell: _ConvLSTMCell, xs: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Keras ConvLSTM2D written out gate by gate with separate kernels, step by step."""
     f = cell.filters
@@ -68,13 +68,13 @@ def test_convlstm_matches_step_by_step_reference(padding: str) -> None:
 
 
 def test_convlstm_keras_conventions() -> None:
-    cell = ConvLSTMCell(2, 3)
+    cell = _ConvLSTMCell(2, 3)
     bias = cell.input_conv.bias.detach()
     assert bias[3:6].eq(1).all() and bias[:3].eq(0).all() and bias[6:].eq(0).all()
     assert cell.recurrent_conv.bias is None
     assert cell.output_size(10, 15) == (8, 13)
     with pytest.raises(ValueError):
-        ConvLSTMCell(2, 3, padding="causal")
+        _ConvLSTMCell(2, 3, padding="causal")
 
 
 def test_masked_steps_leave_the_state_unchanged() -> None:

@@ -45,7 +45,7 @@ from helpers import (
 
 BAD = {"corrupt": "not_media", "empty": "empty", "headonly": "no_frames"}
 CLASSES = ("positive", "neutral", "negative")
-FER = face.FER_CLASSES
+FER = face._FER_CLASSES
 
 
 # docs/tutorials/query.md: the current row of each clip under each model

@@ -54,15 +54,15 @@ def test_group_by_needs_a_group() -> None:
 
 
 def test_stacking_folds_keep_a_source_video_together() -> None:
-    from emotiw.jobs.train.stacking import fold_of
+    from emotiw.jobs.train.stacking import _fold_of
 
     uris, _ = vgaf_names(200, 3)
-    folds = fold_of(uris, TrainConfig(features="x").group_by, 5)
+    folds = _fold_of(uris, TrainConfig(features="x").group_by, 5)
     groups = source_groups(uris, TrainConfig(features="x").group_by)
     for g in set(groups):
         assert len(set(folds[groups == g])) == 1  # a video's clips share their fold
     counts = np.bincount(folds, minlength=5)
     assert counts.min() > 0.5 * counts.mean()  # roughly balanced
-    assert (fold_of(uris, "", 5) == fold_of(uris, "", 5)).all()  # the same in every run
+    assert (_fold_of(uris, "", 5) == _fold_of(uris, "", 5)).all()  # the same in every run
     with pytest.raises(ValueError, match="stacking_folds"):
         TrainConfig(features="x", stacking_folds=1)

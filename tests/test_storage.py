@@ -10,11 +10,11 @@ import pytest
 from emotiw.core.config import StorageConfig
 from emotiw.core.errors import StorageError
 from emotiw.io.storage import (
+    _redact,
     arrow_filesystem,
     join_url,
     list_videos,
     read_bytes,
-    redact,
     split_url,
     upload_file,
     video_id,
@@ -177,7 +177,7 @@ def test_secrets_never_in_repr_or_errors(s3_endpoint: str) -> None:
     from emotiw.core.config import to_dict
 
     assert TEST_SECRET not in str(to_dict(cfg))
-    assert redact(f"bad key {TEST_KEY} with {TEST_SECRET}", cfg) == "bad key *** with ***"
+    assert _redact(f"bad key {TEST_KEY} with {TEST_SECRET}", cfg) == "bad key *** with ***"
     bad = StorageConfig(endpoint_url="http://127.0.0.1:9", key=TEST_KEY, secret=TEST_SECRET)
     with pytest.raises(StorageError) as info:
         read_bytes("s3://bucket/x.mp4", bad)
@@ -202,7 +202,7 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
 
     from emotiw.core.config import MediaConfig
     from emotiw.io.storage import list_video_objects, write_bytes
-    from emotiw.models.features import extract_item
+    from emotiw.models.features import _extract_item
 
     root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)
     url = f"{root}/drop/clip.mp4"
@@ -217,7 +217,7 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
 
     extractor.media = MediaConfig()  # type: ignore[attr-defined]  # its file-size limit
     item = {"uri": listed.uri, "video_id": "clip", "etag": listed.etag, "size_bytes": listed.size}
-    row = extract_item(extractor, item, cfg, "run")
+    row = _extract_item(extractor, item, cfg, "run")
     assert row["etag"] == now.etag and row["size_bytes"] == now.size
     assert row["content_sha256"] == hashlib.sha256(b"the second, longer version").hexdigest()
 

@@ -216,7 +216,7 @@ def test_lease_renewal_and_release_ride_out_an_endpoint_outage(s3_bucket, s3_sto
     lease: a renewal before a commit and the release at the end wait for it to come back
     (botocore's connection errors are transient) instead of failing the run or leaving the
     lease for the next run to wait on. The outage outlasts the tries inside one botocore call
-    (~3 s with `storage.LIBRARY_TRIES`); before botocore's errors counted as transient, the
+    (~3 s with `storage._LIBRARY_TRIES`); before botocore's errors counted as transient, the
     renewal raised and the release gave up, leaving the lease."""
     import dataclasses
 
@@ -295,7 +295,7 @@ def test_retry_call_retries_transient_failures_only() -> None:
         retry.call(lambda: (_ for _ in ()).throw(StorageError("gone", "not_found")), 4, 1.0,
                    sleep=waits.append)  # fmt: skip
     assert len(waits) == 2  # not_found is final: no wait, no retry
-    assert retry.ceilings(8, 1.0) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert retry._ceilings(8, 1.0) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
 def test_actors_failing_together_do_not_retry_in_lockstep() -> None:

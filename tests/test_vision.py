@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from emotiw.modalities.nets.torchvision_ops import (
+    _nms_reference,
+    _roi_align_grid_sample,
+    _roi_align_onnxruntime,
     _state,
     import_torchvision,
     native_ops,
-    nms_reference,
-    roi_align_grid_sample,
-    roi_align_onnxruntime,
     set_roi_align_kernel,
 )
 
@@ -44,7 +44,7 @@ def test_nms_matches_reference_and_torchvision_runs() -> None:
     scores = rng.uniform(size=400).astype(np.float32)
     expected = _greedy_nms(boxes, scores, 0.5)
     tb, ts = torch.from_numpy(boxes), torch.from_numpy(scores)
-    assert nms_reference(tb, ts, 0.5).tolist() == expected
+    assert _nms_reference(tb, ts, 0.5).tolist() == expected
     assert torchvision.ops.nms(tb, ts, 0.5).tolist() == expected
     idx = torch.from_numpy(rng.integers(0, 3, 400))
     kept = torchvision.ops.batched_nms(tb, ts, idx, 0.5)
@@ -114,10 +114,10 @@ def test_roi_align_matches_the_native_kernel(aligned: bool) -> None:
     rois = _random_rois(12, 0, torch.float64)
     x = torch.randn(2, 4, 12, 16, dtype=torch.float64)
     want = _kernel_roi_align(x, rois, 0.125, 5, 4, 2, aligned)
-    got = roi_align_grid_sample(x, rois, 0.125, 5, 4, 2, aligned)
+    got = _roi_align_grid_sample(x, rois, 0.125, 5, 4, 2, aligned)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # ONNX Runtime's kernel (float32 only): the same rules, to float32 rounding
-    fast = roi_align_onnxruntime(x.float(), rois.float(), 0.125, 5, 4, 2, aligned)
+    fast = _roi_align_onnxruntime(x.float(), rois.float(), 0.125, 5, 4, 2, aligned)
     torch.testing.assert_close(fast.double(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -133,7 +133,7 @@ def test_roi_align_matches_torchvision_python_fallback_in_range() -> None:
         [torch.randint(0, 2, (40, 1)).double(), xy, xy + 2 + 60 * torch.rand(40, 2)], 1
     )
     torch.testing.assert_close(
-        roi_align_grid_sample(x, rois, 0.125, 7, 7, 2, False),
+        _roi_align_grid_sample(x, rois, 0.125, 7, 7, 2, False),
         python_roi_align(x, rois, 0.125, 7, 7, 2, False),
     )
     # torchvision's public op is routed to ONNX Runtime's kernel (grid_sample on request)
@@ -141,20 +141,20 @@ def test_roi_align_matches_torchvision_python_fallback_in_range() -> None:
     want = python_roi_align(x32, rois32, 0.125, 7, 7, 2, False)
     out = import_torchvision().ops.roi_align(x32, rois32, (7, 7), 0.125, 2)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(out, roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 2, False))
+    assert torch.equal(out, _roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 2, False))
     set_roi_align_kernel("grid_sample")
     try:
         out = import_torchvision().ops.roi_align(x32, rois32, (7, 7), 0.125, 2)
-        assert torch.equal(out, roi_align_grid_sample(x32, rois32, 0.125, 7, 7, 2, False))
+        assert torch.equal(out, _roi_align_grid_sample(x32, rois32, 0.125, 7, 7, 2, False))
     finally:
         set_roi_align_kernel("onnxruntime")
     # adaptive sampling (sampling_ratio 0) follows torchvision's rule in both
     adaptive = python_roi_align(x32, rois32, 0.125, 7, 7, 0, False)
-    fast = roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 0, False)
+    fast = _roi_align_onnxruntime(x32, rois32, 0.125, 7, 7, 0, False)
     torch.testing.assert_close(fast, adaptive, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [roi_align_grid_sample, roi_align_onnxruntime])
+@pytest.mark.parametrize("kernel", [_roi_align_grid_sample, _roi_align_onnxruntime])
 def test_roi_align_edge_cases(kernel) -> None:
     x = torch.randn(1, 3, 6, 6)
     assert kernel(x, torch.zeros(0, 5), 1.0, 2, 2, 2, False).shape == (0, 3, 2, 2)

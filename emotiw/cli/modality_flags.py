@@ -86,7 +86,7 @@ def _random_init(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(m for m in args.random_init.split(",") if m)
 
 
-def train_configs(args: argparse.Namespace) -> Any:
+def _train_configs(args: argparse.Namespace) -> Any:
     """The modality configs `train` uses: the front-end settings the feature tables recorded
     (so extract's flags are not repeated), head settings from the preset and flags; without
     ``--modalities``, the modalities the tables have.
@@ -108,7 +108,7 @@ def train_configs(args: argparse.Namespace) -> Any:
 
 
 def train_config(args: argparse.Namespace, weights: Any) -> Any:
-    """The train job's config from its flags: the modality configs (`train_configs`), the
+    """The train job's config from its flags: the modality configs (`_train_configs`), the
     preset's fusion settings under the fusion flags, and what `TrainConfig` resolves from the
     preset for the rest (`emotiw.models.presets`). One rule is the command line's own: giving
     ``--epochs``, ``--fusion-epochs`` or ``--batch-size`` without ``--schedule`` asks for the
@@ -116,7 +116,7 @@ def train_config(args: argparse.Namespace, weights: Any) -> Any:
     from emotiw.jobs.train import TrainConfig
     from emotiw.models import fusion, presets
 
-    configs = train_configs(args)
+    configs = _train_configs(args)
     given = flags.given(args, fusion.Config, "fusion__")
     fusion_cfg = presets.fusion_config(args.preset, configs.modalities, **given)
     given_train = flags.given(args, TrainConfig)  # --preset included (it always has a value)

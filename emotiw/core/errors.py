@@ -11,7 +11,7 @@ from enum import IntEnum, StrEnum
 
 class ExitCode(IntEnum):
     """Exit statuses of the command line, for schedulers; the user-error classes follow
-    sysexits.h where one fits. Each one's meaning is `MEANINGS` (``--help`` and the reference
+    sysexits.h where one fits. Each one's meaning is `_MEANINGS` (``--help`` and the reference
     are generated from it)."""
 
     OK = 0
@@ -28,10 +28,10 @@ class ExitCode(IntEnum):
 
     @property
     def meaning(self) -> str:
-        return MEANINGS[self]
+        return _MEANINGS[self]
 
 
-MEANINGS: dict[ExitCode, str] = {
+_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.FAILED: "an unexpected failure (one line; the traceback with --verbose)",
     ExitCode.USAGE: "bad flags, config values or input contents (a wrong label file)",

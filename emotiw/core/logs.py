@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-ROOT = "emotiw"
+_ROOT = "emotiw"
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 # The command line exports its choice, so a job's subprocesses (Ray's local driver helpers,
@@ -21,7 +21,7 @@ LEVELS = ("debug", "info", "warning", "error")
 LEVEL_ENV, FORMAT_ENV = "EMOTIW_LOG_LEVEL", "EMOTIW_LOG_FORMAT"
 
 
-class JsonFormatter(logging.Formatter):
+class _JsonFormatter(logging.Formatter):
     """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and the
     structured fields a record carries in ``extra={"fields": {...}}``."""
 
@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup(level: str | None = None, fmt: str | None = None, stream: Any = None) -> None:
     """Route the ``emotiw`` loggers to `stream` (stderr) at `level` in `fmt` (text: the bare
-    message, as a person reads it; json: `JsonFormatter`); None takes the environment's
+    message, as a person reads it; json: `_JsonFormatter`); None takes the environment's
     choice, else info / text."""
     level = (level or os.environ.get(LEVEL_ENV) or "info").lower()
     fmt = (fmt or os.environ.get(FORMAT_ENV) or "text").lower()
@@ -49,8 +49,8 @@ def setup(level: str | None = None, fmt: str | None = None, stream: Any = None) 
         raise ValueError(f"log level must be one of {LEVELS} and format one of {FORMATS}")
     os.environ[LEVEL_ENV], os.environ[FORMAT_ENV] = level, fmt
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(message)s"))
-    logger = logging.getLogger(ROOT)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter("%(message)s"))
+    logger = logging.getLogger(_ROOT)
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
@@ -58,4 +58,4 @@ def setup(level: str | None = None, fmt: str | None = None, stream: Any = None) 
 
 def get(name: str) -> logging.Logger:
     """The logger of one part (``emotiw.<name>``)."""
-    return logging.getLogger(f"{ROOT}.{name}")
+    return logging.getLogger(f"{_ROOT}.{name}")

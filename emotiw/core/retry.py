@@ -12,12 +12,12 @@ from typing import TypeVar
 from emotiw.core.errors import EmotiwError, is_transient
 
 T = TypeVar("T")
-MAX_BACKOFF_S = 30.0
+_MAX_BACKOFF_S = 30.0
 
 
-def ceilings(attempts: int, backoff_s: float) -> list[float]:
+def _ceilings(attempts: int, backoff_s: float) -> list[float]:
     """The longest waits between `attempts` tries: backoff_s, 2*backoff_s, ... capped at 30 s."""
-    return [min(backoff_s * 2**i, MAX_BACKOFF_S) for i in range(attempts - 1)]
+    return [min(backoff_s * 2**i, _MAX_BACKOFF_S) for i in range(attempts - 1)]
 
 
 def delays(attempts: int, backoff_s: float, rng: random.Random | None = None) -> list[float]:
@@ -25,7 +25,7 @@ def delays(attempts: int, backoff_s: float, rng: random.Random | None = None) ->
     jitter"): actors that failed together on one S3 blip retry spread out, not in lockstep
     against an endpoint that is just coming back. `rng`: for reproducible tests."""
     draw = rng or random.Random()  # seeded from os.urandom: differs in every process
-    return [draw.uniform(0.0, ceiling) for ceiling in ceilings(attempts, backoff_s)]
+    return [draw.uniform(0.0, ceiling) for ceiling in _ceilings(attempts, backoff_s)]
 
 
 def transient_exception(exc: BaseException) -> bool:

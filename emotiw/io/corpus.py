@@ -57,7 +57,7 @@ FACE_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
-class SampleClip:
+class _SampleClip:
     """One written clip and the ground truth of its cues (for tests and the docs)."""
 
     name: str
@@ -75,7 +75,7 @@ def write_sample_corpus(
     seed: int = 0,
     cfg: CorpusConfig | None = None,
     storage: StorageConfig | None = None,
-) -> list[SampleClip]:
+) -> list[_SampleClip]:
     """Write `n` clips, ``labels.txt`` (VGAF) and ``cues.csv`` under `out_dir` (path or s3://).
 
     Labels are balanced over the three classes (counts differ by at most one) and shuffled
@@ -85,9 +85,9 @@ def write_sample_corpus(
     from emotiw.io.storage import join_url, write_bytes
 
     cfg = cfg or CorpusConfig()
-    clips: list[SampleClip] = []
+    clips: list[_SampleClip] = []
     for clip, rng in _plan(n, seed, cfg, out_dir):
-        data = render_clip(rng, scene=clip.scene_cue, audio=clip.audio_cue, face=clip.face_cue,
+        data = _render_clip(rng, scene=clip.scene_cue, audio=clip.audio_cue, face=clip.face_cue,
                            cfg=cfg)  # fmt: skip
         write_bytes(clip.uri, data, storage)
         clips.append(clip)
@@ -109,14 +109,14 @@ def write_sample_corpus(
     return clips
 
 
-def sample_plan(n: int, seed: int = 0, cfg: CorpusConfig | None = None) -> list[SampleClip]:
+def _sample_plan(n: int, seed: int = 0, cfg: CorpusConfig | None = None) -> list[_SampleClip]:
     """The clips `write_sample_corpus` would write (labels and cues), without rendering them."""
     return [clip for clip, _ in _plan(n, seed, cfg or CorpusConfig(), "")]
 
 
 def _plan(
     n: int, seed: int, cfg: CorpusConfig, out_dir: str
-) -> Iterator[tuple[SampleClip, np.random.Generator]]:
+) -> Iterator[tuple[_SampleClip, np.random.Generator]]:
     """Each clip's labels and cues, with the generator its rendering goes on drawing from."""
     from emotiw.io.storage import join_url
 
@@ -129,7 +129,7 @@ def _plan(
         rng = np.random.default_rng([seed, i])
         cues = [_draw_cue(rng, label, cfg.cue_strength) for _ in range(3)]
         uri = join_url(out_dir, f"{name}.mp4") if out_dir else f"{name}.mp4"
-        yield SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]])), rng
+        yield _SampleClip(name, uri, label, *cues, n_faces=len(_FACES[cues[2]])), rng
 
 
 def _draw_cue(rng: np.random.Generator, label: int, strength: float) -> int:
@@ -138,7 +138,7 @@ def _draw_cue(rng: np.random.Generator, label: int, strength: float) -> int:
     return int(rng.integers(len(CLASS_NAMES)))
 
 
-def render_clip(
+def _render_clip(
     rng: np.random.Generator, *, scene: int, audio: int, face: int, cfg: CorpusConfig
 ) -> bytes:
     """Encode one clip with the given cue classes; returns mp4 bytes (moov first)."""

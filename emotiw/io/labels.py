@@ -17,7 +17,7 @@ from emotiw.core.errors import LabelError
 HEADER = ("Vid_name", "Label")
 
 
-def parse_labels(text: str, source: str = "<labels>") -> dict[str, int]:
+def _parse_labels(text: str, source: str = "<labels>") -> dict[str, int]:
     """Parse label-file text into ``{video_id: class_index}`` in file order.
 
     Raises:
@@ -71,10 +71,10 @@ def read_labels(url: str, storage: StorageConfig | None = None) -> dict[str, int
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LabelError(f"{url}: not a UTF-8 text file ({exc.reason})") from None
-    return parse_labels(text, source=url)
+    return _parse_labels(text, source=url)
 
 
-def format_labels(labels: Mapping[str, int]) -> str:
+def _format_labels(labels: Mapping[str, int]) -> str:
     """VGAF text for ``{name: class_index}`` (names written as given)."""
     rows = [" ".join(HEADER)]
     for name, cls in labels.items():
@@ -92,4 +92,4 @@ def write_labels(url: str, labels: Mapping[str, int], storage: StorageConfig | N
     """Write ``{name: class_index}`` as a VGAF label file to a path or URL."""
     from emotiw.io.storage import write_bytes
 
-    write_bytes(url, format_labels(labels).encode("utf-8"), storage)
+    write_bytes(url, _format_labels(labels).encode("utf-8"), storage)

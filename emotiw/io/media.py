@@ -25,7 +25,7 @@ from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.core.errors import DecodeError, DecodeReason, StorageError
 from emotiw.io.media_guard import refuse_too_large
 
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+_Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Clip:
 
 
 def decode(
-    source: Source, cfg: MediaConfig | None = None, storage: StorageConfig | None = None
+    source: _Source, cfg: MediaConfig | None = None, storage: StorageConfig | None = None
 ) -> Clip:
     """Decode and sample one clip.
 
@@ -128,7 +128,7 @@ def decode(
 
 @contextlib.contextmanager
 def _open_source(
-    source: Source, storage: StorageConfig | None
+    source: _Source, storage: StorageConfig | None
 ) -> Iterator[tuple[str | IO[bytes], str]]:
     """Yield (what `av.open` takes, a label for messages); empty/missing inputs fail here."""
     from emotiw.io import storage as st

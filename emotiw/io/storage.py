@@ -30,7 +30,7 @@ _REMOTE_PROTOCOLS = ("s3", "s3a")
 # FaultyS3Proxy); with these, 8 tries in 3.6 s. A blip is still absorbed inside the call, and
 # the jobs' visible, configurable retry (`JobConfig.attempts`, `emotiw.core.retry`) decides how
 # long an outage is ridden out.
-LIBRARY_TRIES = (1, 3)
+_LIBRARY_TRIES = (1, 3)
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -64,7 +64,7 @@ def video_id(uri: str) -> str:
     return os.path.splitext(name)[0]
 
 
-def redact(text: str, cfg: StorageConfig | None) -> str:
+def _redact(text: str, cfg: StorageConfig | None) -> str:
     """Replace every secret of `cfg` (and of the AWS environment) in `text` with ``***``."""
     secrets = list(cfg.secrets) if cfg else []
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
@@ -80,7 +80,7 @@ def redact(text: str, cfg: StorageConfig | None) -> str:
 def _storage_error(exc: BaseException, url: str, cfg: StorageConfig | None) -> StorageError:
     reason = "not_found" if isinstance(exc, FileNotFoundError) else "io"
     detail = f"{type(exc).__name__}: {exc}"
-    return StorageError(redact(f"{url}: {detail}", cfg), reason=reason)
+    return StorageError(_redact(f"{url}: {detail}", cfg), reason=reason)
 
 
 def fsspec_filesystem(
@@ -110,9 +110,9 @@ def fsspec_filesystem(
         client_kwargs=client_kwargs,
         # Scheduled runs list a growing bucket repeatedly; a cached listing would hide new clips.
         use_listings_cache=False,
-        config_kwargs={"retries": {"max_attempts": LIBRARY_TRIES[1], "mode": "standard"}},
+        config_kwargs={"retries": {"max_attempts": _LIBRARY_TRIES[1], "mode": "standard"}},
     )
-    fs.retries = LIBRARY_TRIES[0]
+    fs.retries = _LIBRARY_TRIES[0]
     return fs, path
 
 
@@ -324,7 +324,7 @@ def read_bytes_and_etag(url: str, cfg: StorageConfig | None = None, tries: int =
                 return data, before
     except Exception as exc:
         raise _storage_error(exc, url, cfg) from None
-    raise StorageError(redact(f"{url}: changed while read, {tries} times", cfg), reason="io")
+    raise StorageError(_redact(f"{url}: changed while read, {tries} times", cfg), reason="io")
 
 
 def write_bytes(url: str, data: bytes, cfg: StorageConfig | None = None) -> None:

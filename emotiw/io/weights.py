@@ -204,7 +204,7 @@ def get_spec(name: str) -> WeightSpec:
         raise WeightsError("unknown_weights", message) from None
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def _sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -213,7 +213,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 @dataclass(frozen=True)
-class Resolved:
+class _Resolved:
     """A verified local copy of a weight file and where it came from."""
 
     path: Path
@@ -221,7 +221,7 @@ class Resolved:
     spec: WeightSpec
 
 
-def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
+def resolve(name: str, cfg: WeightsConfig | None = None) -> _Resolved:
     """A verified local copy of the weight file `name`, fetched into the cache if needed.
 
     Raises:
@@ -236,10 +236,10 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
     record = entry / "provenance.json"
     pinned = json.loads(record.read_text())["sha256"] if record.exists() else None
     if cached.exists() and pinned:
-        actual = sha256_file(cached)
+        actual = _sha256_file(cached)
         if actual.startswith(expected or pinned) and (expected or actual == pinned):
             source = json.loads(record.read_text())["source"]
-            return Resolved(cached, _provenance(spec, source, actual), spec)
+            return _Resolved(cached, _provenance(spec, source, actual), spec)
 
     looked: list[str] = []
     for source, fetch in _sources(spec, cfg):
@@ -253,7 +253,7 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
             except Exception as exc:  # network, permissions, storage
                 looked.append(f"{source}: {type(exc).__name__}: {exc}")
                 continue
-            actual = sha256_file(target)
+            actual = _sha256_file(target)
             if not actual.startswith(expected or pinned or actual):
                 pin = "" if expected else f" (pinned on first use; delete {entry} to re-pin)"
                 raise WeightsError(
@@ -264,7 +264,7 @@ def resolve(name: str, cfg: WeightsConfig | None = None) -> Resolved:
             entry.mkdir(parents=True, exist_ok=True)  # whole files, as load_state_dict's
             _write_atomically(cached, target.read_bytes())
             _write_atomically(record, json.dumps({"source": source, "sha256": actual}).encode())
-            return Resolved(cached, _provenance(spec, source, actual), spec)
+            return _Resolved(cached, _provenance(spec, source, actual), spec)
     raise WeightsError("missing_weights", _missing_message(spec, looked))
 
 

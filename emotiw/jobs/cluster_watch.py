@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-STATE_LIMIT = 10_000  # state-API rows read per question (failed tasks, this job's actors)
+_STATE_LIMIT = 10_000  # state-API rows read per question (failed tasks, this job's actors)
 
 
 class NodeWatch:
@@ -50,11 +50,11 @@ class NodeWatch:
 
             tasks = list_tasks(
                 filters=[("job_id", "=", self.job_id), ("state", "=", "FAILED")],
-                limit=STATE_LIMIT, detail=True, raise_on_missing_output=False,
+                limit=_STATE_LIMIT, detail=True, raise_on_missing_output=False,
             )  # fmt: skip
             actors = list_actors(
                 filters=[("job_id", "=", self.job_id)],
-                limit=STATE_LIMIT, detail=True, raise_on_missing_output=False,
+                limit=_STATE_LIMIT, detail=True, raise_on_missing_output=False,
             )  # fmt: skip
         except Exception as e:  # no dashboard (a local Ray started without one): say so
             return f"not known (Ray's state API did not answer: {type(e).__name__})"

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_NAME = "emotiw-demo"
-PRESET = "cpu-smoke"  # `emotiw.models.presets`: trains on the synthetic corpus in minutes
+_MODEL_NAME = "emotiw-demo"
+_PRESET = "cpu-smoke"  # `emotiw.models.presets`: trains on the synthetic corpus in minutes
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def run_demo(cfg: DemoConfig) -> int:
     train_dir, drop_dir = work / "corpus", work / "drop"
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work}/mlflow.db"
     work.mkdir(parents=True, exist_ok=True)
-    model = latest_version(tracking, MODEL_NAME)  # a registered model: no training corpus
+    model = latest_version(tracking, _MODEL_NAME)  # a registered model: no training corpus
     if model is None and not (train_dir / "labels.txt").exists():
         print(f"[1/4] writing {cfg.n_train} synthetic training clips to {train_dir}", flush=True)
         write_sample_corpus(str(train_dir), cfg.n_train, cfg.seed)
@@ -76,19 +76,19 @@ def run_demo(cfg: DemoConfig) -> int:
                 videos=str(train_dir),
                 labels=str(train_dir / "labels.txt"),
                 output=str(work / "features"),
-                preset=PRESET,
+                preset=_PRESET,
             )
         )
         print(f"      extract: {summary}", flush=True)
         result = run_train(
             TrainConfig(
                 features=str(work / "features"),
-                preset=PRESET,  # its uniform schedule: the few epochs below, not the paper's
+                preset=_PRESET,  # its uniform schedule: the few epochs below, not the paper's
                 epochs=cfg.epochs,
                 fusion_epochs=cfg.fusion_epochs,
                 batch_size=8,
                 tracking_uri=tracking,
-                model_name=MODEL_NAME,
+                model_name=_MODEL_NAME,
                 run_dir=str(work / "train"),
             )
         )

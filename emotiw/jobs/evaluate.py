@@ -14,9 +14,9 @@ from emotiw.models import metrics
 
 # Measured: accuracy, macro and support-weighted precision / recall / F1 (the authors' code
 # mostly reported weighted averages); then the paper's figure for the same row.
-PAPER = "paper (P / R / F1)"
-COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "precision_weighted",
-           "recall_weighted", "f1_weighted", PAPER, "cross_entropy", "n"]  # fmt: skip
+_PAPER = "paper (P / R / F1)"
+_COLUMNS = ["model", "accuracy", "precision", "recall", "f1", "precision_weighted",
+           "recall_weighted", "f1_weighted", _PAPER, "cross_entropy", "n"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     for name, head in package.heads.items():
         probs, preds = predict(head, data, name)
         row = {"model": name, **metrics.scores(data.labels, probs, preds)}
-        tables["modalities"].append({**row, PAPER: paper.cell(paper.TABLE1.get(name))})
+        tables["modalities"].append({**row, _PAPER: paper.cell(paper.TABLE1.get(name))})
         confusions[f"head-{name}"] = metrics.confusion(data.labels, preds)
     main = package.default
     for variant, model in package.fusions.items():
@@ -82,11 +82,11 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
             left_out = variant.removeprefix(f"{main}-without-")
             figures = paper.TABLE3_WITHOUT.get(left_out) if main == "fc" else None
             note = paper.INVALID.get(("table3", left_out), "")
-            tables["ablation"].append({**row, PAPER: paper.cell(figures, note)})
+            tables["ablation"].append({**row, _PAPER: paper.cell(figures, note)})
         else:
-            tables["fusion"].append({**row, PAPER: paper.cell(paper.TABLE2.get(variant))})
+            tables["fusion"].append({**row, _PAPER: paper.cell(paper.TABLE2.get(variant))})
             if variant == main:
-                tables["ablation"].insert(0, {**row, "model": f"{main} (all)", PAPER: "-"})
+                tables["ablation"].insert(0, {**row, "model": f"{main} (all)", _PAPER: "-"})
     titles = {
         "modalities": "Table 1: each modality's head",
         "fusion": "Table 2: fusion methods",
@@ -94,9 +94,9 @@ def run_evaluate(cfg: EvaluateConfig) -> Evaluation:
     }
     parts = [f"# Evaluation of {cfg.model} on {cfg.features} ({len(data)} clips)"]
     for key, rows in tables.items():
-        parts += [f"## {titles[key]}", metrics.markdown_table(rows, COLUMNS)]
+        parts += [f"## {titles[key]}", metrics.markdown_table(rows, _COLUMNS)]
         with open(out / f"{key}.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     markdown = "\n\n".join(parts) + "\n"

@@ -96,7 +96,7 @@ def pool_estimate(
     return max(1, int(fits))
 
 
-def block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
+def _block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
     """Clips per input block: `first_small` blocks of one clip (so a small run still spreads
     over every actor), then doubling up to `block_clips` (so a large run costs one Ray task
     per `block_clips` clips, not per clip)."""
@@ -125,7 +125,7 @@ def plan_blocks(
         block.append(item)
         if len(block) >= target:
             if sizes is None:
-                sizes = block_sizes(2 * max(1, start()), block_clips)
+                sizes = _block_sizes(2 * max(1, start()), block_clips)
                 next(sizes)
             refs.append(ray.put(pa.Table.from_pylist(block)))
             count += len(block)

@@ -1,6 +1,6 @@
 """Pre-flight checks a job runs on its driver before any actor starts: a missing weight file
 fails in one line (exit code 68) instead of inside every actor's constructor, and without
-fetching anything (`locate` only looks where `weights.resolve` would fetch from)."""
+fetching anything (`_locate` only looks where `weights.resolve` would fetch from)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from emotiw.io.weights import (
 )
 
 
-def locate(name: str, cfg: WeightsConfig | None = None) -> str | None:
+def _locate(name: str, cfg: WeightsConfig | None = None) -> str | None:
     """Where `resolve` would take the weight file `name` from, without fetching or hashing it
     (a run's pre-flight on the driver: a missing file fails in one line before any actor
     starts); None when no source has it. A public URL counts when it answers a HEAD request.
@@ -63,14 +63,14 @@ def locate(name: str, cfg: WeightsConfig | None = None) -> str | None:
     return None
 
 
-def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> dict[str, str]:
-    """Where each of `names` would be taken from (`locate`); raise `WeightsError`
+def _check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> dict[str, str]:
+    """Where each of `names` would be taken from (`_locate`); raise `WeightsError`
     (``missing_weights``, one line: where it looked and how to stage it) for the first that
     no source has."""
     cfg = cfg or WeightsConfig()
     found: dict[str, str] = {}
     for name in dict.fromkeys(names):
-        where = locate(name, cfg)
+        where = _locate(name, cfg)
         if where is None:
             spec = get_spec(name)
             looked = ", ".join(source for source, _ in _sources(spec, cfg)) or "no source set"
@@ -84,7 +84,7 @@ def check_available(names: Iterable[str], cfg: WeightsConfig | None = None) -> d
     return found
 
 
-def check_output(output: str, storage: Any = None) -> str:
+def _check_output(output: str, storage: Any = None) -> str:
     """Whether the job can write `output`, read-only (a dry run writes nothing): a local
     output's nearest existing folder must be a writable directory; for object storage the
     bucket must answer (whether this role may write there shows at the run's first write,
@@ -120,7 +120,7 @@ def check_output(output: str, storage: Any = None) -> str:
     return f"output {output}: writable"
 
 
-def check_gpus(
+def _check_gpus(
     requested: float | None, ray_address: str | None, flag: str = "--gpus-per-model-actor",
     stage: str = "model",
 ) -> str:  # fmt: skip
@@ -159,7 +159,7 @@ def run_checks(
     """A job's driver-side checks before anything starts (each raises its own one-line
     error): the weights are staged, the output can be written, the GPUs asked for can come.
     Returns a line per check (what a dry run prints)."""
-    where = check_available(weight_names, weights)
+    where = _check_available(weight_names, weights)
     found = ", ".join(f"{n} ({w.split(':', 1)[0]})" for n, w in where.items()) or "none needed"
-    return [f"weights: {found}", check_output(output, storage),
-            check_gpus(gpus, ray_address, flag, stage)]  # fmt: skip
+    return [f"weights: {found}", _check_output(output, storage),
+            _check_gpus(gpus, ray_address, flag, stage)]  # fmt: skip

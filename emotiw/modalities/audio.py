@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from emotiw.io.media import Clip
 
 NAME = "audio"
-FEATURE_KINDS = ("openl3", "logmel")
-HEADS = ("deployed", "compact")
-LOGMEL_BANDS = 64
+_FEATURE_KINDS = ("openl3", "logmel")
+_HEADS = ("deployed", "compact")
+_LOGMEL_BANDS = 64
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Config:
         backend: what runs the OpenL3 network: ``auto`` (ONNX Runtime on CPU, eager on CUDA),
             ``eager`` PyTorch, ``compile``, ``onnxruntime`` or ``openvino``
             (`modalities.nets.backends`; recorded in the provenance).
-        head: ``deployed`` (`DeployedHead`: the authors' model, layer for layer) or
+        head: ``deployed`` (`_DeployedHead`: the authors' model, layer for layer) or
             ``compact`` (`Head`: ReLU convolutions of kernel 3 and a 2-layer BiLSTM, the
             cpu-smoke preset's).
         conv_channels: the head's three 1-D convolutions over time (paper: 64, 512, 512).
@@ -106,10 +106,10 @@ class Config:
     def __post_init__(self) -> None:
         if isinstance(self.normalise, bool):  # tables extracted before it named the method
             object.__setattr__(self, "normalise", "zscore" if self.normalise else "none")
-        if self.normalise not in ("l2", "zscore", "none") or self.head not in HEADS:
-            raise ValueError(f"normalise must be l2, zscore or none; head one of {HEADS}")
-        if self.features not in FEATURE_KINDS:
-            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
+        if self.normalise not in ("l2", "zscore", "none") or self.head not in _HEADS:
+            raise ValueError(f"normalise must be l2, zscore or none; head one of {_HEADS}")
+        if self.features not in _FEATURE_KINDS:
+            raise ValueError(f"features must be one of {_FEATURE_KINDS}, got {self.features!r}")
         if self.content_type not in ("music", "env"):
             raise ValueError(f"content_type must be 'music' or 'env', got {self.content_type!r}")
         if self.weights not in (PRETRAINED, RANDOM_INIT):
@@ -126,7 +126,7 @@ class Config:
 
     @property
     def feature_dim(self) -> int:
-        return openl3.EMBEDDING_DIM if self.features == "openl3" else 2 * LOGMEL_BANDS
+        return openl3.EMBEDDING_DIM if self.features == "openl3" else 2 * _LOGMEL_BANDS
 
     @property
     def weights_name(self) -> str:
@@ -144,17 +144,17 @@ FEATURE_SHAPE = feature_shape()
 # --- pure maths ------------------------------------------------------------------------------
 
 
-def is_silent(audio: np.ndarray, peak: float) -> bool:
+def _is_silent(audio: np.ndarray, peak: float) -> bool:
     return audio.size == 0 or float(np.abs(audio).max()) < peak
 
 
-def normalise_per_step(features: np.ndarray) -> np.ndarray:
+def _normalise_per_step(features: np.ndarray) -> np.ndarray:
     """Each time step to unit L2 norm (sklearn's ``Normalizer``); zero steps stay zero."""
     norms = np.linalg.norm(features, axis=-1, keepdims=True)
     return (features / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def normalise_per_sample(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _normalise_per_sample(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance over the clip's valid steps; padded steps stay zero."""
     out = np.zeros_like(features, dtype=np.float32)
     if not mask.any():
@@ -165,13 +165,13 @@ def normalise_per_sample(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-class LogMel(nn.Module):
+class _LogMel(nn.Module):
     """Weight-free features: per 1 s window, mean and std over time of a 64-band decibel mel
     spectrogram (OpenL3's STFT and decibel front-end) -> ``[B, 128]``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.frontend = openl3.MelFrontEnd(n_mels=LOGMEL_BANDS)
+        self.frontend = openl3.MelFrontEnd(n_mels=_LOGMEL_BANDS)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         db = self.frontend(windows)[:, 0]  # [B, 64, 199]
@@ -197,7 +197,7 @@ class Extractor:
             )
             self.provenance: dict[str, Provenance] = {"audio": provenance}
         else:
-            model = LogMel().eval()
+            model = _LogMel().eval()
             self.provenance = {"audio": Provenance("logmel", "builtin:emotiw logmel (no weights)")}
         self.model = model.to(self.device)
         self.embed: Any = self.model
@@ -220,7 +220,7 @@ class Extractor:
         prepared = []
         for clip in clips:
             audio = clip.audio if clip.audio_rate == openl3.SAMPLE_RATE else _resample(clip)
-            if not clip.meta.has_audio or is_silent(audio, cfg.silence_peak):
+            if not clip.meta.has_audio or _is_silent(audio, cfg.silence_peak):
                 prepared.append(None)
                 continue
             prepared.append(openl3.windows(audio, n_steps=cfg.n_steps, hop_s=cfg.hop_s))
@@ -237,9 +237,9 @@ class Extractor:
             features[mask] = embedded[start : start + count]
             start += count
             if cfg.normalise == "zscore":
-                features = normalise_per_sample(features, mask)
+                features = _normalise_per_sample(features, mask)
             elif cfg.normalise == "l2":
-                features = normalise_per_step(features)
+                features = _normalise_per_step(features)
             results.append(Extraction(features, stats={"has_audio": True, "audio_steps": count}))
         return results
 
@@ -293,7 +293,7 @@ class Head(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class DeployedHead(nn.Module):
+class _DeployedHead(nn.Module):
     """The authors' deployed audio model (docs/explanation/authors-models.md 3), over ``[B, 11,
     D]``: three blocks of Conv1D (64, 512, 512 maps, kernel 2, SELU) -> batch norm (Keras'
     momentum 0.99, eps 1e-3) -> max-pool 2 with stride 1 -> dropout (0.4, 0.2, 0.2); a
@@ -380,7 +380,7 @@ class Audio(Modality):
         return (cfg.weights_name,) if cfg.features == "openl3" and cfg.weights == PRETRAINED else ()
 
     def head(self, cfg: Config) -> nn.Module:
-        return DeployedHead(cfg) if cfg.head == "deployed" else Head(cfg)
+        return _DeployedHead(cfg) if cfg.head == "deployed" else Head(cfg)
 
     def scheduler(self, opt: torch.optim.Optimizer, cfg: Config) -> Any:
         """Exponential learning-rate decay, stepped once per epoch."""

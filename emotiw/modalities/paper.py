@@ -8,10 +8,10 @@ is a macro average) and which rows are invalid.
 
 from __future__ import annotations
 
-Figures = tuple[float, float, float]
+_Figures = tuple[float, float, float]
 
 # Table 1, one row per modality's head.
-TABLE1: dict[str, Figures] = {
+TABLE1: dict[str, _Figures] = {
     "scene": (0.547, 0.540, 0.541),
     "pose": (0.483, 0.512, 0.489),
     "audio": (0.640, 0.580, 0.577),
@@ -19,7 +19,7 @@ TABLE1: dict[str, Figures] = {
 }
 # Table 2, one row per fusion method (the `fusion.Config.method` names). The paper's
 # "FC-Fusion" row came from a run without face features and with two scene models.
-TABLE2: dict[str, Figures] = {
+TABLE2: dict[str, _Figures] = {
     "hard": (0.605, 0.581, 0.576),
     "soft": (0.658, 0.620, 0.608),
     "weighted": (0.632, 0.602, 0.593),
@@ -27,7 +27,7 @@ TABLE2: dict[str, Figures] = {
     "vae": (0.271, 0.369, 0.276),
 }
 # Table 3: the FC fusion without one modality (the row's key is the modality left out).
-TABLE3_WITHOUT: dict[str, Figures] = {
+TABLE3_WITHOUT: dict[str, _Figures] = {
     "face": (0.641, 0.632, 0.630),  # "Aud-Sce-Pose", the paper's best (acc .632; text: 63.6%)
     "audio": (0.632, 0.629, 0.627),  # "Sce-FER-Pose": built from stale features (invalid)
     "pose": (0.641, 0.629, 0.627),  # "Sce-Aud-FER"
@@ -36,7 +36,7 @@ TABLE3_WITHOUT: dict[str, Figures] = {
 INVALID = {("table3", "audio"): "invalid in the paper: stale audio+scene+face features"}
 
 
-def cell(figures: Figures | None, note: str = "") -> str:
+def cell(figures: _Figures | None, note: str = "") -> str:
     """A paper column cell: ``P / R / F1`` (and a note), or "-" where the paper has no row."""
     if figures is None:
         return "-"

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from emotiw.io.media import Clip
 
 NAME = "pose"
-WEIGHTS = "torchvision-keypointrcnn-coco"
+_WEIGHTS = "torchvision-keypointrcnn-coco"
 DETAIL_COLUMNS: tuple[str, ...] = (
     "slot", "frame_index", "x1", "y1", "x2", "y2", "score",
     *(f"{joint}_{part}" for joint in JOINTS for part in ("x", "y", "score")),
@@ -149,7 +149,7 @@ FEATURE_SHAPE: tuple[int, int] = feature_shape()
 # --- front-end -------------------------------------------------------------------------------
 
 
-def keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
+def _keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[Any, Provenance]:
     """Keypoint R-CNN in eval mode with registry weights (or explicit random init)."""
     from emotiw.modalities.nets.torchvision_ops import import_torchvision
 
@@ -166,7 +166,7 @@ def keypoint_model(cfg: Config, weights: WeightsConfig | None = None) -> tuple[A
     }
     return build_model(
         lambda: detection.keypointrcnn_resnet50_fpn(**kwargs),
-        WEIGHTS,
+        _WEIGHTS,
         choice=cfg.weights,
         seed=cfg.seed,
         cfg=weights,
@@ -179,7 +179,7 @@ class Extractor:
     def __init__(self, cfg: Config | None = None, weights: WeightsConfig | None = None) -> None:
         self.cfg = cfg or Config()
         self.device = resolve_device(self.cfg.device)
-        model, provenance = keypoint_model(self.cfg, weights)
+        model, provenance = _keypoint_model(self.cfg, weights)
         self.model = model.to(self.device)
         # The backbone sees the transform's batch, resized and padded to multiples of 32:
         # height and width vary with the frames' aspect, so both stay dynamic.
@@ -306,8 +306,8 @@ class Head(BiLSTMHead):
 
 # --- registration ----------------------------------------------------------------------------
 
-WEIGHT_SPEC = WeightSpec(
-    name=WEIGHTS,
+_WEIGHT_SPEC = WeightSpec(
+    name=_WEIGHTS,
     filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
     sha256="fc266e95",  # torchvision publishes the first 8 hex digits of the sha256
     format="torch",
@@ -333,7 +333,7 @@ class Pose(Modality):
     presence = "n_people"
     stats = (Column("n_people", "int32", "people kept over the 12 frames"),)
     vote_weight = 0.07
-    weight_specs = (WEIGHT_SPEC,)
+    weight_specs = (_WEIGHT_SPEC,)
     # cpu-smoke leaves pose out: ~9.5 s a clip on 2 cores, weights not offline (benchmark)
     presets: ClassVar[dict[str, Any]] = {"paper": Config(), "cpu-smoke": None}
     feature_doc = "[12, 27] float32, flattened (13 joints x (x, y), mean over people; count)"

@@ -4,7 +4,7 @@ people, then the person count.
 
 Rules (``frame_vector="sheet"``, the default), with the departures this code must make:
 - Joints: the authors kept BODY_25 points 1-7 and 9-14 of OpenPose; Keypoint R-CNN gives COCO's
-  17, mapped by name (`COCO_FOR_JOINT`); COCO has no neck, so the neck is the shoulders'
+  17, mapped by name (`_COCO_FOR_JOINT`); COCO has no neck, so the neck is the shoulders'
   midpoint, present only when both shoulders are. A joint is detected when its keypoint score
   reaches the threshold (OpenPose wrote (0, 0) for a missing joint; the sheet's "x + y = 0").
 - Per person, x and y are min-max scaled *separately* over that person's detected joints
@@ -38,7 +38,7 @@ JOINTS: tuple[str, ...] = (
     "left_hip", "left_knee", "left_ankle",
 )  # fmt: skip
 # COCO index of each joint; the neck is derived from both shoulders.
-COCO_FOR_JOINT: dict[str, int | tuple[int, int]] = {
+_COCO_FOR_JOINT: dict[str, int | tuple[int, int]] = {
     "neck": (COCO_KEYPOINTS.index("left_shoulder"), COCO_KEYPOINTS.index("right_shoulder")),
     **{j: COCO_KEYPOINTS.index(j) for j in JOINTS[1:]},
 }
@@ -58,7 +58,7 @@ def coco_to_joints(keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarr
     joints = np.zeros((len(keypoints), len(JOINTS), 2), dtype=np.float32)
     seen = np.zeros((len(keypoints), len(JOINTS)), dtype=bool)
     for j, joint in enumerate(JOINTS):
-        source = COCO_FOR_JOINT[joint]
+        source = _COCO_FOR_JOINT[joint]
         if isinstance(source, tuple):
             a, b = source
             joints[:, j] = (keypoints[:, a] + keypoints[:, b]) / 2
@@ -73,7 +73,7 @@ def joint_scores(point_scores: np.ndarray) -> np.ndarray:
     """COCO keypoint scores ``[P, 17]`` -> per joint ``[P, 13]`` (neck: the weaker shoulder)."""
     out = np.zeros((len(point_scores), len(JOINTS)), dtype=np.float32)
     for j, joint in enumerate(JOINTS):
-        source = COCO_FOR_JOINT[joint]
+        source = _COCO_FOR_JOINT[joint]
         if isinstance(source, tuple):
             out[:, j] = np.minimum(point_scores[:, source[0]], point_scores[:, source[1]])
         else:
@@ -81,7 +81,7 @@ def joint_scores(point_scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalise_person(joints: np.ndarray, seen: np.ndarray, rule: str = "sheet") -> np.ndarray:
+def _normalise_person(joints: np.ndarray, seen: np.ndarray, rule: str = "sheet") -> np.ndarray:
     """One person's ``[13, 2]`` pixel joints -> ``[13, 2]`` normalised (module docstring):
     ``sheet``, each axis min-max scaled over the detected joints, missing joints (-1, -1);
     ``extent``, one scale (the larger side) for both axes, missing joints 0."""
@@ -121,7 +121,7 @@ def frame_features(
         if len(joints) == 0:
             continue
         out[t, -1] = len(joints)
-        norm = np.stack([normalise_person(j, s, rule) for j, s in zip(joints, seen, strict=True)])
+        norm = np.stack([_normalise_person(j, s, rule) for j, s in zip(joints, seen, strict=True)])
         if rule == "sheet":
             present = seen.any(axis=1)  # people with a detected joint
             if present.any():

@@ -375,7 +375,7 @@ class Scene(Modality):
         """Frozen backbone: its maps of every clip, float16 ``[N, T, C, h, w]``, once."""
         if not cfg.frozen:
             return None
-        maps, provenance = backbone_maps(cfg, inputs[0], inputs[1], weights)
+        maps, provenance = _backbone_maps(cfg, inputs[0], inputs[1], weights)
         return (maps, inputs[1]), provenance
 
     def provenance(self, head: Head) -> dict[str, Provenance]:
@@ -393,7 +393,7 @@ class Scene(Modality):
         return head.parameter_groups()
 
 
-def backbone_maps(
+def _backbone_maps(
     cfg: Config, frames: np.ndarray, mask: np.ndarray, weights: Any, batch: int = 4
 ) -> tuple[np.ndarray, dict[str, str]]:
     """Frozen-backbone maps of every clip, float16 ``[N, T, C, h, w]``, and the provenance."""

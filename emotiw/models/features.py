@@ -201,7 +201,7 @@ class ClipFeatureExtractor:
         from emotiw.io.media import decode
         from emotiw.tables.schema import FRAMES_COLUMN
 
-        row = base_row(uri, video_id, label, run_id, self.info())
+        row = _base_row(uri, video_id, label, run_id, self.info())
         digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None
         row["content_sha256"] = digest
         try:
@@ -228,7 +228,7 @@ class ClipFeatureExtractor:
         return row
 
 
-def extract_item(
+def _extract_item(
     extractor: ClipFeatureExtractor,
     item: Mapping[str, Any],
     storage: StorageConfig | None,
@@ -266,7 +266,7 @@ def extract_item(
 
 
 class ItemExtractor:
-    """`extract_item` with its extractors built once: what an actor's clip process holds
+    """`_extract_item` with its extractors built once: what an actor's clip process holds
     (`emotiw.io.clip_process`), or the actor itself without isolation."""
 
     def __init__(
@@ -289,7 +289,7 @@ class ItemExtractor:
         attempts: int = 1,
         backoff_s: float = 0.0,
     ) -> dict[str, Any]:
-        return extract_item(self.extractor, item, storage, run_id, attempts, backoff_s)
+        return _extract_item(self.extractor, item, storage, run_id, attempts, backoff_s)
 
 
 def crashed_row(
@@ -300,13 +300,13 @@ def crashed_row(
     tries = len(deaths)
     message = (f"the process extracting this clip died on each of its {tries} tries "
                f"(last: {deaths[-1]})")  # fmt: skip
-    row = base_row(str(item["uri"]), str(item["video_id"]), item.get("label"), run_id, info)
+    row = _base_row(str(item["uri"]), str(item["video_id"]), item.get("label"), run_id, info)
     row.update(error=f"crashed: {message}", error_reason="crashed", etag=item.get("etag"),
                size_bytes=item.get("size_bytes"), attempts=tries, retryable=True)  # fmt: skip
     return row
 
 
-def base_row(
+def _base_row(
     uri: str, video_id: str, label: int | None, run_id: str, info: Mapping[str, str] | None
 ) -> dict[str, Any]:
     """The columns of a feature row known before its clip is read (`info`: the extractor's

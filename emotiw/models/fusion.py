@@ -28,12 +28,12 @@ from torch.nn import functional as F
 from emotiw import modalities as registry
 from emotiw.core.config import CLASS_NAMES
 
-METHODS = ("fc", "vae", "soft", "hard", "weighted")
+_METHODS = ("fc", "vae", "soft", "hard", "weighted")
 VOTING = ("soft", "hard", "weighted")
-N_CLASSES = len(CLASS_NAMES)
+_N_CLASSES = len(CLASS_NAMES)
 
 Inputs = Mapping[str, Any]
-Present = Mapping[str, torch.Tensor]
+_Present = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class Config:
     lr: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
         # Canonical order, so a model's layout does not depend on how the subset was spelt.
         chosen = registry.canonical(self.modalities)
         object.__setattr__(self, "modalities", chosen)
@@ -99,7 +99,7 @@ class Config:
 # --- voting maths ----------------------------------------------------------------------------
 
 
-def soft_vote(
+def _soft_vote(
     probs: torch.Tensor, present: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Weighted mean of the present modalities' probabilities.
@@ -120,21 +120,21 @@ def soft_vote(
     return torch.where(total > 0, fused, torch.full_like(fused, 1.0 / probs.shape[-1]))
 
 
-def hard_vote(
+def _hard_vote(
     probs: torch.Tensor, present: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Share of the (weighted) votes each class gets, one vote per present modality for its
-    most probable class: ``[B, 3]``, uniform where no modality is present. Use `vote_winner`
+    most probable class: ``[B, 3]``, uniform where no modality is present. Use `_vote_winner`
     for the decision, which breaks ties."""
     votes = F.one_hot(probs.argmax(dim=-1), probs.shape[-1]).to(probs.dtype)
-    return soft_vote(votes, present, weights)
+    return _soft_vote(votes, present, weights)
 
 
-def vote_winner(shares: torch.Tensor, probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def _vote_winner(shares: torch.Tensor, probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """The class with the most votes; ties go to the tied class with the highest mean
     probability over the present modalities, then to the first in `CLASS_NAMES` order."""
     tied = shares >= shares.max(dim=-1, keepdim=True).values - 1e-6
-    mean = soft_vote(probs, present)
+    mean = _soft_vote(probs, present)
     score = torch.where(tied, mean, torch.full_like(mean, -1.0))
     best = score.max(dim=-1, keepdim=True).values
     first = (score >= best - 1e-6) & tied
@@ -172,7 +172,7 @@ class Fusion(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_heads):
             return call_head(self.heads[name], x, method)
 
-    def presence(self, present: Present, batch: int, device: torch.device) -> torch.Tensor:
+    def presence(self, present: _Present, batch: int, device: torch.device) -> torch.Tensor:
         """Bool ``[B, M]`` in `cfg.modalities` order (a missing key means present)."""
         cols = [
             torch.as_tensor(present[m], device=device, dtype=torch.bool)
@@ -182,7 +182,7 @@ class Fusion(nn.Module):
         ]
         return torch.stack(cols, dim=1)
 
-    def hidden(self, inputs: Inputs, present: Present) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self, inputs: Inputs, present: _Present) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenated, masked `forward_features` ``[B, sum(dims)]`` and presence ``[B, M]``."""
         parts = [self._run(m, inputs[m], "forward_features") for m in self.cfg.modalities]
         mask = self.presence(present, parts[0].shape[0], parts[0].device)
@@ -192,20 +192,20 @@ class Fusion(nn.Module):
     def hidden_dim(self) -> int:
         return sum(int(self.heads[m].feature_dim) for m in self.cfg.modalities)
 
-    def predict(self, inputs: Inputs, present: Present) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, inputs: Inputs, present: _Present) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused probabilities ``[B, 3]`` and predicted classes ``[B]``."""
         probs = self(inputs, present).softmax(dim=-1)
         return probs, probs.argmax(dim=-1)
 
     def loss(
-        self, inputs: Inputs, present: Present, target: torch.Tensor
+        self, inputs: Inputs, present: _Present, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss and the logits it was computed from."""
         logits = self(inputs, present)
         return F.cross_entropy(logits, target), logits
 
 
-class FCFusion(Fusion):
+class _FCFusion(Fusion):
     """Early fusion (paper's best): concatenated hidden layers (and presence flags) ->
     Dense + ReLU -> Dense(3); deployed over audio 32 + scene 30 + pose 128 (+ face 8)."""
 
@@ -215,10 +215,10 @@ class FCFusion(Fusion):
         self.net = nn.Sequential(
             nn.Linear(self.hidden_dim() + flags, cfg.hidden_units),
             nn.ReLU(),
-            nn.Linear(cfg.hidden_units, N_CLASSES),
+            nn.Linear(cfg.hidden_units, _N_CLASSES),
         )
 
-    def forward(self, inputs: Inputs, present: Present) -> torch.Tensor:
+    def forward(self, inputs: Inputs, present: _Present) -> torch.Tensor:
         hidden, mask = self.hidden(inputs, present)
         if self.cfg.presence_flags:
             hidden = torch.cat([hidden, mask.to(hidden.dtype)], dim=1)
@@ -226,7 +226,7 @@ class FCFusion(Fusion):
 
 
 @dataclass
-class VAEOutput:
+class _VAEOutput:
     logits: torch.Tensor
     recon: torch.Tensor
     target: torch.Tensor
@@ -235,7 +235,7 @@ class VAEOutput:
     logvar: torch.Tensor
 
 
-class VAEFusion(Fusion):
+class _VAEFusion(Fusion):
     """VAE fusion (paper 7.2.3): the concatenated hidden layers -> encoder -> a
     `latent_dim` Gaussian latent z -> decoder reconstructs the input; a linear classifier on
     z predicts the class (on the mean at evaluation). Loss: cross-entropy +
@@ -253,9 +253,9 @@ class VAEFusion(Fusion):
         self.decoder = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.hidden_units), nn.ReLU(), nn.Linear(cfg.hidden_units, dim)
         )
-        self.classifier = nn.Linear(cfg.latent_dim, N_CLASSES)
+        self.classifier = nn.Linear(cfg.latent_dim, _N_CLASSES)
 
-    def encode(self, inputs: Inputs, present: Present) -> VAEOutput:
+    def encode(self, inputs: Inputs, present: _Present) -> _VAEOutput:
         hidden, mask = self.hidden(inputs, present)
         code = self.encoder(torch.cat([hidden, mask.to(hidden.dtype)], dim=1))
         mu, logvar = self.to_mu(code), self.to_logvar(code).clamp(-20.0, 20.0)
@@ -264,13 +264,13 @@ class VAEFusion(Fusion):
         weight = torch.repeat_interleave(
             mask.to(hidden.dtype), torch.tensor(self.dims, device=hidden.device), dim=1
         )
-        return VAEOutput(self.classifier(z), self.decoder(z), hidden.detach(), weight, mu, logvar)
+        return _VAEOutput(self.classifier(z), self.decoder(z), hidden.detach(), weight, mu, logvar)
 
-    def forward(self, inputs: Inputs, present: Present) -> torch.Tensor:
+    def forward(self, inputs: Inputs, present: _Present) -> torch.Tensor:
         return self.encode(inputs, present).logits
 
     def loss(
-        self, inputs: Inputs, present: Present, target: torch.Tensor
+        self, inputs: Inputs, present: _Present, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.encode(inputs, present)
         ce = F.cross_entropy(out.logits, target)
@@ -280,7 +280,7 @@ class VAEFusion(Fusion):
         return ce + self.cfg.recon_weight * recon + self.cfg.kl_weight * kl, out.logits
 
 
-class VotingFusion(Fusion):
+class _VotingFusion(Fusion):
     """Late fusion: each head's softmax, combined by soft, hard or weighted voting. Its
     "logits" are the log of the fused probabilities, so it evaluates like the other models."""
 
@@ -289,7 +289,9 @@ class VotingFusion(Fusion):
         weights = [cfg.vote_weights.get(m, 0.0) for m in cfg.modalities]
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32), False)
 
-    def modality_probs(self, inputs: Inputs, present: Present) -> tuple[torch.Tensor, torch.Tensor]:
+    def modality_probs(
+        self, inputs: Inputs, present: _Present
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality probabilities ``[B, M, 3]`` and presence ``[B, M]``."""
         probs = torch.stack(
             [self._run(m, inputs[m], "forward").softmax(dim=-1) for m in self.cfg.modalities],
@@ -300,18 +302,18 @@ class VotingFusion(Fusion):
     def _fuse(self, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         method = self.cfg.method
         if method == "hard":
-            return hard_vote(probs, mask)
-        return soft_vote(probs, mask, self.weights if method == "weighted" else None)
+            return _hard_vote(probs, mask)
+        return _soft_vote(probs, mask, self.weights if method == "weighted" else None)
 
-    def forward(self, inputs: Inputs, present: Present) -> torch.Tensor:
+    def forward(self, inputs: Inputs, present: _Present) -> torch.Tensor:
         probs, mask = self.modality_probs(inputs, present)
         return self._fuse(probs, mask).clamp_min(1e-8).log()
 
-    def predict(self, inputs: Inputs, present: Present) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, inputs: Inputs, present: _Present) -> tuple[torch.Tensor, torch.Tensor]:
         probs, mask = self.modality_probs(inputs, present)
         fused = self._fuse(probs, mask)
         if self.cfg.method == "hard":
-            return fused, vote_winner(fused, probs, mask)
+            return fused, _vote_winner(fused, probs, mask)
         return fused, fused.argmax(dim=-1)
 
 
@@ -346,10 +348,10 @@ def build(heads: Mapping[str, nn.Module], cfg: Config | None = None) -> Fusion:
     """The fusion model `cfg.method` over `heads` (name -> modality head)."""
     cfg = cfg or Config()
     if cfg.method == "fc":
-        return FCFusion(heads, cfg)
+        return _FCFusion(heads, cfg)
     if cfg.method == "vae":
-        return VAEFusion(heads, cfg)
-    return VotingFusion(heads, cfg)
+        return _VAEFusion(heads, cfg)
+    return _VotingFusion(heads, cfg)
 
 
 def optimizer(model: Fusion) -> torch.optim.Optimizer | None:
@@ -358,7 +360,7 @@ def optimizer(model: Fusion) -> torch.optim.Optimizer | None:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return None
-    if not isinstance(model, FCFusion) or not model.cfg.l2:
+    if not isinstance(model, _FCFusion) or not model.cfg.l2:
         return torch.optim.Adam(params, lr=model.cfg.lr)
     out = model.net[-1].weight
     rest = [p for p in params if p is not out]

@@ -31,10 +31,10 @@ from emotiw.models.features import FeatureSet
 from emotiw.tables.schema import details_column, score_schema, with_details
 
 # Columns of the job's listing in each feature row that the scorer copies to the score row.
-LISTING_COLUMNS = ("etag", "size_bytes")
+_LISTING_COLUMNS = ("etag", "size_bytes")
 
 
-def to_torch_inputs(
+def _to_torch_inputs(
     inputs: Mapping[str, tuple[np.ndarray, ...]], device: str | torch.device = "cpu"
 ) -> dict[str, tuple[torch.Tensor, ...]]:
     """Numpy head inputs -> tensors: bytes (frames) and masks stay as they are, the rest
@@ -51,14 +51,14 @@ def batch(
     arrays: dict[str, Any], index: np.ndarray, device: str | torch.device
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
     """Rows `index` of worker arrays (``inputs``, ``present``, ``labels``) as tensors."""
-    inputs = to_torch_inputs(
+    inputs = _to_torch_inputs(
         {k: tuple(a[index] for a in v) for k, v in arrays["inputs"].items()}, device
     )
     present = {k: torch.as_tensor(v[index], device=device) for k, v in arrays["present"].items()}
     return inputs, present, torch.as_tensor(arrays["labels"][index], device=device)
 
 
-def arrays_of(data: FeatureSet) -> dict[str, Any]:
+def _arrays_of(data: FeatureSet) -> dict[str, Any]:
     """A FeatureSet as the plain dict the training workers receive."""
     return {"inputs": data.inputs, "present": data.present, "labels": data.labels}
 
@@ -67,7 +67,7 @@ def predict(
     model: nn.Module, data: FeatureSet, modality: str | None, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and predictions of a head (`modality`) or a fusion on `data`."""
-    return predict_arrays(model, arrays_of(data), modality, batch_size)
+    return predict_arrays(model, _arrays_of(data), modality, batch_size)
 
 
 def predict_arrays(
@@ -146,7 +146,7 @@ class ClipScorer:
         self.attempts, self.backoff_s = attempts, backoff_s
         self.device = resolve_device(device)
         self.frame_batch = frame_batch  # halved for good after an out-of-memory failure
-        self.amp = autocast_dtype(autocast, self.device)
+        self.amp = _autocast_dtype(autocast, self.device)
         self.package = load_model(package_dir, device=str(self.device))
         self.ref = ref
         self.configs = self.package.configs.with_backend(backend)  # model-stage front-ends
@@ -201,7 +201,7 @@ class ClipScorer:
                     "video_id": row["video_id"],
                     "uri": row["uri"],
                     "content_sha256": row["content_sha256"],
-                    **{c: row.get(c) for c in LISTING_COLUMNS},
+                    **{c: row.get(c) for c in _LISTING_COLUMNS},
                     **result,
                     **{c: row.get(c) for c in self.stat_columns},
                     "duration_s": row.get("duration_s"),
@@ -314,7 +314,7 @@ class ClipScorer:
         return out
 
     def _autocast(self, heads: bool = False) -> Any:
-        """Mixed precision on the model stage's device when asked (`autocast_dtype`): for the
+        """Mixed precision on the model stage's device when asked (`_autocast_dtype`): for the
         front-ends anywhere, for the heads on CUDA only (oneDNN has no bfloat16 LSTM)."""
         import contextlib
 
@@ -332,7 +332,7 @@ class ClipScorer:
         """uri -> the probability and class columns of each scored clip."""
         if len(data) == 0:
             return {}
-        inputs = to_torch_inputs(data.inputs, self.device)
+        inputs = _to_torch_inputs(data.inputs, self.device)
         present = {k: torch.as_tensor(v, device=self.device) for k, v in data.present.items()}
         hidden, per_modality = {}, {}
         with torch.inference_mode(), self._autocast(heads=True):
@@ -359,7 +359,7 @@ class ClipScorer:
         return out
 
 
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """``auto``: bfloat16 on CUDA (halves activation memory; the heads' outputs are cast
     back to float32), none on CPU; ``bf16`` / ``fp16`` anywhere; ``off``."""
     if name == "auto":

@@ -29,9 +29,9 @@ from emotiw.core.config import CLASS_NAMES
 from emotiw.models import fusion
 from emotiw.models.features import ModalityConfigs
 
-FORMAT = "emotiw-model/1"
+_FORMAT = "emotiw-model/1"
 ARTIFACT = "package"  # the package's name among an MLflow model's artifacts
-MANIFEST = "emotiw_model.json"
+_MANIFEST = "emotiw_model.json"
 
 
 @dataclass
@@ -83,7 +83,7 @@ def save_model(
         save_file(own, str(path / "fusion" / f"{variant}.safetensors"))
         variants[variant] = _config_dict(fused.cfg)
     manifest = {
-        "format": FORMAT,
+        "format": _FORMAT,
         "classes": list(CLASS_NAMES),
         "modalities": list(model.configs.modalities),
         # Where each modality is defined: a process loading the package imports it first, so
@@ -95,31 +95,31 @@ def save_model(
         "provenance": model.provenance,
         "meta": {"code_version": __version__, "saved_at": time.time(), **model.meta},
     }
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (path / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return path
 
 
-def find_package(path: str | Path) -> Path:
+def _find_package(path: str | Path) -> Path:
     """The package directory at or under `path` (MLflow nests it inside its artifacts)."""
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if (path / _MANIFEST).is_file():
         return path
     from emotiw.core.errors import ModelNotFound
 
-    found = sorted(path.rglob(MANIFEST)) if path.is_dir() else []
+    found = sorted(path.rglob(_MANIFEST)) if path.is_dir() else []
     if not found:
         what = "no emotiw model package" if path.exists() else "no such file or directory"
-        raise ModelNotFound(f"{path}: {what} (no {MANIFEST} at or under it)")
+        raise ModelNotFound(f"{path}: {what} (no {_MANIFEST} at or under it)")
     return found[0].parent
 
 
 def read_configs(path: str | Path) -> tuple[Path, dict[str, Any], ModalityConfigs]:
     """The package directory, its manifest and its modality configs, without building any
     module (what the scoring driver needs to set up the extractors)."""
-    root = find_package(path)
-    manifest = json.loads((root / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{root}: not an {FORMAT} package (format {manifest.get('format')!r})")
+    root = _find_package(path)
+    manifest = json.loads((root / _MANIFEST).read_text())
+    if manifest.get("format") != _FORMAT:
+        raise ValueError(f"{root}: not an {_FORMAT} package (format {manifest.get('format')!r})")
     if tuple(manifest["classes"]) != CLASS_NAMES:
         raise ValueError(f"{root}: class order {manifest['classes']} != {CLASS_NAMES}")
     modules = manifest.get("modules", {})
@@ -172,12 +172,12 @@ def unpacked(files: dict[str, bytes]) -> Iterator[Path]:
     of the model (~27 MB) in the temp directory per actor and run."""
     folder = Path(tempfile.mkdtemp(prefix="emotiw-model-"))
     try:
-        yield write_package(files, folder)
+        yield _write_package(files, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_package(files: dict[str, bytes], folder: Path) -> Path:
+def _write_package(files: dict[str, bytes], folder: Path) -> Path:
     """Inverse of `read_package`."""
     for rel, data in files.items():
         target = folder / rel

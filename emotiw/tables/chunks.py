@@ -33,13 +33,13 @@ from emotiw.core import retry
 from emotiw.io import storage
 
 STAGING = "_staging"
-LEASE = "_lease.json"
+_LEASE = "_lease.json"
 # Rows buffered before they are written as one row group (tiny row groups read slowly).
-ROW_GROUP_ROWS = 256
-ROW_GROUP_BYTES = 64 << 20
+_ROW_GROUP_ROWS = 256
+_ROW_GROUP_BYTES = 64 << 20
 
 
-def is_data_path(relative: str) -> bool:
+def _is_data_path(relative: str) -> bool:
     """A committed data file: ``.parquet`` with no ``_``/``.``-prefixed path component."""
     parts = relative.strip("/").split("/")
     return relative.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
@@ -56,7 +56,7 @@ def data_files(fs: Any, root: str) -> list[str]:
     """Every committed data file under `root` (an empty list for a missing or empty root,
     an empty bucket, or one holding only staging)."""
     root = root.rstrip("/")
-    return sorted(p for p in _files(fs, root) if is_data_path(p[len(root) :]))
+    return sorted(p for p in _files(fs, root) if _is_data_path(p[len(root) :]))
 
 
 def read(fs: Any, root: str, schema: Any, columns: list[str] | None = None) -> Any:
@@ -77,7 +77,7 @@ def _mkdirs(fs: Any, path: str) -> None:
 
 
 @dataclass
-class Recovery:
+class _Recovery:
     """What `recover` found of dead runs' staging."""
 
     runs: list[str] = field(default_factory=list)
@@ -95,13 +95,13 @@ class Recovery:
         )
 
 
-def recover(fs: Any, root: str, own_run: str) -> Recovery:
+def recover(fs: Any, root: str, own_run: str) -> _Recovery:
     """Adopt or delete what dead runs left in staging. Only call while holding the lease."""
     import pyarrow.parquet as pq
 
     root = root.rstrip("/")
     staging = f"{root}/{STAGING}"
-    out = Recovery()
+    out = _Recovery()
     for path in sorted(_files(fs, staging)):
         run, _, relative = path[len(staging) + 1 :].partition("/")
         if run == own_run:
@@ -141,7 +141,7 @@ def _remove_empty(fs: Any, folder: str) -> None:
 
 
 @dataclass
-class Chunk:
+class _Chunk:
     """A committed chunk: where it went and how many rows it holds."""
 
     path: str
@@ -178,7 +178,7 @@ class ChunkWriter:
         self.partition, self.before_commit = partition, before_commit
         self.before_close = before_close
         self.attempts, self.backoff_s = attempts, backoff_s
-        self.committed: list[Chunk] = []
+        self.committed: list[_Chunk] = []
         self._buffer: list[Any] = []
         self._buffered = 0
         self._writer: Any = None
@@ -209,8 +209,8 @@ class ChunkWriter:
             self._buffered += take
             self._rows += take
             table = table.slice(take)
-            if self._buffered >= ROW_GROUP_ROWS or sum(t.nbytes for t in self._buffer) > (
-                ROW_GROUP_BYTES
+            if self._buffered >= _ROW_GROUP_ROWS or sum(t.nbytes for t in self._buffer) > (
+                _ROW_GROUP_BYTES
             ):
                 self._flush()
             due = time.monotonic() - self._opened_at >= self.commit_interval_s
@@ -234,7 +234,7 @@ class ChunkWriter:
         self._writer.write_table(pa.concat_tables(self._buffer))
         self._buffer, self._buffered = [], 0
 
-    def commit(self, relative: str = "") -> Chunk | None:
+    def commit(self, relative: str = "") -> _Chunk | None:
         """Close the open chunk and publish it into the table (None if it has no rows), under
         `relative` when given (a detail table's chunk takes its main table chunk's name)."""
         if not self._rows:
@@ -256,7 +256,7 @@ class ChunkWriter:
                 lambda: storage.upload_file(source, self.fs, target), self.attempts, self.backoff_s
             )
             self._local.delete_file(source)
-        chunk = Chunk(target, self._rows)
+        chunk = _Chunk(target, self._rows)
         self.committed.append(chunk)
         self._rows = 0
         return chunk

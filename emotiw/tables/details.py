@@ -6,7 +6,7 @@ Every detail chunk belongs to one chunk of the main table and has its name
 (``<partition>/part-<run>-<n>.parquet``); it is published just before that main chunk is
 closed. So, after any crash: a main chunk that is in the table (committed, or adopted from
 staging by the next run) has its detail chunk; a detail chunk whose main chunk never landed
-is an orphan, which the next run's `prune` deletes (with any detail staging) before it writes.
+is an orphan, which the next run's `_prune` deletes (with any detail staging) before it writes.
 A clip's details are thus in the table exactly once, next to its one committed row: join on
 ``uri`` and ``run_id``.
 """
@@ -37,11 +37,11 @@ def detail_root(details_output: str, output: str) -> str | None:
     return f"{path}-details"
 
 
-def table_root(root: str, spec: Any) -> str:
+def _table_root(root: str, spec: Any) -> str:
     return posixpath.join(root, spec.details_table)
 
 
-def detail_rows(block: Any, spec: Any, made_at: str) -> Any:
+def _detail_rows(block: Any, spec: Any, made_at: str) -> Any:
     """A block of main-table rows (carrying the in-flight detail column) -> the detail
     table's rows: one per detail, with the clip's keys, its run's ids and `made_at` (the
     main row's time column)."""
@@ -69,7 +69,7 @@ def detail_rows(block: Any, spec: Any, made_at: str) -> Any:
 
 
 @dataclass
-class Companion:
+class _Companion:
     """One detail table being written beside the main table."""
 
     spec: Any
@@ -78,7 +78,7 @@ class Companion:
 
 
 @dataclass
-class PairedWriter:
+class _PairedWriter:
     """The main table's `ChunkWriter` and its detail tables' writers, used as one writer
     (`pipeline.write_stream`): each block's details go into the detail chunk that belongs to
     the main chunk its rows go into, and are published (under the main chunk's name) just
@@ -86,7 +86,7 @@ class PairedWriter:
 
     main: ChunkWriter
     made_at: str
-    companions: list[Companion] = field(default_factory=list)
+    companions: list[_Companion] = field(default_factory=list)
     _open: int = 0
 
     def __post_init__(self) -> None:
@@ -104,7 +104,7 @@ class PairedWriter:
             piece = table.slice(0, self.main.commit_every - self._open)
             table = table.slice(piece.num_rows)
             for c in self.companions:
-                rows = detail_rows(piece, c.spec, self.made_at)
+                rows = _detail_rows(piece, c.spec, self.made_at)
                 c.writer.write(rows)
                 c.rows += rows.num_rows
             self._open += piece.num_rows
@@ -129,7 +129,7 @@ class PairedWriter:
 def paired(
     main: ChunkWriter, specs: Sequence[Any], root: str | None, storage: Any, made_at: str,
     committed: Any,
-) -> PairedWriter:  # fmt: skip
+) -> _PairedWriter:  # fmt: skip
     """`main` with a writer per detail table of the `specs` that declare one, under `root`
     (none when None), after pruning what dead runs left there (noted in
     ``committed.recovery``); the detail writers share the main writer's run, lease check and
@@ -138,21 +138,21 @@ def paired(
     from emotiw.tables.schema import detail_schema
 
     specs = [s for s in specs if s.details_table]
-    pruned = prune(main.fs, main.root, specs, root, storage, main.run_id)
+    pruned = _prune(main.fs, main.root, specs, root, storage, main.run_id)
     committed.recovery += f"; {pruned}" if pruned else ""
-    out = PairedWriter(main, made_at)
+    out = _PairedWriter(main, made_at)
     for spec in specs if root else ():
-        fs, path = arrow_filesystem(table_root(root, spec), storage)  # type: ignore[arg-type]
+        fs, path = arrow_filesystem(_table_root(root, spec), storage)  # type: ignore[arg-type]
         writer = ChunkWriter(
             fs, path, main.run_id, detail_schema(spec), commit_every=1 << 62,
             commit_interval_s=float("inf"), before_commit=main.before_commit,
             attempts=main.attempts, backoff_s=main.backoff_s,
         )  # fmt: skip
-        out.companions.append(Companion(spec, writer))
+        out.companions.append(_Companion(spec, writer))
     return out
 
 
-def prune(
+def _prune(
     main_fs: Any, main_root: str, specs: Sequence[Any], root: str | None, storage: Any,
     own_run: str,
 ) -> str:  # fmt: skip
@@ -167,7 +167,7 @@ def prune(
     landed = {p[len(main_root) + 1 :] for p in data_files(main_fs, main_root)}
     staged = orphans = 0
     for spec in specs:
-        fs, path = arrow_filesystem(table_root(root, spec), storage)
+        fs, path = arrow_filesystem(_table_root(root, spec), storage)
         path = path.rstrip("/")
         for file in _files(fs, f"{path}/{STAGING}"):
             if file[len(path) + len(STAGING) + 2 :].split("/", 1)[0] != own_run:

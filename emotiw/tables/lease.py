@@ -37,12 +37,12 @@ from emotiw.core.config import JobConfig, StorageConfig
 from emotiw.core.errors import LeaseHeld, LeaseLost
 
 
-class Conflict(Exception):
+class _Conflict(Exception):
     """The lease changed since it was read (someone else wrote it)."""
 
 
 @dataclass(frozen=True)
-class LeaseInfo:
+class _LeaseInfo:
     """The lease object's content."""
 
     run_id: str
@@ -124,14 +124,14 @@ class _LocalStore(_Store):
     def create(self, body: bytes) -> str:
         with self._locked():
             if self._read() is not None:
-                raise Conflict
+                raise _Conflict
             return self._write(body)
 
     def replace(self, body: bytes, version: str) -> str:
         with self._locked():
             current = self._read()
             if current is None or current[1] != version:
-                raise Conflict
+                raise _Conflict
             return self._write(body)
 
     def delete(self, version: str) -> None:
@@ -161,12 +161,12 @@ class _S3Store(_Store):
         try:
             return sync(self.fs.loop, call)
         except FileExistsError:
-            raise Conflict from None
+            raise _Conflict from None
         except Exception as exc:
             cause = exc.__cause__ or exc  # s3fs keeps botocore's error as the cause
             code = getattr(cause, "response", {}).get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                raise Conflict from None
+                raise _Conflict from None
             raise
 
     def read(self) -> tuple[bytes, str] | None:
@@ -183,7 +183,7 @@ class _S3Store(_Store):
         return str(self._call("put_object", Body=body, IfMatch=version)["ETag"])
 
     def delete(self, version: str) -> None:
-        with contextlib.suppress(Conflict, FileNotFoundError):
+        with contextlib.suppress(_Conflict, FileNotFoundError):
             self._call("delete_object", IfMatch=version)
 
 
@@ -202,7 +202,7 @@ class Lease:
     was taken over."""
 
     def __init__(
-        self, store: _Store, info: LeaseInfo, version: str, job: JobConfig, note: str
+        self, store: _Store, info: _LeaseInfo, version: str, job: JobConfig, note: str
     ) -> None:
         self.store, self.info, self.version, self.job = store, info, version, job
         self.note = note  # e.g. "took over the lease of dead run ..."
@@ -227,7 +227,7 @@ class Lease:
         waited = False
         while True:
             now = time.time()
-            info = LeaseInfo(
+            info = _LeaseInfo(
                 run_id, socket.gethostname(), os.getpid(), started, now, now + job.lease_ttl_s
             )
             body = json.dumps(asdict(info), indent=1).encode()
@@ -236,16 +236,16 @@ class Lease:
                 if current is None:
                     version = _call(lambda body=body: store.create(body), job)
                     return cls(store, info, version, job, "")
-                held = LeaseInfo(**json.loads(current[0]))
+                held = _LeaseInfo(**json.loads(current[0]))
                 if held.dead(now):
                     seen = current[1]
                     version = _call(lambda b=body, v=seen: store.replace(b, v), job)
                     note = f"took over the lease of dead {held.describe(now)}"
                     return cls(store, info, version, job, note)
-            except Conflict:  # another run got there first: look again
+            except _Conflict:  # another run got there first: look again
                 continue
             except (ValueError, TypeError):  # unreadable lease: treat as held until it expires
-                held = LeaseInfo("unknown", "unknown", 0, now, now, now + job.lease_ttl_s)
+                held = _LeaseInfo("unknown", "unknown", 0, now, now, now + job.lease_ttl_s)
             message = (
                 f"{table} is being written by {held.describe(now)}; its lease expires in "
                 f"{held.expires_at - now:.0f} s unless renewed"
@@ -266,7 +266,7 @@ class Lease:
             if self.lost:
                 raise LeaseLost(self.lost)
             now = time.time()
-            info = LeaseInfo(
+            info = _LeaseInfo(
                 self.info.run_id, self.info.host, self.info.pid, self.info.started_at, now,
                 now + self.job.lease_ttl_s,
             )  # fmt: skip
@@ -274,11 +274,11 @@ class Lease:
             try:
                 try:
                     self.version = self.store.replace(body, self.version)
-                except Conflict:
+                except _Conflict:
                     if not self._still_ours():  # else an earlier write landed unanswered
                         raise
                     self.version = self.store.replace(body, self.version)
-            except Conflict:
+            except _Conflict:
                 self.lost = f"run {self.info.run_id} lost its lease (taken over by another run)"
                 raise LeaseLost(self.lost) from None
             self.info = info
@@ -291,7 +291,7 @@ class Lease:
         if current is None:
             return False
         try:
-            held = LeaseInfo(**json.loads(current[0]))
+            held = _LeaseInfo(**json.loads(current[0]))
         except (ValueError, TypeError):
             return False
         mine = (held.run_id, held.host, held.pid) == (
@@ -346,5 +346,5 @@ def _call(fn: Callable[[], Any], job: JobConfig) -> Any:
     or LeaseLost, which are answers)."""
     return retry.call(
         fn, job.attempts, job.backoff_s,
-        lambda exc: not isinstance(exc, Conflict | LeaseLost) and retry.transient_exception(exc),
+        lambda exc: not isinstance(exc, _Conflict | LeaseLost) and retry.transient_exception(exc),
     )  # fmt: skip

@@ -42,13 +42,13 @@ class Column:
         return scalar[self.type]
 
 
-TYPES = (
+_TYPES = (
     "string", "binary", "bool", "int8", "int16", "int32", "int64", "float32", "timestamp",
     "list<float32>", "list<binary>",
 )  # fmt: skip
 
 
-class HasColumns(Protocol):
+class _HasColumns(Protocol):
     """What the schemas need of a modality."""
 
     name: str
@@ -93,20 +93,20 @@ FEATURE_COLUMNS: tuple[Column, ...] = (
 )  # fmt: skip
 
 
-def _modality_fields(modalities: Sequence[HasColumns]) -> list[pa.Field]:
+def _modality_fields(modalities: Sequence[_HasColumns]) -> list[pa.Field]:
     import pyarrow as pa
 
     return [pa.field(c.name, c.arrow_type()) for m in modalities for c in m.columns()]
 
 
-def feature_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+def feature_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
     """Every feature-table column and its meaning."""
     docs = {c.name: c.doc for c in FEATURE_COLUMNS}
     docs.update({c.name: c.doc for m in modalities for c in m.columns()})
     return docs
 
 
-def feature_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
+def feature_schema(modalities: Sequence[_HasColumns]) -> pa.Schema:
     """Schema of the feature table: fixed columns, then each modality's."""
     import pyarrow as pa
 
@@ -117,7 +117,7 @@ def feature_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
 # The scores table (scoring job -> analytics): one row per input clip, Hive-partitioned by
 # `scored_date` (a directory level, not a column in the files).
 SCORE_PARTITION = "scored_date"
-SCORE_COLUMNS: tuple[Column, ...] = (
+_SCORE_COLUMNS: tuple[Column, ...] = (
     Column("video_id", "string", "file name without extension (a convenience, not a key)"),
     Column("uri", "string", "where the clip was read from: the clip's identity. A clip rescored "
            "(changed etag, or a retryable error retried) has several rows: keep the newest "
@@ -155,7 +155,7 @@ SCORE_COLUMNS: tuple[Column, ...] = (
 )  # fmt: skip
 
 
-def _modality_score_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+def _modality_score_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
     """Per modality: its head's probabilities and class, then its stat columns."""
     docs: dict[str, str] = {}
     absent = " (null when the clip lacks the modality or it is not in the model)"
@@ -168,16 +168,16 @@ def _modality_score_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
     return docs
 
 
-def score_docs(modalities: Sequence[HasColumns]) -> dict[str, str]:
+def score_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
     """Every scores-table column and its meaning."""
-    return {**{c.name: c.doc for c in SCORE_COLUMNS}, **_modality_score_docs(modalities)}
+    return {**{c.name: c.doc for c in _SCORE_COLUMNS}, **_modality_score_docs(modalities)}
 
 
-def score_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
+def score_schema(modalities: Sequence[_HasColumns]) -> pa.Schema:
     """Schema of the scores table's files (the `SCORE_PARTITION` column comes from the path)."""
     import pyarrow as pa
 
-    types = {c.name: c.arrow_type() for c in SCORE_COLUMNS}
+    types = {c.name: c.arrow_type() for c in _SCORE_COLUMNS}
     stats = {c.name: c.arrow_type() for m in modalities for c in m.stats}
     for name in _modality_score_docs(modalities):
         if name in stats:
@@ -195,12 +195,12 @@ def score_schema(modalities: Sequence[HasColumns]) -> pa.Schema:
 # chunk of the same name (docs/exactly-once.md). In flight (extract actor -> model actor ->
 # driver) a clip's details are one list<struct> column of its feature and score rows,
 # `details_column(modality)`; the persisted tables never hold it.
-DETAIL_KEY_COLUMNS: tuple[Column, ...] = (
+_DETAIL_KEY_COLUMNS: tuple[Column, ...] = (
     Column("video_id", "string", "file name without extension (a convenience, not a key)"),
     Column("uri", "string", "the clip (join with the scores / feature table on uri and run_id)"),
     Column("etag", "string", "content fingerprint from the listing"),
 )
-DETAIL_RUN_COLUMNS: tuple[Column, ...] = (
+_DETAIL_RUN_COLUMNS: tuple[Column, ...] = (
     Column("model_uri", "string", "the scoring run's model as resolved (null for rows the "
            "extract job wrote)"),
     Column("run_id", "string", "run that wrote the row: the scores (or feature) row of the same "
@@ -214,34 +214,34 @@ def details_column(modality: str) -> str:
     return f"{modality}_details"
 
 
-def detail_docs(modality: HasColumns) -> dict[str, str]:
+def detail_docs(modality: _HasColumns) -> dict[str, str]:
     """Every column of `modality`'s detail table and its meaning."""
-    columns = (*DETAIL_KEY_COLUMNS, *modality.details, *DETAIL_RUN_COLUMNS)
+    columns = (*_DETAIL_KEY_COLUMNS, *modality.details, *_DETAIL_RUN_COLUMNS)
     return {c.name: c.doc for c in columns}
 
 
-def detail_struct(modality: HasColumns) -> pa.DataType:
+def _detail_struct(modality: _HasColumns) -> pa.DataType:
     """The in-flight column's type: a clip's details as list<struct>."""
     import pyarrow as pa
 
     return pa.list_(pa.struct([pa.field(c.name, c.arrow_type()) for c in modality.details]))
 
 
-def detail_schema(modality: HasColumns) -> pa.Schema:
+def detail_schema(modality: _HasColumns) -> pa.Schema:
     """Schema of `modality`'s detail table files (the partition column comes from the path)."""
     import pyarrow as pa
 
-    columns = (*DETAIL_KEY_COLUMNS, *modality.details, *DETAIL_RUN_COLUMNS)
+    columns = (*_DETAIL_KEY_COLUMNS, *modality.details, *_DETAIL_RUN_COLUMNS)
     return pa.schema([pa.field(c.name, c.arrow_type()) for c in columns])
 
 
-def with_details(schema: pa.Schema, modalities: Sequence[HasColumns]) -> pa.Schema:
+def with_details(schema: pa.Schema, modalities: Sequence[_HasColumns]) -> pa.Schema:
     """`schema` plus the in-flight detail columns of `modalities` that declare a table (what
     the actors pass on; writers select the table's own columns)."""
     import pyarrow as pa
 
     extra = [
-        pa.field(details_column(m.name), detail_struct(m))
+        pa.field(details_column(m.name), _detail_struct(m))
         for m in modalities
         if getattr(m, "details_table", "")
     ]

@@ -19,15 +19,15 @@ import numpy as np
 from emotiw.models import metrics
 from emotiw.models.inference import ModelRef
 
-PROBE_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT_S = 10.0
 
 
-def check_reachable(tracking_uri: str | None) -> None:
+def _check_reachable(tracking_uri: str | None) -> None:
     """Fail fast when an HTTP tracking server does not answer: MLflow's own client retries a
     refused connection for minutes before it gives up.
 
     Raises:
-        Unavailable: the server's ``/health`` did not answer within `PROBE_TIMEOUT_S`.
+        Unavailable: the server's ``/health`` did not answer within `_PROBE_TIMEOUT_S`.
     """
     import urllib.error
     import urllib.request
@@ -38,7 +38,7 @@ def check_reachable(tracking_uri: str | None) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
         return  # it answered (an auth proxy, an older server without /health)
@@ -48,7 +48,7 @@ def check_reachable(tracking_uri: str | None) -> None:
 
 
 @contextlib.contextmanager
-def registry_errors(uri: str, tracking_uri: str | None) -> Iterator[None]:
+def _registry_errors(uri: str, tracking_uri: str | None) -> Iterator[None]:
     """MLflow's exceptions about `uri` as the project's: a missing model, version or alias ->
     `ModelNotFound`; anything else from the registry -> `Unavailable`."""
     from mlflow.exceptions import MlflowException
@@ -70,7 +70,7 @@ def mlflow_client(tracking_uri: str | None, experiment: str, run_dir: str) -> An
     `run_dir`) with `experiment` active (created with a local artifact root if needed)."""
     import mlflow
 
-    check_reachable(tracking_uri)
+    _check_reachable(tracking_uri)
     folder = Path(run_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
@@ -138,22 +138,22 @@ def log_tables(mlflow: Any, tables: dict[str, list[dict[str, Any]]]) -> None:
 
 # The candidate alias training gives each version it registers; the schedule scores
 # `champion`, which only `emotiw promote` sets.
-CANDIDATE = "candidate"
+_CANDIDATE = "candidate"
 # What the logged model needs on a clean machine beside the emotiw code it ships with: pinned
 # to the versions that trained it (the public version: torch 2.13.0+cpu -> torch==2.13.0, so a
 # CUDA build satisfies it too). tests/test_model_package.py installs exactly these into a fresh
 # virtualenv, loads the model and predicts.
-MODEL_REQUIREMENTS = (
+_MODEL_REQUIREMENTS = (
     "mlflow-skinny", "torch", "torchvision", "efficientnet-lite-pytorch", "numpy", "pandas",
     "pyarrow", "safetensors", "pillow",
 )  # fmt: skip
 
 
-def model_requirements() -> list[str]:
-    """`MODEL_REQUIREMENTS` pinned to the installed versions."""
+def _model_requirements() -> list[str]:
+    """`_MODEL_REQUIREMENTS` pinned to the installed versions."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+    return [f"{name}=={version(name).split('+')[0]}" for name in _MODEL_REQUIREMENTS]
 
 
 def _mlflow_type(arrow_type: Any) -> Any:
@@ -174,7 +174,7 @@ def _mlflow_type(arrow_type: Any) -> Any:
     raise TypeError(f"no MLflow type for {arrow_type}")
 
 
-def model_signature() -> Any:
+def _model_signature() -> Any:
     """The pyfunc model's signature: in, the feature-table columns a model reads (only
     ``video_id`` required: the model says which of its modalities' columns is missing; the
     table's other columns are ignored), out ``video_id``, ``prob_<class>`` and ``predicted``."""
@@ -216,8 +216,8 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
             python_model=model_file,
             artifacts={ARTIFACT: str(package_dir)},
             code_paths=[str(Path(__file__).resolve().parents[1])],  # the emotiw package
-            signature=model_signature(),
-            pip_requirements=model_requirements(),
+            signature=_model_signature(),
+            pip_requirements=_model_requirements(),
         )
     # Registered through the client, not `registered_model_name=`: MLflow's fluent registration
     # prints "Successfully registered model" / "Created version" on stderr unconditionally.
@@ -232,11 +232,11 @@ def log_package(mlflow: Any, package_dir: Path, registered_name: str) -> str:
     version = str(client.create_model_version(
         registered_name, info.model_uri, run_id=info.run_id, model_id=info.model_id
     ).version)  # fmt: skip
-    client.set_registered_model_alias(registered_name, CANDIDATE, version)
+    client.set_registered_model_alias(registered_name, _CANDIDATE, version)
     return f"models:/{registered_name}/{version}"
 
 
-INTENDED_USE = (
+_INTENDED_USE = (
     "Group-level sentiment (positive / neutral / negative) of short in-the-wild group video "
     "clips, following the EmotiW 2020 group emotion task (VGAF). Limits: trained on the tables "
     "named in the training_data tag (synthetic clips where they came from `emotiw "
@@ -263,7 +263,7 @@ def model_card(
         f"{training['val_features'] or 'a held-out split'} ({training['n_val']} clips); best "
         f"validation accuracy {best[1]['accuracy']:.3f} ({best[0]}).",
         "Weights: " + "; ".join(f"{k}: {v}" for k, v in sorted(provenance.items())),
-        INTENDED_USE,
+        _INTENDED_USE,
     ]
     client.update_model_version(name, version, description="\n\n".join(lines))
     tags = {
@@ -271,7 +271,7 @@ def model_card(
         "n_train": str(training["n_train"]),
         "n_val": str(training["n_val"]),
         "weights_provenance": json.dumps(provenance, sort_keys=True),
-        "intended_use": INTENDED_USE,
+        "intended_use": _INTENDED_USE,
         **{f"val_accuracy.{k}": f"{v['accuracy']:.4f}" for k, v in scores.items()},
         **{f"val_f1.{k}": f"{v['f1']:.4f}" for k, v in scores.items() if "f1" in v},
     }
@@ -295,7 +295,7 @@ def promote(uri: str, alias: str, tracking_uri: str | None = None) -> tuple[str,
     if ref.version is None:
         raise ValueError(f"promote takes models:/name/version (or @alias), not {uri!r}")
     client = MlflowClient(tracking_uri)
-    with registry_errors(uri, tracking_uri):
+    with _registry_errors(uri, tracking_uri):
         client.get_model_version(ref.name, ref.version)  # exists
         try:
             before: str | None = str(client.get_model_version_by_alias(ref.name, alias).version)
@@ -312,10 +312,10 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
         return Path(uri.removeprefix("file://"))
     import mlflow
 
-    check_reachable(tracking_uri)
+    _check_reachable(tracking_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    with registry_errors(uri, tracking_uri):
+    with _registry_errors(uri, tracking_uri):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
 
 
@@ -334,9 +334,9 @@ def model_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
 
         from emotiw.core.errors import ModelNotFound
 
-        check_reachable(tracking_uri)
+        _check_reachable(tracking_uri)
         client = MlflowClient(tracking_uri)
-        with registry_errors(uri, tracking_uri):
+        with _registry_errors(uri, tracking_uri):
             if alias:
                 version = str(client.get_model_version_by_alias(name, alias).version)
             else:

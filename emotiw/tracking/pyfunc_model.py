@@ -16,7 +16,7 @@ import pandas as pd
 ARTIFACT = "package"  # = emotiw.models.packaging.ARTIFACT (this file must import without emotiw)
 
 
-class EmotiwPyfunc(mlflow.pyfunc.PythonModel):
+class _EmotiwPyfunc(mlflow.pyfunc.PythonModel):
     """``predict`` takes feature-table rows (a DataFrame; columns the model does not need may
     be left out) and returns the fused class probabilities, the predicted class and the video
     id per row."""
@@ -49,4 +49,4 @@ class EmotiwPyfunc(mlflow.pyfunc.PythonModel):
         return out
 
 
-mlflow.models.set_model(EmotiwPyfunc())
+mlflow.models.set_model(_EmotiwPyfunc())

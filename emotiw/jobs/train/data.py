@@ -20,13 +20,13 @@ from emotiw.io.weights import WeightsConfig
 from emotiw.models.features import FeatureSet, ModalityConfigs, newest_per_uri, to_feature_set
 
 # Columns the driver reads to choose rows and split them (never the features themselves).
-KEY_COLUMNS = ["uri", "label", "error", "extracted_at", "weights"]
+_KEY_COLUMNS = ["uri", "label", "error", "extracted_at", "weights"]
 # Flat column names: "<modality>__<i>" for its i-th input array, "<modality>__present".
-SEP = "__"
+_SEP = "__"
 
 
 @dataclass
-class TableKeys:
+class _TableKeys:
     """The rows of a feature table that training uses, chosen from its small columns only.
 
     Attributes:
@@ -41,21 +41,21 @@ class TableKeys:
     n_rows: int
     provenance: dict[str, str]
 
-    def subset(self, index: np.ndarray) -> TableKeys:
-        return TableKeys(self.keys[index], self.labels[index], self.n_rows, self.provenance)
+    def subset(self, index: np.ndarray) -> _TableKeys:
+        return _TableKeys(self.keys[index], self.labels[index], self.n_rows, self.provenance)
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def row_keys(uris: Any, extracted_at: Any) -> list[str]:
-    """The key `TableKeys` and `PrepareBatch` agree on (a row, not only a clip: a clip
+def _row_keys(uris: Any, extracted_at: Any) -> list[str]:
+    """The key `_TableKeys` and `PrepareBatch` agree on (a row, not only a clip: a clip
     extracted twice has two rows and training uses the newest)."""
     return [f"{u}\n{t}" for u, t in zip(uris, extracted_at, strict=True)]
 
 
-def table_keys(uri: str, storage: StorageConfig | None = None) -> TableKeys:
-    """Read `KEY_COLUMNS` of the table at `uri` and keep each clip's newest successful,
+def table_keys(uri: str, storage: StorageConfig | None = None) -> _TableKeys:
+    """Read `_KEY_COLUMNS` of the table at `uri` and keep each clip's newest successful,
     labelled row: bytes per clip on the driver, whatever the feature shapes."""
     import pyarrow.compute as pc
 
@@ -64,15 +64,15 @@ def table_keys(uri: str, storage: StorageConfig | None = None) -> TableKeys:
     from emotiw.tables.chunks import read
 
     fs, path = arrow_filesystem(uri, storage)
-    table = read(fs, path, feature_schema(), columns=KEY_COLUMNS)
+    table = read(fs, path, feature_schema(), columns=_KEY_COLUMNS)
     rows = table.take(newest_per_uri(table))
     rows = rows.filter(pc.and_(pc.is_null(rows["error"]), pc.is_valid(rows["label"])))
     when = rows["extracted_at"].cast("int64").to_pylist()
-    return TableKeys(
-        np.asarray(row_keys(rows["uri"].to_pylist(), when), dtype=object),
+    return _TableKeys(
+        np.asarray(_row_keys(rows["uri"].to_pylist(), when), dtype=object),
         rows["label"].to_numpy(zero_copy_only=False).astype(np.int64),
         table.num_rows,
-        table_provenance(rows),
+        _table_provenance(rows),
     )
 
 
@@ -157,7 +157,7 @@ def source_groups(uris: np.ndarray, pattern: str) -> np.ndarray | None:
     return np.asarray([(m.group(1) if (m := regex.match(s)) else s) for s in stems], dtype=str)
 
 
-def table_provenance(rows: Any) -> dict[str, str]:
+def _table_provenance(rows: Any) -> dict[str, str]:
     """The front-end weights recorded in the feature table (they must agree across rows)."""
     import pyarrow.compute as pc
 
@@ -182,14 +182,14 @@ def flatten(data: FeatureSet, provenance: dict[str, str] | None = None) -> dict[
     }
     for name, arrays in data.inputs.items():
         for i, array in enumerate(arrays):
-            out[f"{name}{SEP}{i}"] = array
-        out[f"{name}{SEP}present"] = np.asarray(data.present[name], dtype=bool)
+            out[f"{name}{_SEP}{i}"] = array
+        out[f"{name}{_SEP}present"] = np.asarray(data.present[name], dtype=bool)
     return out
 
 
 def columns_of(modalities: tuple[str, ...], names: list[str]) -> list[str]:
     """The flat columns `modalities` need, out of `names`, and the label."""
-    return ["label", *(n for n in names if n.split(SEP)[0] in modalities and SEP in n)]
+    return ["label", *(n for n in names if n.split(_SEP)[0] in modalities and _SEP in n)]
 
 
 def unflatten(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def unflatten(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     inputs: dict[str, list[tuple[int, np.ndarray]]] = {}
     present: dict[str, np.ndarray] = {}
     for column, values in batch.items():
-        name, sep, part = column.partition(SEP)
+        name, sep, part = column.partition(_SEP)
         if not sep:
             continue
         if part == "present":
@@ -225,7 +225,7 @@ class PrepareBatch:
         self.configs, self.weights, self.splits = configs, weights, splits
 
     def __call__(self, rows: Any) -> dict[str, np.ndarray]:
-        keys = row_keys(rows["uri"].to_pylist(), rows["extracted_at"].cast("int64").to_pylist())
+        keys = _row_keys(rows["uri"].to_pylist(), rows["extracted_at"].cast("int64").to_pylist())
         keep = np.asarray([k in self.splits for k in keys], dtype=bool)
         rows = rows.filter(keep)
         data = to_feature_set(rows, self.configs)  # (keys are successful, labelled rows)
@@ -252,8 +252,8 @@ def hidden_batch(
     hidden = head_features(heads, unflatten(batch))
     out = {k: batch[k] for k in ("uri", "label", "provenance")}
     for name, (features,) in hidden["inputs"].items():
-        out[f"{name}{SEP}0"] = features
-        out[f"{name}{SEP}present"] = hidden["present"][name]
+        out[f"{name}{_SEP}0"] = features
+        out[f"{name}{_SEP}present"] = hidden["present"][name]
     return out
 
 

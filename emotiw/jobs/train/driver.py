@@ -45,11 +45,11 @@ def fit(
     data: tuple[Any, Any],
     schedule: Schedule,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """One model in its own TorchTrainer run (`fit_many` of one)."""
-    return fit_many(cfg, name, [(name, spec, schedule)], data)[name]
+    """One model in its own TorchTrainer run (`_fit_many` of one)."""
+    return _fit_many(cfg, name, [(name, spec, schedule)], data)[name]
 
 
-def fit_many(
+def _fit_many(
     cfg: TrainConfig, name: str, models: list[Model], data: tuple[Any, Any]
 ) -> dict[str, tuple[dict[str, torch.Tensor], list[dict[str, float]]]]:
     """One TorchTrainer run training `models` one after another over the same (train, val)
@@ -216,7 +216,7 @@ def _train_heads(
         (tag(m), HeadSpec(m, cfg.configs.of(m), cfg.seed), schedule_for(cfg, m))
         for m in cfg.configs.modalities
     ]
-    fitted = fit_many(cfg, "heads" if fold is None else f"heads-fold{fold}", models, datasets)
+    fitted = _fit_many(cfg, "heads" if fold is None else f"heads-fold{fold}", models, datasets)
     out = {}
     for m in cfg.configs.modalities:
         state, history = fitted[tag(m)]
@@ -273,7 +273,7 @@ def _train_fusions(
         sets[id(rows)] = rows or (data.train, data.val)
     fitted = {}
     for i, (key, models) in enumerate(trainable.items()):
-        fitted.update(fit_many(cfg, f"fusions-{i}", models, sets[key]))
+        fitted.update(_fit_many(cfg, f"fusions-{i}", models, sets[key]))
     fusions: dict[str, fusion.Fusion] = {}
     for variant, (fcfg, _) in variants.items():
         with mlflow.start_run(run_name=f"fusion:{variant}", nested=True):

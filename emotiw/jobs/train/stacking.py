@@ -24,7 +24,7 @@ from emotiw.jobs.train.config import TrainConfig
 from emotiw.jobs.train.data import source_groups
 
 
-def fold_of(uris: np.ndarray, group_by: str, folds: int) -> np.ndarray:
+def _fold_of(uris: np.ndarray, group_by: str, folds: int) -> np.ndarray:
     """Each clip's fold, 0..folds-1: a hash of its source-video group (its URI when the
     name has none), so a clip lands in the same fold in every run."""
     groups = source_groups(uris, group_by)
@@ -35,7 +35,7 @@ def fold_of(uris: np.ndarray, group_by: str, folds: int) -> np.ndarray:
 
 def _in_fold(batch: dict[str, np.ndarray], group_by: str, folds: int, k: int, keep: bool) -> Any:
     """The rows of `batch` whose fold is `k` (`keep`) or is not."""
-    hit = fold_of(batch["uri"], group_by, folds) == k
+    hit = _fold_of(batch["uri"], group_by, folds) == k
     chosen = hit if keep else ~hit
     return {name: values[chosen] for name, values in batch.items()}
 

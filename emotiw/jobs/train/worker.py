@@ -72,7 +72,7 @@ class Trainable(nn.Module):
         return F.cross_entropy(logits, target), logits
 
 
-def build_module(spec: HeadSpec | FusionSpec) -> Trainable:
+def _build_module(spec: HeadSpec | FusionSpec) -> Trainable:
     """The module a spec describes (specs are picklable and travel to the workers)."""
     from safetensors.torch import load
 
@@ -144,14 +144,14 @@ def _train_one(
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(spec.seed + rank)
-    trainable = build_module(spec)
+    trainable = _build_module(spec)
     opt, scheduler = optimizer(trainable, spec)
     model = ray.train.torch.prepare_model(
         trainable, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     unwrapped = model.module if hasattr(model, "module") else model
     own = _only(spec.modality) if isinstance(spec, HeadSpec) else _all
-    selection, history = Selection(schedule.select_by, schedule.patience), []
+    selection, history = _Selection(schedule.select_by, schedule.patience), []
     best: dict[str, float] | None = None
     pending, reported_at = False, time.monotonic()  # pending: `best` not yet reported
     size = schedule.batch_size
@@ -254,7 +254,7 @@ def _report(
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-class Selection:
+class _Selection:
     """Which epoch's checkpoint to keep and when to stop, as Keras' ``ModelCheckpoint(monitor=
     select_by, save_best_only=True)`` and ``EarlyStopping(monitor="val_loss", patience)``:
     a checkpoint only on a strict improvement (loss down, accuracy up); stop after `patience`

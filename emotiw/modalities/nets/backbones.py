@@ -74,7 +74,7 @@ class Backbone(nn.Module):
         self.register_buffer("std", torch.tensor(meta["std_255"]).view(1, 3, 1, 1), False)
         self.out_channels = BACKBONE_CHANNELS[cfg.backbone]
         if self.provenance.is_random:
-            calibrate_batch_norm(self.trunk, self.mean, self.std, cfg.seed)
+            _calibrate_batch_norm(self.trunk, self.mean, self.std, cfg.seed)
         if cfg.channels_last:
             self.trunk.to(memory_format=torch.channels_last)
 
@@ -88,7 +88,7 @@ class Backbone(nn.Module):
         return self.trunk(x)
 
 
-def calibrate_batch_norm(
+def _calibrate_batch_norm(
     trunk: nn.Module,
     mean: torch.Tensor,
     std: torch.Tensor,

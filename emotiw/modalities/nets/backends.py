@@ -2,13 +2,13 @@
 by eager PyTorch (the reference), `torch.compile` (inductor), ONNX Runtime or OpenVINO.
 
 A front-end hands `accelerate` its pure-tensor core (``[N, ...]`` float in, a tensor or a dict
-of tensors out) and an example input; it gets back a `Runner`, a module with the same call
+of tensors out) and an example input; it gets back a `_Runner`, a module with the same call
 signature. ONNX and OpenVINO models are exported from the module's own weights on first use
 and cached under the weights cache (``backends/<key>/``), the key being a sha256 of the
 weights' bytes, the input's non-dynamic shape and the backend's version; each exported file
 is stored beside its own sha256 and re-exported when it does not match (like converted weights
 in `emotiw.io.weights`). A backend that is not installed, not usable on this device or fails to
-export falls back to eager, and `Runner.describe` says so: it goes into the provenance of every
+export falls back to eager, and `_Runner.describe` says so: it goes into the provenance of every
 output row, so figures are never attributed to a backend that did not run.
 
 Accuracy: every backend runs in float32 (OpenVINO's CPU plugin would otherwise choose bf16 on
@@ -34,16 +34,16 @@ from emotiw.io.weights import Provenance, WeightsConfig
 
 EAGER = "eager"
 AUTO = "auto"
-BACKENDS = (AUTO, EAGER, "compile", "onnxruntime", "openvino")
+_BACKENDS = (AUTO, EAGER, "compile", "onnxruntime", "openvino")
 # What `auto` runs on a CPU. ONNX Runtime and OpenVINO were the fastest backends per clip of
 # the paper configuration in `jobs/benchmark.py backends`, each leading some runs
 # (docs/benchmarks.md: why ONNX Runtime for now; OpenVINO is a one-line change here).
-CPU_DEFAULT = "onnxruntime"
+_CPU_DEFAULT = "onnxruntime"
 _DISTRIBUTION = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch"}
 _MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "compile": "torch._inductor"}
 
 
-class Runner(nn.Module):
+class _Runner(nn.Module):
     """A front-end core run by one backend; `backend` is what actually runs, `note` why it
     is not the one asked for (empty when it is)."""
 
@@ -59,7 +59,7 @@ class Runner(nn.Module):
         return f"{self.backend} {_version(self.backend)}"
 
 
-class _Eager(Runner):
+class _Eager(_Runner):
     def __init__(self, module: nn.Module, note: str = "", backend: str = EAGER) -> None:
         super().__init__(backend, note)
         self.module = module
@@ -68,7 +68,7 @@ class _Eager(Runner):
         return self.module(x)
 
 
-class _Session(Runner):
+class _Session(_Runner):
     """ONNX Runtime or OpenVINO: numpy in, numpy out, outputs named like the eager ones."""
 
     def __init__(self, backend: str, run: Any, names: list[str], as_dict: bool) -> None:
@@ -88,7 +88,7 @@ def accelerate(
     cache_dir: Path,
     dynamic: Sequence[int] = (0,),
     threads: int | None = None,
-) -> Runner:
+) -> _Runner:
     """`module` (eval mode, CPU) run by `backend`, exported on first use into `cache_dir`.
 
     `dynamic`: the input dimensions that vary between calls (the batch; pose's image height
@@ -127,17 +127,17 @@ def accelerate(
 
 def check(backend: str) -> None:
     """For a modality Config's ``backend`` field."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}; got {backend!r}")
 
 
 def choose(backend: str, device: torch.device | str) -> str:
-    """The backend that `backend` means on `device`: ``auto`` is `CPU_DEFAULT` on a CPU and
+    """The backend that `backend` means on `device`: ``auto`` is `_CPU_DEFAULT` on a CPU and
     eager elsewhere (the exported runtimes here are CPU builds; on CUDA eager PyTorch is
     the GPU path); any other name is itself."""
     if backend != AUTO:
         return backend
-    return CPU_DEFAULT if torch.device(device).type == "cpu" else EAGER
+    return _CPU_DEFAULT if torch.device(device).type == "cpu" else EAGER
 
 
 def run_with(
@@ -219,7 +219,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, dynamic: Sequence[int]
     return target
 
 
-def onnxruntime_runner(path: Path, names: list[str], as_dict: bool, threads: int) -> Runner:
+def onnxruntime_runner(path: Path, names: list[str], as_dict: bool, threads: int) -> _Runner:
     """The ONNX model at `path` run by ONNX Runtime on the CPU with `threads` intra-op threads,
     outputs named `names` (a dict when `as_dict`, else the first). Also runs the int8 models of
     ``jobs/benchmark.py int8``."""

@@ -19,7 +19,7 @@ from torch import nn
 from emotiw.modalities.nets.keras_lstm import RECURRENT
 
 
-class ConvLSTMCell(nn.Module):
+class _ConvLSTMCell(nn.Module):
     """One ConvLSTM step: ``(x [B, C, H, W], (h, c)) -> (h, c)`` with h, c ``[B, F, H', W']``."""
 
     def __init__(
@@ -77,7 +77,7 @@ class ConvLSTM(nn.Module):
         recurrent_activation: str = "sigmoid", pool: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.cell = ConvLSTMCell(in_channels, filters, kernel_size, padding, recurrent_activation)
+        self.cell = _ConvLSTMCell(in_channels, filters, kernel_size, padding, recurrent_activation)
         self.pool = pool
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

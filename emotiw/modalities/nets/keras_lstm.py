@@ -19,16 +19,16 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def hard_sigmoid_keras(x: torch.Tensor) -> torch.Tensor:
+def _hard_sigmoid_keras(x: torch.Tensor) -> torch.Tensor:
     """Keras 2's ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)`` (torch's uses x / 6 + 0.5)."""
     return (0.2 * x + 0.5).clamp(0.0, 1.0)
 
 
-ACTIVATIONS = {"tanh": torch.tanh, "selu": F.selu, "relu": F.relu}
-RECURRENT = {"sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid_keras}
+_ACTIVATIONS = {"tanh": torch.tanh, "selu": F.selu, "relu": F.relu}
+RECURRENT = {"sigmoid": torch.sigmoid, "hard_sigmoid": _hard_sigmoid_keras}
 
 
-class KerasLSTMLayer(nn.Module):
+class _KerasLSTMLayer(nn.Module):
     """One direction: ``[B, T, F]`` -> ``[B, T, H]`` (every step's h)."""
 
     def __init__(
@@ -37,7 +37,7 @@ class KerasLSTMLayer(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         self.units = units
-        self.act, self.rec = ACTIVATIONS[activation], RECURRENT[recurrent_activation]
+        self.act, self.rec = _ACTIVATIONS[activation], RECURRENT[recurrent_activation]
         self.kernel = nn.Parameter(torch.empty(input_size, 4 * units))
         self.recurrent_kernel = nn.Parameter(torch.empty(units, 4 * units))
         self.bias = nn.Parameter(torch.zeros(4 * units))
@@ -72,8 +72,8 @@ class KerasBiLSTM(nn.Module):
         activation: str = "tanh", recurrent_activation: str = "sigmoid",
     ) -> None:  # fmt: skip
         super().__init__()
-        self.forward_layer = KerasLSTMLayer(input_size, units, activation, recurrent_activation)
-        self.backward_layer = KerasLSTMLayer(input_size, units, activation, recurrent_activation)
+        self.forward_layer = _KerasLSTMLayer(input_size, units, activation, recurrent_activation)
+        self.backward_layer = _KerasLSTMLayer(input_size, units, activation, recurrent_activation)
         self.return_sequences = return_sequences
         self.output_size = 2 * units
 

@@ -39,7 +39,7 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class SamePad(nn.Module):
+class _SamePad(nn.Module):
     """TensorFlow-style 'same' padding computed from the input size at run time."""
 
     def __init__(self, kernel: int, stride: int, value: float = 0.0) -> None:
@@ -54,7 +54,7 @@ class SamePad(nn.Module):
         return F.pad(x, (left, right, top, bottom), value=self.value)
 
 
-class SeparableConv2d(nn.Module):
+class _SeparableConv2d(nn.Module):
     """Keras SeparableConv2D (depth multiplier 1, 'same', no bias)."""
 
     def __init__(self, cin: int, cout: int) -> None:
@@ -66,16 +66,16 @@ class SeparableConv2d(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class XceptionModule(nn.Module):
+class _XceptionModule(nn.Module):
     """sep-conv, BN, ReLU, sep-conv, BN, 'same' max-pool /2, plus a strided 1x1 residual."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.sep1 = SeparableConv2d(cin, cout)
+        self.sep1 = _SeparableConv2d(cin, cout)
         self.bn1 = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
-        self.sep2 = SeparableConv2d(cout, cout)
+        self.sep2 = _SeparableConv2d(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
-        self.pool_pad = SamePad(3, 2, value=float("-inf"))
+        self.pool_pad = _SamePad(3, 2, value=float("-inf"))
         self.res_conv = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
         self.res_bn = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
 
@@ -102,7 +102,7 @@ class MiniXception(nn.Module):
         )
         widths = (8, 16, 32, 64, 128)
         self.blocks = nn.ModuleList(
-            XceptionModule(cin, cout) for cin, cout in itertools.pairwise(widths)
+            _XceptionModule(cin, cout) for cin, cout in itertools.pairwise(widths)
         )
         self.classifier = nn.Conv2d(widths[-1], n_classes, 3, padding=1)
 
@@ -114,7 +114,7 @@ class MiniXception(nn.Module):
         return self.classifier(x).mean(dim=(2, 3))
 
 
-def keras_layer_map() -> dict[str, str]:
+def _keras_layer_map() -> dict[str, str]:
     """torch parameter prefix -> Keras layer name (the table in the module docstring)."""
     mapping = {"stem.0": "conv2d_1", "stem.1": "batch_normalization_1"}
     mapping |= {"stem.3": "conv2d_2", "stem.4": "batch_normalization_2"}
@@ -129,7 +129,7 @@ def keras_layer_map() -> dict[str, str]:
     return mapping
 
 
-def read_keras_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+def _read_keras_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """``{keras_layer: {weight_name: array}}`` from a Keras 2 HDF5 model file, via h5py."""
     import h5py
     import numpy as np
@@ -153,11 +153,11 @@ def state_dict_from_keras(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         ValueError: a layer or weight the mapping expects is missing or has another shape.
     """
-    keras = read_keras_weights(path)
+    keras = _read_keras_weights(path)
     model = MiniXception()
     target = model.state_dict()
     state: dict[str, torch.Tensor] = {}
-    for prefix, layer in keras_layer_map().items():
+    for prefix, layer in _keras_layer_map().items():
         if layer not in keras:
             raise ValueError(f"{path}: Keras layer {layer!r} (for {prefix}) is missing")
         w = keras[layer]

@@ -18,7 +18,7 @@ BatchNormalization and Conv2D layers in sequence (8 of each): the first BatchNor
 the spectrogram's, then conv/BN pairs, and the last Conv2D is ``audio_embedding_layer``. Layers
 without weights, and any front-end kernels (kapre 0.1 ``real_kernels``, ``imag_kernels``,
 ``freq2mel``), are skipped. Keras kernels (kh, kw, in, out) become (out, in, kh, kw); BatchNorm
-epsilon is Keras' 1e-3. `verify_against_reference` compares this port with embeddings the
+epsilon is Keras' 1e-3. `_verify_against_reference` compares this port with embeddings the
 original package produced, for users who have the weight files and TensorFlow.
 """
 
@@ -32,17 +32,17 @@ from torch import nn
 from torch.nn import functional as F
 
 SAMPLE_RATE = 48_000
-WINDOW = SAMPLE_RATE  # 1 s
-N_FFT = 2048
-HOP = 242
+_WINDOW = SAMPLE_RATE  # 1 s
+_N_FFT = 2048
+_HOP = 242
 N_MELS = 256
-N_FRAMES = -(-WINDOW // HOP)  # ceil: 199 frames with end padding
+N_FRAMES = -(-_WINDOW // _HOP)  # ceil: 199 frames with end padding
 EMBEDDING_DIM = 6144
 KERAS_BN_EPS = 1e-3
 _BLOCKS = (64, 128, 256, 512)
 
 
-def hz_to_mel(freq: np.ndarray) -> np.ndarray:
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
     """Slaney's mel scale (linear below 1 kHz, logarithmic above), as librosa's default."""
     freq = np.asarray(freq, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
@@ -53,7 +53,7 @@ def hz_to_mel(freq: np.ndarray) -> np.ndarray:
     return mel
 
 
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
@@ -63,14 +63,14 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return freq
 
 
-def mel_filterbank(
+def _mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
 ) -> np.ndarray:
     """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` with Slaney area normalisation."""
     f_max = sample_rate / 2 if f_max is None else f_max
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mel_freqs = mel_to_hz(np.linspace(hz_to_mel(np.array([f_min]))[0],
-                                      hz_to_mel(np.array([f_max]))[0], n_mels + 2))  # fmt: skip
+    mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(np.array([f_min]))[0],
+                                      _hz_to_mel(np.array([f_max]))[0], n_mels + 2))  # fmt: skip
     widths = np.diff(mel_freqs)
     ramps = mel_freqs[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
@@ -85,17 +85,17 @@ class MelFrontEnd(nn.Module):
 
     def __init__(self, *, n_mels: int = N_MELS) -> None:
         super().__init__()
-        window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64).float()
+        window = torch.hann_window(_N_FFT, periodic=True, dtype=torch.float64).float()
         self.register_buffer("window", window, persistent=False)
-        filters = torch.from_numpy(mel_filterbank(SAMPLE_RATE, N_FFT, n_mels))
+        filters = torch.from_numpy(_mel_filterbank(SAMPLE_RATE, _N_FFT, n_mels))
         self.register_buffer("filters", filters, persistent=False)
 
     def magnitude_mel(self, x: torch.Tensor) -> torch.Tensor:
         """Mel-filtered STFT magnitude ``[B, n_mels, 199]`` (before decibels)."""
-        pad = (N_FRAMES - 1) * HOP + N_FFT - x.shape[-1]
+        pad = (N_FRAMES - 1) * _HOP + _N_FFT - x.shape[-1]
         x = F.pad(x, (0, pad))
         spec = torch.stft(
-            x, N_FFT, HOP, N_FFT, window=self.window, center=False, return_complex=True
+            x, _N_FFT, _HOP, _N_FFT, window=self.window, center=False, return_complex=True
         ).abs()
         return torch.matmul(self.filters, spec)
 
@@ -169,7 +169,7 @@ def _torch_layers(model: OpenL3Audio) -> list[tuple[str, str]]:
     return layers
 
 
-def read_keras_layers(path: str | Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+def _read_keras_layers(path: str | Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """(layer name, {weight name: array}) for every layer with weights, in the file's order."""
     import h5py
 
@@ -196,7 +196,7 @@ def state_dict_from_keras(path: str | Path) -> dict[str, torch.Tensor]:
             shape (e.g. a linear or mel128 model, or an image model).
     """
     model = OpenL3Audio()
-    keras = [(name, w) for name, w in read_keras_layers(path) if not _FRONTEND_WEIGHTS & set(w)]
+    keras = [(name, w) for name, w in _read_keras_layers(path) if not _FRONTEND_WEIGHTS & set(w)]
     expected = _torch_layers(model)
     if len(keras) != len(expected):
         raise ValueError(
@@ -226,7 +226,7 @@ def state_dict_from_keras(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def write_keras_weights(model: OpenL3Audio, path: str | Path) -> None:
+def _write_keras_weights(model: OpenL3Audio, path: str | Path) -> None:
     """Write `model`'s weights in the Keras weight-file layout OpenL3 ships (layer names as
     Keras numbers them in a fresh session), so the converter can be exercised end to end."""
     import h5py
@@ -275,19 +275,19 @@ def windows(
     """
     hop = round(hop_s * SAMPLE_RATE)
     audio = np.asarray(audio, dtype=np.float32)
-    out = np.zeros((n_steps, WINDOW), dtype=np.float32)
+    out = np.zeros((n_steps, _WINDOW), dtype=np.float32)
     mask = np.zeros(n_steps, dtype=bool)
     if audio.size == 0:
         return out, mask
-    padded = np.pad(audio[: (n_steps - 1) * hop + WINDOW // 2], (WINDOW // 2, WINDOW // 2))
-    count = min(1 + (len(padded) - WINDOW) // hop, n_steps) if len(padded) >= WINDOW else 0
+    padded = np.pad(audio[: (n_steps - 1) * hop + _WINDOW // 2], (_WINDOW // 2, _WINDOW // 2))
+    count = min(1 + (len(padded) - _WINDOW) // hop, n_steps) if len(padded) >= _WINDOW else 0
     for i in range(count):
-        out[i] = padded[i * hop : i * hop + WINDOW]
+        out[i] = padded[i * hop : i * hop + _WINDOW]
     mask[:count] = True
     return out, mask
 
 
-def verify_against_reference(weights_h5: str | Path, reference_npz: str | Path) -> float:
+def _verify_against_reference(weights_h5: str | Path, reference_npz: str | Path) -> float:
     """Max absolute difference between this port and the original OpenL3's embeddings.
 
     `reference_npz` holds ``audio`` (float32 mono, 48 kHz) and ``embedding`` as produced by

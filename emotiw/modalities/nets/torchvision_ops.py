@@ -11,7 +11,7 @@ torchvision's own Python `roi_align` fallback is correct but slow on CPU (it com
 gather kernel taking ~1.4 s per image for the box head), so with the fallback active it is
 replaced by `roi_align`: ONNX Runtime's compiled RoiAlign kernel (the same Detectron rules as
 torchvision's; a one-node graph per pooling shape, cached), or where ONNX Runtime is missing,
-gradients are needed or the maps are not float32, `roi_align_grid_sample` (one bilinear
+gradients are needed or the maps are not float32, `_roi_align_grid_sample` (one bilinear
 `grid_sample` per image, then average pooling, with the native kernel's rules). Keypoint R-CNN
 pools 1,000 proposals per frame: with ONNX Runtime's kernel a clip's detector took 28.3 s
 against 39.0 s with grid_sample in one run of `python jobs/benchmark.py backends` (the box
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 _state: dict[str, Any] = {"native": None, "library": None, "roi_kernel": "onnxruntime"}
-ROI_ALIGN_KERNELS = ("onnxruntime", "grid_sample")
+_ROI_ALIGN_KERNELS = ("onnxruntime", "grid_sample")
 
 
 def import_torchvision() -> ModuleType:
@@ -80,7 +80,7 @@ def _load_native_ops() -> bool:
     return False
 
 
-def nms_reference(boxes: Any, scores: Any, iou_threshold: float) -> Any:
+def _nms_reference(boxes: Any, scores: Any, iou_threshold: float) -> Any:
     """Greedy NMS with torchvision's semantics: indices of kept boxes (x1, y1, x2, y2),
     by decreasing score; a box is dropped when its IoU with a kept one exceeds the threshold."""
     import torch
@@ -102,21 +102,21 @@ def nms_reference(boxes: Any, scores: Any, iou_threshold: float) -> Any:
 
 
 def set_roi_align_kernel(kernel: str) -> None:
-    """Which kernel the fallback RoIAlign uses in this process (`ROI_ALIGN_KERNELS`): the
+    """Which kernel the fallback RoIAlign uses in this process (`_ROI_ALIGN_KERNELS`): the
     benchmark compares them; everything else keeps the default, ``onnxruntime``."""
-    if kernel not in ROI_ALIGN_KERNELS:
-        raise ValueError(f"RoIAlign kernel must be one of {ROI_ALIGN_KERNELS}, got {kernel!r}")
+    if kernel not in _ROI_ALIGN_KERNELS:
+        raise ValueError(f"RoIAlign kernel must be one of {_ROI_ALIGN_KERNELS}, got {kernel!r}")
     _state["roi_kernel"] = kernel
 
 
 def _roi_align_fallback(input: Any, rois: Any, *args: Any) -> Any:
     """torchvision's ``_roi_align`` slot when its compiled ops are absent."""
     if _state["roi_kernel"] == "onnxruntime":
-        return roi_align_onnxruntime(input, rois, *args)
-    return roi_align_grid_sample(input, rois, *args)
+        return _roi_align_onnxruntime(input, rois, *args)
+    return _roi_align_grid_sample(input, rois, *args)
 
 
-def roi_align_onnxruntime(
+def _roi_align_onnxruntime(
     input: Any,
     rois: Any,
     spatial_scale: float,
@@ -126,7 +126,7 @@ def roi_align_onnxruntime(
     aligned: bool,
 ) -> Any:
     """RoIAlign (average) by ONNX Runtime's CPU kernel; arguments and result as
-    `roi_align_grid_sample`, to which it defers where that kernel does not apply."""
+    `_roi_align_grid_sample`, to which it defers where that kernel does not apply."""
     import torch
 
     usable = (
@@ -139,7 +139,7 @@ def roi_align_onnxruntime(
         torch.get_num_threads(),
     )  # fmt: skip
     if not session:
-        return roi_align_grid_sample(
+        return _roi_align_grid_sample(
             input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
         )
     if len(rois) == 0:
@@ -187,7 +187,7 @@ def _roi_align_session(
     )
 
 
-def roi_align_grid_sample(
+def _roi_align_grid_sample(
     input: Any,
     rois: Any,
     spatial_scale: float,
@@ -268,8 +268,8 @@ def _register_fallback_ops() -> None:
     library.define("qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
 
     def qnms(qdets: Any, qscores: Any, iou_threshold: float) -> Any:
-        return nms_reference(qdets.dequantize(), qscores.dequantize(), iou_threshold)
+        return _nms_reference(qdets.dequantize(), qscores.dequantize(), iou_threshold)
 
-    library.impl("nms", nms_reference, "CompositeExplicitAutograd")
+    library.impl("nms", _nms_reference, "CompositeExplicitAutograd")
     library.impl("qnms", qnms, "CompositeExplicitAutograd")
     _state["library"] = library  # the registration lives as long as this object
