@@ -38,7 +38,8 @@ def _measure(args: argparse.Namespace, threads: int) -> dict[str, float]:
     from emotiw.core.config import MediaConfig
     from emotiw.io.clip_process import ClipProcess
     from emotiw.io.weights import WeightsConfig
-    from emotiw.models.features import ItemExtractor, ModalityConfigs
+    from emotiw.models.features import ModalityConfigs
+    from emotiw.models.items import ItemExtractor
 
     clips = load_corpus(args.corpus, args.n, args.seed)
     folder = tempfile.mkdtemp(prefix="emotiw-bench-isolation-")

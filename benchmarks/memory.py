@@ -120,7 +120,7 @@ def write_inputs(
 def _extract_child(path: str, threads: int, preset: str) -> None:
     from emotiw.core.config import MediaConfig
     from emotiw.io.weights import WeightsConfig
-    from emotiw.models.features import ItemExtractor
+    from emotiw.models.items import ItemExtractor
 
     extractor = ItemExtractor(random_init(preset), MediaConfig(decode_threads=threads),
                               WeightsConfig(allow_download=False), defer=True)  # fmt: skip
@@ -137,8 +137,9 @@ def _model_child(path: str, package: str, batch: int, frame_batch: int, preset: 
 
     from emotiw.core.config import MediaConfig
     from emotiw.io.weights import WeightsConfig
-    from emotiw.models.features import ItemExtractor, rows_to_table
+    from emotiw.models.features import rows_to_table
     from emotiw.models.inference import ClipScorer, ModelRef
+    from emotiw.models.items import ItemExtractor
 
     torch.set_num_threads(1)  # as one model actor of 1 CPU computes
     extractor = ItemExtractor(random_init(preset), MediaConfig(decode_threads=1),

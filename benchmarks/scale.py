@@ -54,7 +54,8 @@ def _child(args: argparse.Namespace) -> None:
     from emotiw.io.storage import arrow_filesystem, iter_video_objects, video_id
     from emotiw.jobs.pipeline import Committed, ensure_ray, write_stream
     from emotiw.jobs.pools import plan_blocks
-    from emotiw.tables.chunks import ChunkWriter, done_keys
+    from emotiw.tables.chunks import ChunkWriter
+    from emotiw.tables.keys import done_keys
     from emotiw.tables.schema import score_schema
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -314,7 +314,8 @@ def test_a_file_larger_than_max_file_bytes_is_refused_before_it_is_read(make_cli
     """The listing's size past `max_file_bytes`: a ``too_large`` row and no read (the object
     is not even there); a file that grew past it between listing and read: the same, from
     the bytes read. Under the limit it is extracted."""
-    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs, _extract_item
+    from emotiw.models.features import ClipFeatureExtractor, ModalityConfigs
+    from emotiw.models.items import _extract_item
 
     clip = make_clip(n_frames=20)
     size = clip.stat().st_size

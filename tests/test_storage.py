@@ -202,7 +202,7 @@ def test_a_row_carries_the_fingerprint_of_the_bytes_it_read(
 
     from emotiw.core.config import MediaConfig
     from emotiw.io.storage import list_video_objects, write_bytes
-    from emotiw.models.features import _extract_item
+    from emotiw.models.items import _extract_item
 
     root, cfg = (str(tmp_path), None) if where == "local" else (s3_bucket, s3_storage)
     url = f"{root}/drop/clip.mp4"

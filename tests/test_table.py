@@ -19,7 +19,8 @@ from emotiw.core import retry
 from emotiw.core.config import JobConfig
 from emotiw.core.errors import LeaseHeld, LeaseLost, StorageError
 from emotiw.io.storage import arrow_filesystem
-from emotiw.tables.chunks import ChunkWriter, data_files, done_keys, read, recover
+from emotiw.tables.chunks import ChunkWriter, data_files, read, recover
+from emotiw.tables.keys import done_keys
 from emotiw.tables.lease import Lease
 
 SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("error_reason", pa.string())])

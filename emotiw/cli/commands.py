@@ -35,6 +35,7 @@ from emotiw.cli.modality_flags import (
 )
 from emotiw.core import logs
 from emotiw.core.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
+from emotiw.io.windows import WindowConfig
 from emotiw.core.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
 
 
@@ -185,6 +186,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     cfg = ScoreConfig(
         **flags.given(args, ScoreConfig),
+        windows=WindowConfig(**flags.given(args, WindowConfig, "windows__")),
         media=_media(args),
         weights=_weights(args),
         storage=storage_config(args),
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _job_parser(sub, "score", "score clips into the partitioned scores table (main job)",
                     ScoreConfig, _cmd_score)  # fmt: skip
+    group = p.add_argument_group("long videos", "videos longer than --media-max-duration-s are "
+                                 "cut into windows, each scored as a clip")  # fmt: skip
+    flags.add_fields(group, WindowConfig, dest_prefix="windows__")
     _add_runtime(p)
     _add_job(p)
 

@@ -81,6 +81,7 @@ def _configs() -> list[type]:
     from emotiw import modalities
     from emotiw.core.config import CorpusConfig, JobConfig, MediaConfig, StorageConfig
     from emotiw.io.weights import WeightsConfig
+    from emotiw.io.windows import WindowConfig
     from emotiw.jobs.demo import DemoConfig
     from emotiw.jobs.evaluate import EvaluateConfig
     from emotiw.jobs.extract import ExtractConfig
@@ -89,7 +90,8 @@ def _configs() -> list[type]:
     from emotiw.models.fusion import Config as FusionConfig
 
     jobs = [ExtractConfig, TrainConfig, EvaluateConfig, ScoreConfig, DemoConfig]
-    shared = [MediaConfig, JobConfig, StorageConfig, WeightsConfig, CorpusConfig, FusionConfig]
+    shared = [WindowConfig, MediaConfig, JobConfig, StorageConfig, WeightsConfig, CorpusConfig,
+              FusionConfig]  # fmt: skip
     return jobs + shared + [spec.Config for spec in modalities.specs()]
 
 
@@ -159,6 +161,8 @@ def _tables() -> list[tuple[str, str, list[Any], str | None]]:
     out = [
         ("Scores table (`emotiw score`)", "emotiw_scores",
          columns(schema.score_schema(specs), schema.score_docs(specs)), schema.SCORE_PARTITION),
+        ("Windows table (`emotiw score`: one row per window of each video)", "emotiw_windows",
+         columns(schema.window_schema(specs), schema.window_docs(specs)), schema.SCORE_PARTITION),
         ("Feature table (`emotiw extract`)", "emotiw_features",
          columns(schema.feature_schema(specs), schema.feature_docs(specs)), None),
     ]  # fmt: skip

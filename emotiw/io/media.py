@@ -17,12 +17,13 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
 from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.core.errors import DecodeError, DecodeReason, StorageError
+from emotiw.io.audio_samples import channels, resample
 from emotiw.io.media_guard import refuse_too_large
 
 _Source = str | os.PathLike[str] | bytes | bytearray | memoryview
@@ -95,7 +96,10 @@ class Clip:
 
 
 def decode(
-    source: _Source, cfg: MediaConfig | None = None, storage: StorageConfig | None = None
+    source: _Source,
+    cfg: MediaConfig | None = None,
+    storage: StorageConfig | None = None,
+    window: _Span | None = None,
 ) -> Clip:
     """Decode and sample one clip.
 
@@ -103,6 +107,9 @@ def decode(
         source: a local path, an fsspec URL (``s3://...``, ``file://...``) or the file's bytes.
         cfg: sampling and resizing; the paper's defaults when omitted.
         storage: endpoint and credentials for remote URLs.
+        window: decode only this span of a long video (`emotiw.io.windows`): seek to the
+            keyframe before its start, sample its frames as a clip's from its first frame
+            on, keep its audio; None: the clip from its start up to `cfg.max_duration_s`.
 
     Returns:
         The sampled clip. A video without an audio track is valid (``meta.has_audio=False``).
@@ -115,19 +122,19 @@ def decode(
 
     cfg = cfg or MediaConfig()
     deadline = time.monotonic() + cfg.timeout_s
-    with _open_source(source, storage) as (av_input, label):
+    with open_source(source, storage) as (av_input, label):
         try:
             container = av.open(av_input, mode="r", metadata_errors="ignore")
         except av.FFmpegError as exc:
             raise DecodeError(
-                DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {_ffmpeg_text(exc)}"
+                DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
             ) from None
         with container:
-            return _decode_container(container, cfg, deadline, label)
+            return _decode_container(container, cfg, deadline, label, window)
 
 
 @contextlib.contextmanager
-def _open_source(
+def open_source(
     source: _Source, storage: StorageConfig | None
 ) -> Iterator[tuple[str | IO[bytes], str]]:
     """Yield (what `av.open` takes, a label for messages); empty/missing inputs fail here."""
@@ -163,7 +170,7 @@ def _open_source(
         raise DecodeError(reason, exc.message) from None
 
 
-def _ffmpeg_text(exc: BaseException) -> str:
+def ffmpeg_text(exc: BaseException) -> str:
     """FFmpeg's own words without the file name PyAV appends (it may be a temp path)."""
     text = getattr(exc, "strerror", None) or str(exc)
     return str(text)
@@ -181,7 +188,7 @@ class _FrameSampler:
     the decoding of a typical H.264 stream with B-frames without changing any kept pixel.
     """
 
-    def __init__(self, video: Any, cfg: MediaConfig) -> None:
+    def __init__(self, video: Any, cfg: MediaConfig, offset_s: float = 0.0) -> None:
         self.step, self.n = cfg.frame_step, cfg.n_frames
         self.mask = np.zeros(cfg.n_frames, dtype=bool)
         self.indices = np.full(cfg.n_frames, -1, dtype=np.int32)
@@ -190,6 +197,7 @@ class _FrameSampler:
         self.time_base = float(video.time_base) if video.time_base else 0.0
         self.start = video.start_time
         self.by_pts = self.fps > 0 and self.time_base > 0
+        self.offset_s = offset_s  # a window's start: its first frame is index 0
         self.count = 0  # frames the decoder returned
 
     def index_of(self, pts: int | None) -> int | None:
@@ -197,7 +205,7 @@ class _FrameSampler:
             return None
         if self.start is None:
             self.start = pts
-        return round((pts - self.start) * self.time_base * self.fps)
+        return round(((pts - self.start) * self.time_base - self.offset_s) * self.fps)
 
     def wants_packet(self, pts: int | None) -> bool:
         """Could the frame of a packet with this pts fill an open slot? (True if unknown.)"""
@@ -210,7 +218,7 @@ class _FrameSampler:
     def slot_for(self, frame: Any) -> tuple[int, int] | None:
         """(slot, index) if this decoded frame fills an open slot, else None."""
         index = self.index_of(frame.pts)
-        if index is None:
+        if index is None:  # no timestamps: count frames (from the seek point in a window)
             index = self.count
         self.count += 1
         slot = index // self.step
@@ -227,7 +235,16 @@ class _FrameSampler:
         return bool(self.mask.all())
 
 
-def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: str) -> Clip:
+class _Span(Protocol):
+    """A stretch of a video: what `decode` needs of an `emotiw.io.windows.Window`."""
+
+    start_s: float
+    end_s: float
+
+
+def _decode_container(
+    container: Any, cfg: MediaConfig, deadline: float, label: str, window: _Span | None = None
+) -> Clip:
     import av
 
     if not container.streams.video:
@@ -238,8 +255,16 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
     video.codec_context.thread_count = cfg.decode_threads
     codec = video.codec_context
     audio = container.streams.audio[0] if container.streams.audio else None
+    start, end = (0.0, cfg.max_duration_s) if window is None else (window.start_s, window.end_s)
+    if start > 0:  # to the keyframe at or before the start: reads only from there on
+        try:
+            container.seek(int(start * av.time_base), backward=True, any_frame=False)
+        except av.FFmpegError as exc:
+            raise DecodeError(
+                DecodeReason.NO_FRAMES, f"{label}: cannot seek to {start:g} s: {ffmpeg_text(exc)}"
+            ) from None
 
-    sampler = _FrameSampler(video, cfg)
+    sampler = _FrameSampler(video, cfg, start)
     frames: np.ndarray | None = None  # sized at the first sampled frame (`_frame_geometry`)
     # One reformatter for the clip: frame.to_ndarray(width=...) would build a new swscale
     # context per frame, which costs 3x the conversion itself.
@@ -275,7 +300,7 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
         for frame in out_frames:
             t = frame.time
             if is_video:
-                if (t is not None and t > cfg.max_duration_s) or sampler.past_last_slot(frame):
+                if (t is not None and t > end) or sampler.past_last_slot(frame):
                     video_done = True
                     break
                 hit = sampler.slot_for(frame)
@@ -297,14 +322,19 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
                     if sampler.full:
                         video_done = True
                         break
-            elif t is not None and t > cfg.max_duration_s:
+            elif t is not None and t > end:
                 audio_done = True
                 break
+            elif start > 0 and t is not None and t + frame.samples / frame.sample_rate <= start:
+                continue  # audio before the window (decoded from the keyframe on)
             elif audio_rate_in in (None, frame.sample_rate) and (
                 not chunks or frame.layout.nb_channels == len(chunks[0])
             ):
                 audio_rate_in = frame.sample_rate
-                chunks.append(_channels(frame))
+                planes = channels(frame)
+                if start > 0 and not chunks and t is not None and t < start:  # cut to start
+                    planes = [p[round((start - t) * frame.sample_rate) :] for p in planes]
+                chunks.append(planes)
             else:  # a mid-stream rate or layout change (rare): keep the first one's samples
                 errors += 1
 
@@ -314,8 +344,8 @@ def _decode_container(container: Any, cfg: MediaConfig, deadline: float, label: 
             f"{label}: no video frame could be decoded ({errors} corrupt packets; "
             "the stream is corrupt or truncated)",
         )
-    samples = _resample(chunks, audio_rate_in, cfg.audio_rate)
-    samples = samples[: round(cfg.max_duration_s * cfg.audio_rate)]
+    samples = resample(chunks, audio_rate_in, cfg.audio_rate)
+    samples = samples[: round((end - start) * cfg.audio_rate)]
 
     meta = _meta(container, video, audio, has_audio=len(samples) > 0)
     meta = ClipMeta(**{**meta, "frames_decoded": sampler.count, "decode_errors": errors})
@@ -339,60 +369,6 @@ def _frame_geometry(frame: Any, video: Any, cfg: MediaConfig) -> tuple[int, int,
         width, height = cfg.frame_size(frame.height, frame.width, 1.0 / pixel)
         return turns, height, width
     return turns, *cfg.frame_size(frame.width, frame.height, pixel)
-
-
-_INT_SCALE = {
-    np.dtype(np.int16): 2.0**15,
-    np.dtype(np.int32): 2.0**31,
-    np.dtype(np.int64): 2.0**63,
-}
-_SAMPLE_DTYPES = {
-    "u8": np.uint8,
-    "s16": np.int16,
-    "s32": np.int32,
-    "s64": np.int64,
-    "flt": np.float32,
-    "dbl": np.float64,
-}
-
-
-def _channels(frame: Any) -> list[np.ndarray]:
-    """A decoded audio frame as one 1-D array per channel, in its native sample type.
-
-    Reads the planes as numpy views: 12x cheaper than `AudioFrame.to_ndarray`, which matters
-    at ~200 audio frames per clip. The views keep their frame alive until concatenated.
-    """
-    fmt = frame.format
-    dtype = _SAMPLE_DTYPES.get(fmt.packed.name)
-    channels, n = frame.layout.nb_channels, frame.samples
-    if dtype is None:  # a sample format numpy has no type for: let PyAV convert
-        data = frame.to_ndarray()
-        return list(data if fmt.is_planar else data.reshape(-1, channels).T)
-    if fmt.is_planar:
-        return [np.frombuffer(p, dtype, count=n) for p in frame.planes[:channels]]
-    return list(np.frombuffer(frame.planes[0], dtype, count=n * channels).reshape(n, channels).T)
-
-
-def _resample(chunks: list[list[np.ndarray]], rate_in: int | None, rate_out: int) -> np.ndarray:
-    """Concatenate, downmix and resample the decoded audio once per clip.
-
-    The downmix is the mean of the channels, as OpenL3 and librosa do (FFmpeg's default
-    rematrix would scale stereo by 0.707 per channel); resampling is soxr's high quality
-    mode, librosa's default. Doing both on the whole clip costs less than per frame.
-    """
-    if not chunks or not rate_in:
-        return np.zeros(0, dtype=np.float32)
-    data = np.stack([np.concatenate(channel) for channel in zip(*chunks, strict=True)])
-    if data.dtype == np.uint8:
-        data = (data.astype(np.float32) - 128.0) / 128.0
-    elif data.dtype in _INT_SCALE:
-        data = data.astype(np.float32) / _INT_SCALE[data.dtype]
-    mono = data.mean(axis=0, dtype=np.float32) if len(data) > 1 else data[0].astype(np.float32)
-    if rate_in == rate_out:
-        return mono
-    import soxr
-
-    return soxr.resample(mono, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
 
 
 def _meta(container: Any, video: Any, audio: Any, *, has_audio: bool) -> dict[str, Any]:

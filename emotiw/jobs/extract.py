@@ -101,7 +101,7 @@ class ExtractSummary:
 
     def __str__(self) -> str:
         if self.pending is not None:
-            from emotiw.tables.chunks import describe_pending
+            from emotiw.tables.keys import describe_pending
 
             pending = describe_pending(
                 self.listed, self.skipped, self.pending, self.output, verb="extract"
@@ -156,7 +156,7 @@ def run_extract(cfg: ExtractConfig, ray_address: str | None = None) -> ExtractSu
     schema = feature_schema()
     if cfg.dry_run:
         from emotiw.io.storage import arrow_filesystem
-        from emotiw.tables.chunks import pending
+        from emotiw.tables.keys import pending
 
         fs, root = arrow_filesystem(cfg.output, cfg.storage)
         done = done_index(fs, root, schema, job, cfg.skip_existing, seen=True)

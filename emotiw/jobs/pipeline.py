@@ -77,8 +77,9 @@ class Progress:
         interval_s: float,
         stream: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "clips",
     ) -> None:
-        self.what, self.total, self.interval_s = what, total, interval_s
+        self.what, self.total, self.interval_s, self.unit = what, total, interval_s, unit
         self.enabled = interval_s > 0 and not (stream or sys.stderr).isatty()
         self.log = logs.get("progress")
         self.done = self.errors = 0
@@ -114,7 +115,7 @@ class Progress:
         eta = "-" if left is None else time.strftime("%H:%M:%S", time.gmtime(left))
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         return (
-            f"{self.what}: {self.done}/{self.total} clips{share}, {rate:.2f} clips/s, "
+            f"{self.what}: {self.done}/{self.total} {self.unit}{share}, {rate:.2f} {self.unit}/s, "
             f"{self.errors} errors, ETA {eta}"
         )
 
@@ -138,7 +139,7 @@ class ExtractActor:
     ) -> None:
         from emotiw.io.clip_process import ClipProcess
         from emotiw.jobs.pools import assigned_cpus
-        from emotiw.models.features import ItemExtractor
+        from emotiw.models.items import ItemExtractor
 
         threads = assigned_cpus()  # not FFmpeg's every-core-plus-one in a 1-CPU actor
         if media.decode_threads == 0 and threads is not None:
@@ -165,7 +166,7 @@ class ExtractActor:
 
     def _extract(self, item: dict[str, Any]) -> dict[str, Any]:
         from emotiw.io.clip_process import ProcessDied, describe_exit
-        from emotiw.models.features import crashed_row
+        from emotiw.models.items import crashed_row
 
         args = (item, self.storage, self.run_id, self.job.attempts, self.job.backoff_s)
         if self.local is not None:
@@ -288,11 +289,11 @@ def exclusive_output(
 def done_index(
     fs: Any, root: str, schema: Any, job: JobConfig, skip_existing: bool, **options: Any
 ) -> Any:
-    """The table's `chunks.done_keys` (``options``: final_errors, seen, model_uri), read with
+    """The table's `keys.done_keys` (``options``: final_errors, seen, model_uri), read with
     the driver's storage retries; an empty index (nothing done or seen) when `skip_existing`
     is off."""
     from emotiw.core import retry
-    from emotiw.tables.chunks import KeyIndex, done_keys
+    from emotiw.tables.keys import KeyIndex, done_keys
 
     if not skip_existing:
         return KeyIndex.empty()

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from emotiw.core import config
+
 
 def assigned_cpus() -> int | None:
     """The CPUs Ray gave this worker (at least 1), rounded up; None outside a Ray worker."""
@@ -33,7 +35,6 @@ def model_actor_gib(value: str, configs: Any, frame_batch: int) -> float:
     """`ScoreConfig.memory_per_model_actor`: a number of GiB, or ``auto``: what the package
     needs by measurement (`emotiw.core.config`): more, growing with `frame_batch`, when one of its
     modalities runs a detector at the model stage."""
-    from emotiw.core import config
     from emotiw.modalities.base import MODEL_STAGE
 
     gib = config.amount(value, "memory_per_model_actor")
@@ -108,31 +109,68 @@ def _block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
 
 
 def plan_blocks(
-    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100
-) -> tuple[list[Any], int]:
+    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100,
+    weight: Callable[[dict[str, Any]], float] = lambda item: 1.0,
+) -> tuple[list[Any], int]:  # fmt: skip
     """The listing's items, put into Ray's object store block by block as they stream from
     the listing: the driver holds one block of items and a reference per block. `start()` is
     called before the first block (it starts Ray and returns the extract pool's size), so a
-    listing with nothing to do starts nothing. Returns the block references and the count."""
+    listing with nothing to do starts nothing; an item's `weight` is what it counts for
+    against the block's size (a window of a long video counts for more than a clip, so its
+    windows spread over more tasks). Returns the block references and the count."""
     import pyarrow as pa
     import ray
 
     refs: list[Any] = []
     sizes: Iterator[int] | None = None
     block: list[dict[str, Any]] = []
-    count, target = 0, 1
+    count, target, filled = 0, 1, 0.0
     for item in items:
         block.append(item)
-        if len(block) >= target:
+        filled += weight(item)
+        if filled >= target:
             if sizes is None:
                 sizes = _block_sizes(2 * max(1, start()), block_clips)
                 next(sizes)
             refs.append(ray.put(pa.Table.from_pylist(block)))
             count += len(block)
-            block, target = [], next(sizes)
+            block, target, filled = [], next(sizes), 0.0
     if block:
         if sizes is None:
             start()
         refs.append(ray.put(pa.Table.from_pylist(block)))
         count += len(block)
     return refs, count
+
+
+def score_pools(cfg: Any, configs: Any) -> dict[str, float]:
+    """The model stage's GPUs per actor and the pools' caps (0: none). Auto GPUs look at the
+    cluster as it is when the job starts; an explicit request is passed on as is, so Ray
+    Data's autoscaler asks for GPU nodes that are not up yet."""
+    import ray
+
+    gpus = config.amount(cfg.gpus_per_model_actor, "gpus_per_model_actor")
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    model_max = cfg.model_actors or (0 if gpus else 1)
+    reserved = cfg.min_model_actors * cfg.cpus_per_model_actor
+    model_gib = model_actor_gib(cfg.memory_per_model_actor, configs, cfg.frame_batch_size)
+    reserved_gib = cfg.min_model_actors * model_gib
+    estimate = pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, reserved,
+                             cfg.memory_per_extract_actor, reserved_gib)  # fmt: skip
+    return {"gpus": gpus, "model_max": model_max, "cpu_estimate": estimate,
+            "model_gib": model_gib}  # fmt: skip
+
+
+def describe_pools(cfg: Any, pools: dict[str, float]) -> str:
+    """The pools as sized, and why the model stage has no GPU when it has none."""
+    cpu_max, model_max = (int(n) or "no cap" for n in (cfg.extract_actors, pools["model_max"]))
+    text = (
+        f"extract {cfg.min_extract_actors}..{cpu_max} actors x {cfg.cpus_per_extract_actor:g} CPU "
+        f"{cfg.memory_per_extract_actor:g} GiB, model {cfg.min_model_actors}..{model_max} x "
+        f"{pools['gpus']:g} GPU {pools['model_gib']:g} GiB"
+    )
+    if cfg.gpus_per_model_actor == config.AUTO and not pools["gpus"]:
+        text += (" (no GPU in the cluster when the job started; --gpus-per-model-actor 1 "
+                 "asks the autoscaler for one)")  # fmt: skip
+    return text

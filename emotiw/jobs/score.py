@@ -23,6 +23,7 @@ from emotiw.core.config import (
     amount,
 )
 from emotiw.io.weights import WeightsConfig
+from emotiw.io.windows import WindowConfig
 from emotiw.jobs.pipeline import (
     Committed,
     ExtractActor,
@@ -32,7 +33,13 @@ from emotiw.jobs.pipeline import (
     ensure_ray,
     new_run_id,
 )
-from emotiw.jobs.pools import actor_pool, check_memory, memory_args, model_actor_gib, pool_estimate
+from emotiw.jobs.pools import (
+    actor_pool,
+    check_memory,
+    describe_pools,
+    memory_args,
+    score_pools,
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class ScoreConfig:
             (``<output>-details``; none for a table at a bucket root), ``none`` for no
             detail tables, or a folder. Join with the scores on uri and run_id
             (docs/tutorials/query.md, the query cookbook).
+        windows: how videos longer than `media.max_duration_s` are cut into windows
+            (``--window-s``, ``--hop-s``, ``--max-video-s``: docs/explanation/long-videos.md).
         dry_run: check what a run needs (the model resolves, its weights are staged) and
             compare the listing with the table, read-only (no lease, no Ray): print how many
             clips are new, changed or to retry; exit code 0 when a real run would score
@@ -106,6 +115,7 @@ class ScoreConfig:
     skip_existing: bool = True
     retry_errors: bool = False
     rescore_on_model_change: bool = False
+    windows: WindowConfig = field(default_factory=WindowConfig)
     extract_actors: int = 0
     min_extract_actors: int = 1
     cpus_per_extract_actor: float = 1.0
@@ -175,7 +185,7 @@ class ScoreSummary:
 
     def __str__(self) -> str:
         if self.pending is not None:
-            from emotiw.tables.chunks import describe_pending
+            from emotiw.tables.keys import describe_pending
 
             pending = describe_pending(self.listed, self.skipped, self.pending, self.output)
             return "\n  ".join([pending, *self.checks])
@@ -230,10 +240,9 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     from emotiw.jobs.pipeline import exclusive_output, write_stream
     from emotiw.jobs.pools import plan_blocks
     from emotiw.jobs.preflight import run_checks
+    from emotiw.jobs.windowing import block_weight, start_writers, window_items
     from emotiw.models.packaging import read_configs
-    from emotiw.tables.chunks import ChunkWriter
-    from emotiw.tables.details import detail_root, paired
-    from emotiw.tables.schema import SCORE_PARTITION, score_schema
+    from emotiw.tables.schema import score_schema
     from emotiw.tracking.client import model_ref, resolve_model_dir
 
     start = time.monotonic()
@@ -254,7 +263,15 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     with exclusive_output(cfg.output, cfg.storage, job, run_id, summary.committed) as (
         fs, root, lease,
     ):  # fmt: skip
-        done = done_index(fs, root, schema, job, cfg.skip_existing, **_done_options(cfg, ref))
+        options = _done_options(cfg, ref)
+        done = done_index(fs, root, schema, job, cfg.skip_existing, **options)
+
+        def on_videos(rows: Any) -> None:
+            summary.committed.add(rows)
+            _summarise(summary, rows, configs.modalities)
+
+        writer = start_writers(cfg, fs, root, lease, run_id, configs.specs(), summary.committed,
+                               schema, done, options, on_videos)  # fmt: skip
 
         def items() -> Iterator[dict[str, Any]]:
             for o in _listing(cfg):
@@ -269,32 +286,34 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
 
         def start_ray() -> int:
             ensure_ray(ray_address)
-            pools.update(_pools(cfg, configs))
+            pools.update(score_pools(cfg, configs))
             check_memory({
                 "extract": (cfg.min_extract_actors, cfg.memory_per_extract_actor),
                 "model": (cfg.min_model_actors, pools["model_gib"]),
             }, ray_address)  # fmt: skip
-            summary.pools = _describe_pools(cfg, pools)
+            summary.pools = describe_pools(cfg, pools)
             return int(pools["cpu_estimate"])
 
         refs, count = plan_blocks(items(), start_ray, cfg.block_clips)
+        if count:  # each pending video's windows (a clip: one), less those done before
+            windows = window_items(refs, cfg.windows, cfg.media, cfg.storage, job.attempts,
+                                   job.backoff_s, writer.done)  # fmt: skip
+            weight = block_weight(cfg.block_clips)
+            refs, n_windows = plan_blocks(
+                windows, lambda: int(pools["cpu_estimate"]), cfg.block_clips, weight
+            )
+            count = n_windows
         if count:
             ds = _pipeline(cfg, refs, pools, configs, package_root, ref, run_id)
-            main = ChunkWriter(
-                fs, root, run_id, schema, job.commit_every, job.commit_interval_s,
-                partition=lambda: f"{SCORE_PARTITION}={time.strftime('%Y-%m-%d', time.gmtime())}",
-                before_commit=lease.check, attempts=job.attempts, backoff_s=job.backoff_s,
-            )  # fmt: skip
-            details = detail_root(cfg.details_output, cfg.output)
-            writer = paired(
-                main, configs.specs(), details, cfg.storage, "scored_at", summary.committed
-            )
-            write_stream(
-                ds, writer, summary.committed,
-                lambda rows: _summarise(summary, rows, configs.modalities),
-                Progress("score", count, job.progress_interval_s),
-            )  # fmt: skip
-            summary.details = writer.detail_counts()
+            unit = "clips" if n_windows == summary.listed - summary.skipped else "windows"
+            in_flight = Committed()  # window rows: the summary counts videos (`on_videos`)
+            write_stream(ds, writer, in_flight, lambda rows: None,
+                         Progress("score", count, job.progress_interval_s, unit=unit))  # fmt: skip
+            summary.committed.cluster = in_flight.cluster
+        else:
+            writer.close()  # rows of videos an earlier run completed
+        summary.committed.chunks = len(writer.committed)
+        summary.details = writer.detail_counts()
     summary.errors = summary.committed.errors
     summary.scored = summary.committed.rows - summary.errors
     summary.seconds = time.monotonic() - start
@@ -313,7 +332,7 @@ def _dry_run(
 ) -> ScoreSummary:
     """What a real run would score, read-only: the listing against the table's history."""
     from emotiw.io.storage import arrow_filesystem
-    from emotiw.tables.chunks import pending as table_pending
+    from emotiw.tables.keys import pending as table_pending
 
     fs, root = arrow_filesystem(cfg.output, cfg.storage)
     options = _done_options(cfg, ref)
@@ -322,39 +341,6 @@ def _dry_run(
     summary.pending = pending
     summary.seconds = time.monotonic() - start
     return summary
-
-
-def _pools(cfg: ScoreConfig, configs: Any) -> dict[str, float]:
-    """The model stage's GPUs per actor and the pools' caps (0: none). Auto GPUs look at the
-    cluster as it is when the job starts; an explicit request is passed on as is, so Ray
-    Data's autoscaler asks for GPU nodes that are not up yet."""
-    import ray
-
-    gpus = amount(cfg.gpus_per_model_actor, "gpus_per_model_actor")
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    model_max = cfg.model_actors or (0 if gpus else 1)
-    reserved = cfg.min_model_actors * cfg.cpus_per_model_actor
-    model_gib = model_actor_gib(cfg.memory_per_model_actor, configs, cfg.frame_batch_size)
-    reserved_gib = cfg.min_model_actors * model_gib
-    estimate = pool_estimate(cfg.extract_actors, cfg.cpus_per_extract_actor, reserved,
-                             cfg.memory_per_extract_actor, reserved_gib)  # fmt: skip
-    return {"gpus": gpus, "model_max": model_max, "cpu_estimate": estimate,
-            "model_gib": model_gib}  # fmt: skip
-
-
-def _describe_pools(cfg: ScoreConfig, pools: dict[str, float]) -> str:
-    """The pools as sized, and why the model stage has no GPU when it has none."""
-    cpu_max, model_max = (int(n) or "no cap" for n in (cfg.extract_actors, pools["model_max"]))
-    text = (
-        f"extract {cfg.min_extract_actors}..{cpu_max} actors x {cfg.cpus_per_extract_actor:g} CPU "
-        f"{cfg.memory_per_extract_actor:g} GiB, model {cfg.min_model_actors}..{model_max} x "
-        f"{pools['gpus']:g} GPU {pools['model_gib']:g} GiB"
-    )
-    if cfg.gpus_per_model_actor == AUTO and not pools["gpus"]:
-        text += (" (no GPU in the cluster when the job started; --gpus-per-model-actor 1 "
-                 "asks the autoscaler for one)")  # fmt: skip
-    return text
 
 
 def _pipeline(

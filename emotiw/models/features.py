@@ -194,20 +194,22 @@ class ClipFeatureExtractor:
         return {"weights": self.weights, "front_ends": self.front_ends}
 
     def __call__(
-        self, uri: str, video_id: str, data: bytes | Exception, label: int | None, run_id: str
-    ) -> dict[str, Any]:
-        """`data` is the clip's bytes, or the exception reading them raised."""
+        self, uri: str, video_id: str, data: bytes | str | Exception, label: int | None,
+        run_id: str, window: Any = None, storage: StorageConfig | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`data` is the clip's bytes, or the exception reading them raised; or, with a
+        `window` of a long video (`emotiw.io.windows`), its URL, read with `storage`."""
         from emotiw.io.frames import encode_frames
         from emotiw.io.media import decode
         from emotiw.tables.schema import FRAMES_COLUMN
 
-        row = _base_row(uri, video_id, label, run_id, self.info())
+        row = base_row(uri, video_id, label, run_id, self.info())
         digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None
         row["content_sha256"] = digest
         try:
             if isinstance(data, Exception):
                 raise data
-            clip = decode(data, self.media)
+            clip = decode(data, self.media, storage, window)
             row.update(duration_s=clip.meta.duration_s, n_frames=clip.n_valid_frames)
             for spec in self.specs:
                 try:
@@ -228,85 +230,7 @@ class ClipFeatureExtractor:
         return row
 
 
-def _extract_item(
-    extractor: ClipFeatureExtractor,
-    item: Mapping[str, Any],
-    storage: StorageConfig | None,
-    run_id: str,
-    attempts: int = 1,
-    backoff_s: float = 0.0,
-) -> dict[str, Any]:
-    """One listed clip (uri, video_id, etag, size_bytes, label) -> its feature row, reading
-    and extracting again while the failure is transient (io, timeout, out_of_memory,
-    internal); the row says how many tries it took and whether a later run should retry."""
-    from emotiw.core.errors import is_transient
-    from emotiw.core.retry import delays
-    from emotiw.io.media_guard import refuse_large_file
-    from emotiw.io.storage import read_bytes_and_etag
-
-    label = item.get("label")
-    tries = 0
-    for wait in [*delays(attempts, backoff_s), None]:
-        tries += 1
-        etag, size = item.get("etag"), item.get("size_bytes")
-        try:  # the fingerprint of the bytes read, which may be newer than the listing's
-            refuse_large_file(size, extractor.media, str(item["uri"]))  # before reading it
-            data, etag = read_bytes_and_etag(str(item["uri"]), storage)
-            size = len(data)
-            refuse_large_file(size, extractor.media, str(item["uri"]))  # grown since listed
-        except Exception as exc:
-            data = exc
-        row = extractor(str(item["uri"]), str(item["video_id"]), data, label, run_id)
-        if wait is None or not is_transient(row.get("error_reason")):
-            break
-        time.sleep(wait)
-    row.update(etag=etag, size_bytes=size, attempts=tries)
-    row["retryable"] = is_transient(row.get("error_reason")) if row.get("error") else None
-    return row
-
-
-class ItemExtractor:
-    """`_extract_item` with its extractors built once: what an actor's clip process holds
-    (`emotiw.io.clip_process`), or the actor itself without isolation."""
-
-    def __init__(
-        self,
-        configs: ModalityConfigs,
-        media: MediaConfig | None = None,
-        weights: WeightsConfig | None = None,
-        defer: bool = False,
-    ) -> None:
-        self.extractor = ClipFeatureExtractor(configs, media, weights, defer)
-
-    def info(self) -> dict[str, str]:
-        return self.extractor.info()
-
-    def __call__(
-        self,
-        item: Mapping[str, Any],
-        storage: StorageConfig | None,
-        run_id: str,
-        attempts: int = 1,
-        backoff_s: float = 0.0,
-    ) -> dict[str, Any]:
-        return _extract_item(self.extractor, item, storage, run_id, attempts, backoff_s)
-
-
-def crashed_row(
-    item: Mapping[str, Any], run_id: str, info: Mapping[str, str] | None, deaths: list[str]
-) -> dict[str, Any]:
-    """The error row of a clip during which its process died on every try (`deaths`: how
-    each died, `clip_process.describe_exit`)."""
-    tries = len(deaths)
-    message = (f"the process extracting this clip died on each of its {tries} tries "
-               f"(last: {deaths[-1]})")  # fmt: skip
-    row = _base_row(str(item["uri"]), str(item["video_id"]), item.get("label"), run_id, info)
-    row.update(error=f"crashed: {message}", error_reason="crashed", etag=item.get("etag"),
-               size_bytes=item.get("size_bytes"), attempts=tries, retryable=True)  # fmt: skip
-    return row
-
-
-def _base_row(
+def base_row(
     uri: str, video_id: str, label: int | None, run_id: str, info: Mapping[str, str] | None
 ) -> dict[str, Any]:
     """The columns of a feature row known before its clip is read (`info`: the extractor's

@@ -28,7 +28,7 @@ from emotiw.io.weights import WeightsConfig
 from emotiw.modalities.base import MODEL_STAGE, resolve_device
 from emotiw.models import fusion
 from emotiw.models.features import FeatureSet
-from emotiw.tables.schema import details_column, score_schema, with_details
+from emotiw.tables.schema import WINDOW_COLUMNS, details_column, score_schema, with_details
 
 # Columns of the job's listing in each feature row that the scorer copies to the score row.
 _LISTING_COLUMNS = ("etag", "size_bytes")
@@ -174,6 +174,7 @@ class ClipScorer:
         self.schema = with_details(score_schema(registry.specs()), registry.specs())
         self.detail_columns = [details_column(s.name) for s in registry.specs() if s.details_table]
         self.stat_columns = [c.name for s in registry.specs() for c in s.stats]
+        self.window_columns = [c.name for c in WINDOW_COLUMNS]
         main = self.package.fusion
         # Each head's hidden layer is computed once and feeds both its own probabilities and
         # the fusion (over `Precomputed` stand-ins holding the real heads' classifiers).
@@ -189,17 +190,22 @@ class ClipScorer:
         import pyarrow as pa
 
         rows = table.to_pylist()
+        # Keyed by position while scored: a batch may hold several windows of one video.
+        uris = [row["uri"] for row in rows]
+        for i, row in enumerate(rows):
+            row["uri"] = str(i)
         self._extract_deferred([r for r in rows if r["error"] is None])
         scored, tries = self._score_rows([r for r in rows if r["error"] is None])
         now = time.time()
         out = []
-        for row in rows:
-            result = scored.get(row["uri"], {}) if row["error"] is None else {}
-            attempts = (row.get("attempts") or 1) + tries.get(row["uri"], 1) - 1
+        for i, (row, uri) in enumerate(zip(rows, uris, strict=True)):
+            result = scored.get(str(i), {}) if row["error"] is None else {}
+            attempts = (row.get("attempts") or 1) + tries.get(str(i), 1) - 1
             out.append(
                 {
                     "video_id": row["video_id"],
-                    "uri": row["uri"],
+                    "uri": uri,
+                    **{c: row.get(c) for c in self.window_columns},
                     "content_sha256": row["content_sha256"],
                     **{c: row.get(c) for c in _LISTING_COLUMNS},
                     **result,

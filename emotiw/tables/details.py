@@ -96,6 +96,10 @@ class _PairedWriter:
     def committed(self) -> list[Any]:
         return self.main.committed
 
+    def committed_rows(self) -> int:
+        """Main-table rows committed so far (in the order they were written)."""
+        return self.main.rows
+
     def detail_counts(self) -> dict[str, int]:
         return {c.spec.details_table: c.rows for c in self.companions}
 
@@ -128,17 +132,19 @@ class _PairedWriter:
 
 def paired(
     main: ChunkWriter, specs: Sequence[Any], root: str | None, storage: Any, made_at: str,
-    committed: Any,
+    committed: Any, also_landed: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> _PairedWriter:  # fmt: skip
     """`main` with a writer per detail table of the `specs` that declare one, under `root`
     (none when None), after pruning what dead runs left there (noted in
     ``committed.recovery``); the detail writers share the main writer's run, lease check and
-    retries. Call while holding the main table's lease, after `chunks.recover`."""
+    retries. Call while holding the main table's lease, after `chunks.recover`.
+    `also_landed`: chunk names (relative) that count as landed main chunks too (the scores
+    table's chunks of runs from before the per-face table was paired with the windows)."""
     from emotiw.io.storage import arrow_filesystem
     from emotiw.tables.schema import detail_schema
 
     specs = [s for s in specs if s.details_table]
-    pruned = _prune(main.fs, main.root, specs, root, storage, main.run_id)
+    pruned = _prune(main.fs, main.root, specs, root, storage, main.run_id, also_landed)
     committed.recovery += f"; {pruned}" if pruned else ""
     out = _PairedWriter(main, made_at)
     for spec in specs if root else ():
@@ -154,7 +160,7 @@ def paired(
 
 def _prune(
     main_fs: Any, main_root: str, specs: Sequence[Any], root: str | None, storage: Any,
-    own_run: str,
+    own_run: str, also_landed: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> str:  # fmt: skip
     """Delete what dead runs left in the detail tables: their staging, and detail chunks
     whose main chunk never landed. Only call while holding the main table's lease (after
@@ -164,7 +170,7 @@ def _prune(
     if not root or not specs:
         return ""
     main_root = main_root.rstrip("/")
-    landed = {p[len(main_root) + 1 :] for p in data_files(main_fs, main_root)}
+    landed = {p[len(main_root) + 1 :] for p in data_files(main_fs, main_root)} | also_landed
     staged = orphans = 0
     for spec in specs:
         fs, path = arrow_filesystem(_table_root(root, spec), storage)

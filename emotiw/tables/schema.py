@@ -154,6 +154,31 @@ _SCORE_COLUMNS: tuple[Column, ...] = (
     Column("scored_at", "timestamp", "UTC time the row was made"),
 )  # fmt: skip
 
+# What a video's row adds about its windows (`emotiw.io.windows`): a clip is one window, a
+# longer video's row aggregates its windows' rows (the windows table).
+_VIDEO_COLUMNS: tuple[Column, ...] = (
+    Column("n_windows", "int32", "windows the video was cut into (1: a clip up to 10 s, scored "
+           "whole); null in rows written before videos had windows"),
+    Column("coverage", "float32", "share of the video's duration its scored windows cover (1.0: "
+           "all of it; less when windows failed or the video is longer than --max-video-s)"),
+    Column("coverage_note", "string", "why `coverage` is below 1: windows that failed, by reason, "
+           "and the part past --max-video-s; null when it is 1"),
+    Column("most_positive_window", "int32", "the window with the highest prob_positive"),
+    Column("most_positive_start_s", "float32", "where that window starts, seconds"),
+    Column("most_negative_window", "int32", "the window with the highest prob_negative"),
+    Column("most_negative_start_s", "float32", "where that window starts, seconds"),
+)  # fmt: skip
+
+# A window's own columns: in flight (probe -> extract -> model -> driver) every row is one
+# window of its video, and the windows table keeps them.
+WINDOW_COLUMNS: tuple[Column, ...] = (
+    Column("window_index", "int32", "the window's index in its video, from 0"),
+    Column("start_s", "float32", "where the window starts, seconds from the video's start"),
+    Column("end_s", "float32", "where it ends (exclusive), seconds"),
+    Column("n_windows", "int32", "windows of its video in all"),
+    Column("video_duration_s", "float32", "the video's duration as its header says"),
+)  # fmt: skip
+
 
 def _modality_score_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
     """Per modality: its head's probabilities and class, then its stat columns."""
@@ -170,14 +195,28 @@ def _modality_score_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
 
 def score_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
     """Every scores-table column and its meaning."""
-    return {**{c.name: c.doc for c in _SCORE_COLUMNS}, **_modality_score_docs(modalities)}
+    return {
+        **{c.name: c.doc for c in _SCORE_COLUMNS},
+        **_modality_score_docs(modalities),
+        **{c.name: c.doc for c in _VIDEO_COLUMNS},
+    }
+
+
+def window_docs(modalities: Sequence[_HasColumns]) -> dict[str, str]:
+    """Every windows-table column and its meaning: a scores row's columns for one window
+    (the whole-video ones left out) and the window's own."""
+    video = {c.name for c in _VIDEO_COLUMNS}
+    docs = {k: v for k, v in score_docs(modalities).items() if k not in video}
+    docs.update({c.name: c.doc for c in WINDOW_COLUMNS})
+    docs["duration_s"] = "container duration (the whole video's)"
+    return docs
 
 
 def score_schema(modalities: Sequence[_HasColumns]) -> pa.Schema:
     """Schema of the scores table's files (the `SCORE_PARTITION` column comes from the path)."""
     import pyarrow as pa
 
-    types = {c.name: c.arrow_type() for c in _SCORE_COLUMNS}
+    types = {c.name: c.arrow_type() for c in (*_SCORE_COLUMNS, *_VIDEO_COLUMNS, *WINDOW_COLUMNS)}
     stats = {c.name: c.arrow_type() for m in modalities for c in m.stats}
     for name in _modality_score_docs(modalities):
         if name in stats:
@@ -187,6 +226,16 @@ def score_schema(modalities: Sequence[_HasColumns]) -> pa.Schema:
         else:
             types[name] = pa.float32()
     return pa.schema([pa.field(name, types[name]) for name in score_docs(modalities)])
+
+
+def window_schema(modalities: Sequence[_HasColumns]) -> pa.Schema:
+    """Schema of the windows table's files (partitioned like the scores table)."""
+    import pyarrow as pa
+
+    scores = score_schema(modalities)
+    own = {c.name: c.arrow_type() for c in WINDOW_COLUMNS}
+    names = window_docs(modalities)
+    return pa.schema([pa.field(n, own[n] if n in own else scores.field(n).type) for n in names])
 
 
 # Detail tables (the per-face table): one row per detail (a face kept in a sampled frame) of
@@ -199,7 +248,10 @@ _DETAIL_KEY_COLUMNS: tuple[Column, ...] = (
     Column("video_id", "string", "file name without extension (a convenience, not a key)"),
     Column("uri", "string", "the clip (join with the scores / feature table on uri and run_id)"),
     Column("etag", "string", "content fingerprint from the listing"),
-)
+    Column("window_index", "int32", "the window of the video the detail was found in (join with the "
+           "windows table on uri, etag, window_index and run_id); null in rows written before "
+           "windows"),
+)  # fmt: skip
 _DETAIL_RUN_COLUMNS: tuple[Column, ...] = (
     Column("model_uri", "string", "the scoring run's model as resolved (null for rows the "
            "extract job wrote)"),
@@ -236,11 +288,13 @@ def detail_schema(modality: _HasColumns) -> pa.Schema:
 
 
 def with_details(schema: pa.Schema, modalities: Sequence[_HasColumns]) -> pa.Schema:
-    """`schema` plus the in-flight detail columns of `modalities` that declare a table (what
-    the actors pass on; writers select the table's own columns)."""
+    """`schema` plus the in-flight columns: the window's (`WINDOW_COLUMNS`) and the detail
+    columns of `modalities` that declare a table (what the actors pass on; writers select
+    the table's own columns)."""
     import pyarrow as pa
 
-    extra = [
+    extra = [pa.field(c.name, c.arrow_type()) for c in WINDOW_COLUMNS if c.name not in schema.names]
+    extra += [
         pa.field(details_column(m.name), _detail_struct(m))
         for m in modalities
         if getattr(m, "details_table", "")
