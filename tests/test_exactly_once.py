@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from emotiw.io.corpus import write_sample_corpus
 from emotiw.io.storage import arrow_filesystem
 from emotiw.models.features import feature_schema
 from emotiw.tables.chunks import read
-from emotiw.tables.schema import score_schema
+from emotiw.tables.schema import score_schema, window_schema
 from helpers import (
     ROOT,
     SMOKE_ARGS,
@@ -40,6 +41,7 @@ from helpers import (
     job_env,
     run_job,
     stop_session,
+    write_clip,
 )
 
 PROBS = ["prob_positive", "prob_neutral", "prob_negative"]
@@ -231,6 +233,48 @@ def test_killed_actors_and_driver_lose_nothing_and_duplicate_nothing(
     assert_same_scores(by_clip(final, str(drop)), clean)
     assert_nothing_to_clean(out)
     assert_faces_once(final, out.parent / "scores-details" / "faces")
+
+
+@pytest.mark.e2e
+def test_a_driver_killed_mid_video_leaves_its_windows_and_a_rerun_scores_only_the_rest(
+    package, drivers, tmp_path
+) -> None:
+    """A 2-minute video (24 windows) whose driver is SIGKILLed after some windows were
+    committed: the rerun scores only the missing windows, each window is in the windows table
+    once, and the video's one row appears when its last window is committed. A run that died
+    between the last window and the row (here: the scores table removed) writes the row from
+    the windows table, scoring nothing."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "talk.mkv", n_frames=12 * 120, fps=12, size=(160, 120))
+    out, windows = tmp_path / "scores", tmp_path / "scores-details" / "windows"
+    schema = window_schema(modalities.specs())
+    args = ["--input", str(videos), "--output", str(out), "--model", str(package),
+            "--commit-every", "2", "--extract-actors", "1", "--model-batch-size", "1"]  # fmt: skip
+    run = drivers.start("score", *args)
+    wait_for(lambda: len(committed_files(windows)) >= 2, "committed windows")
+    assert run.poll() is None, "the run finished before its driver could be killed"
+    run.kill()
+    run.wait(timeout=60)
+    first = {r["window_index"]: r["run_id"] for r in rows_of(str(windows), schema=schema)}
+    assert 4 <= len(first) < 24 and not rows_of(str(out))  # no video row before its windows
+    rerun = run_job("score", *args).stdout
+    assert "1 clips listed, 0 already scored, 1 scored, 0 errors" in rerun
+    final = rows_of(str(windows), schema=schema)
+    assert sorted(r["window_index"] for r in final) == list(range(24))  # each window once
+    kept = {r["window_index"]: r["run_id"] for r in final if r["window_index"] in first}
+    assert kept == first  # committed windows were not scored again
+    [row] = rows_of(str(out))
+    assert (row["n_windows"], row["coverage"], row["error"]) == (24, 1.0, None)
+    for folder in (out, windows):
+        assert_nothing_to_clean(folder)
+
+    shutil.rmtree(out)  # as if the run had died after its last window, before the row
+    again = run_job("score", *args).stdout
+    assert "1 scored, 0 errors" in again
+    [same] = rows_of(str(out))
+    assert [same[c] for c in PROBS] == [row[c] for c in PROBS]
+    assert len(rows_of(str(windows), schema=schema)) == 24  # no window scored again
 
 
 def assert_faces_once(rows: list[dict[str, Any]], faces: Path) -> None:

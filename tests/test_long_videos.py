@@ -1,0 +1,124 @@
+"""Videos of any length through `emotiw score`, locally and on the S3 test server: a long
+video becomes a timeline in the windows table and one row in the scores table aggregated
+from it; a clip is scored as it always was; a video cut in the middle keeps its windows
+before the cut and says how much it covers; a rerun scores nothing twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from emotiw.io.corpus import write_sample_corpus
+from helpers import run_here, smoke_configs, write_clip
+
+PROBS = ["prob_positive", "prob_neutral", "prob_negative"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sample clip, a 60 s video with a tone, and the same video cut after ~half its bytes
+    (its header still says 60 s)."""
+    out = tmp_path_factory.mktemp("long") / "videos"
+    write_sample_corpus(str(out), 1, seed=5)
+    long = write_clip(out / "long.mkv", n_frames=1500, size=(160, 120))
+    data = long.read_bytes()
+    (out / "cut.mkv").write_bytes(data[: len(data) // 2])
+    return out
+
+
+def _query(sql: str) -> list[tuple]:
+    return duckdb.sql(sql).fetchall()
+
+
+def _tables(where: str, storage: object | None) -> tuple[str, str, str]:
+    """DuckDB sources of the scores, windows and faces tables under `where`: read_parquet()
+    over local files; the S3 tables read through pyarrow (DuckDB's httpfs is not installed
+    offline) and registered as views."""
+    names = ("scores", "scores-details/windows", "scores-details/faces")
+    if storage is None:
+        return tuple(  # type: ignore[return-value]
+            f"read_parquet('{where}/{n}/*/*.parquet', hive_partitioning = true)" for n in names
+        )
+    import pyarrow.dataset as ds
+
+    from emotiw.io.storage import arrow_filesystem
+
+    views = []
+    for n in names:
+        fs, root = arrow_filesystem(f"{where}/{n}", storage)
+        view = "s3_" + n.split("/")[-1]
+        duckdb.register(view, ds.dataset(root, filesystem=fs, partitioning="hive").to_table())
+        views.append(view)
+    return tuple(views)  # type: ignore[return-value]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_long_video_is_a_timeline_and_one_row(
+    where, videos, smoke_package, tmp_path, s3_bucket, s3_storage, s3_env
+) -> None:
+    storage = None
+    if where == "s3":
+        from emotiw.io.storage import fsspec_filesystem
+
+        fs, _ = fsspec_filesystem(s3_bucket, s3_storage)
+        for f in videos.iterdir():
+            fs.put(str(f), f"{s3_bucket.removeprefix('s3://')}/in/{f.name}")
+        source, root, env, storage = f"{s3_bucket}/in", s3_bucket, s3_env, s3_storage
+    else:
+        source, root, env = str(videos), str(tmp_path), None
+    args = ("--input", source, "--output", f"{root}/scores", "--model", str(smoke_package))
+    out = run_here("score", *args, env=env).stdout
+    assert "3 clips listed, 0 already scored, 3 scored, 0 errors" in out, out
+    scores, windows, faces = _tables(root, storage)
+
+    rows = {r[0]: r[1:] for r in _query(
+        f"SELECT video_id, n_windows, coverage, coverage_note, duration_s, content_sha256 "
+        f"FROM {scores}")}  # fmt: skip
+    assert rows["clip_0000"][:3] == (1, 1.0, None) and rows["clip_0000"][4]
+    assert rows["long"][:4] == (12, 1.0, None, 60.0) and rows["long"][4] is None
+    # cut in the middle: the windows after the cut are error rows, the row says what it covers
+    n, coverage, note, duration, _ = rows["cut"]
+    assert n == 12 and duration == 60.0 and 0 < coverage < 1, rows["cut"]
+    assert note.startswith(f"{round((1 - coverage) * 12)} of 12 windows failed (no_frames")
+    timeline = _query(f"SELECT video_id, window_index, start_s, end_s, error IS NULL FROM "
+                      f"{windows} ORDER BY video_id, window_index")  # fmt: skip
+    assert [t[1:4] for t in timeline if t[0] == "long"] == [
+        (i, 5.0 * i, 5.0 * i + 5) for i in range(12)]  # fmt: skip
+    cut_ok = [t[4] for t in timeline if t[0] == "cut"]
+    assert cut_ok == sorted(cut_ok, reverse=True) and sum(cut_ok) == round(coverage * 12)
+    assert [t[1:] for t in timeline if t[0] == "clip_0000"] == [(0, 0.0, 5.0, True)]
+
+    # the video row is the duration-weighted mean of its windows (the documented query)
+    for video in ("long", "cut"):
+        [(mean, row)] = _query(
+            f"SELECT w.p, s.prob_positive FROM (SELECT sum(prob_positive * (end_s - start_s)) "
+            f"/ sum(end_s - start_s) AS p FROM {windows} WHERE video_id = '{video}' AND error "
+            f"IS NULL) w, {scores} s WHERE s.video_id = '{video}'")  # fmt: skip
+        assert mean == pytest.approx(row, abs=1e-6)
+    # the clip's row is what scoring the clip on its own gives
+    clip_row = _query(f"SELECT {', '.join(PROBS)} FROM {scores} WHERE video_id = 'clip_0000'")
+    assert np.allclose(clip_row[0], _alone(videos / "clip_0000.mp4", smoke_package), atol=1e-5)
+    # each face of the clip once, in its window
+    [(n_faces, in_window_0)] = _query(
+        f"SELECT count(*), bool_and(window_index = 0) FROM {faces} WHERE video_id = 'clip_0000'")
+    [(want,)] = _query(f"SELECT n_faces FROM {scores} WHERE video_id = 'clip_0000'")
+    assert n_faces == want > 0 and in_window_0
+
+    again = run_here("score", *args, env=env).stdout
+    assert "3 clips listed, 3 already scored, 0 scored" in again
+
+
+def _alone(path: Path, package: Path) -> list[float]:
+    """A clip's fused probabilities scored in this process, outside any job."""
+    from emotiw.models.features import ClipFeatureExtractor, rows_to_table
+    from emotiw.models.inference import ClipScorer, ModelRef
+
+    extractor = ClipFeatureExtractor(smoke_configs(), defer=True)
+    row = extractor(str(path), path.stem, path.read_bytes(), None, "run")
+    scorer = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu")
+    out = scorer(rows_to_table([row]), "run").to_pylist()[0]
+    return [out[c] for c in PROBS]
