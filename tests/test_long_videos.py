@@ -104,7 +104,8 @@ def test_a_long_video_is_a_timeline_and_one_row(
     assert np.allclose(clip_row[0], _alone(videos / "clip_0000.mp4", smoke_package), atol=1e-5)
     # each face of the clip once, in its window
     [(n_faces, in_window_0)] = _query(
-        f"SELECT count(*), bool_and(window_index = 0) FROM {faces} WHERE video_id = 'clip_0000'")
+        f"SELECT count(*), bool_and(window_index = 0) FROM {faces} WHERE video_id = 'clip_0000'"
+    )
     [(want,)] = _query(f"SELECT n_faces FROM {scores} WHERE video_id = 'clip_0000'")
     assert n_faces == want > 0 and in_window_0
 

@@ -51,7 +51,8 @@ FER = face._FER_CLASSES
 # docs/tutorials/query.md: the current row of each clip under each model
 CURRENT_PER_MODEL = """
     SELECT model_uri, count(*) AS clips, count(*) FILTER (WHERE error IS NULL) AS scored
-    FROM (SELECT * FROM read_parquet('runs/demo/scores/*/*.parquet', hive_partitioning = true)
+    FROM (SELECT * FROM read_parquet('runs/demo/scores/*/*.parquet', hive_partitioning = true,
+                                     union_by_name = true)
           QUALIFY row_number() OVER (PARTITION BY uri, model_uri ORDER BY scored_at DESC) = 1)
     GROUP BY model_uri"""
 

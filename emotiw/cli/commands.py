@@ -35,8 +35,8 @@ from emotiw.cli.modality_flags import (
 )
 from emotiw.core import logs
 from emotiw.core.config import CLASS_NAMES, CorpusConfig, JobConfig, MediaConfig, StorageConfig
-from emotiw.io.windows import WindowConfig
 from emotiw.core.errors import EmotiwError, ExitCode, LeaseHeld, LeaseLost
+from emotiw.io.windows import WindowConfig
 
 
 def _decode_summary(

@@ -264,7 +264,9 @@ def _sql_page() -> str:
         "Generated from the same declarations as [the tables](tables.md). Replace `BUCKET` "
         "(and the path) with your output. Only `scored_date=` folders hold data: `_staging/` "
         "and `_lease.json` are skipped by every engine (their names start with `_`). DuckDB "
-        "needs no DDL: `read_parquet('…/*/*.parquet', hive_partitioning = true)`.\n"
+        "needs no DDL: `read_parquet('…/*/*.parquet', hive_partitioning = true, "
+        "union_by_name = true)` (by name: tables written by older versions lack newer "
+        "columns, which then read as null).\n"
     )
     for title, name, columns, partition in _tables():
         if name == "emotiw_features":

@@ -109,7 +109,8 @@ def run_demo(cfg: DemoConfig) -> int:
     query = (
         "SELECT scored_date, coalesce(predicted, 'error: ' || error_reason) AS outcome, "
         "count(*) AS clips, round(avg(prob_positive), 3) AS mean_prob_positive "
-        f"FROM (FROM read_parquet('{out}/*/*.parquet', hive_partitioning = true) "
+        f"FROM (FROM read_parquet('{out}/*/*.parquet', hive_partitioning = true, "
+        "union_by_name = true) "
         "QUALIFY row_number() OVER (PARTITION BY uri ORDER BY scored_at DESC) = 1) "
         "GROUP BY ALL ORDER BY ALL"
     )

@@ -98,7 +98,7 @@ class ScoreConfig:
             (``<output>-details``; none for a table at a bucket root), ``none`` for no
             detail tables, or a folder. Join with the scores on uri and run_id
             (docs/tutorials/query.md, the query cookbook).
-        windows: how videos longer than `media.max_duration_s` are cut into windows
+        windows: how videos longer than ``--media-max-duration-s`` are cut into windows
             (``--window-s``, ``--hop-s``, ``--max-video-s``: docs/explanation/long-videos.md).
         dry_run: check what a run needs (the model resolves, its weights are staged) and
             compare the listing with the table, read-only (no lease, no Ray): print how many

@@ -248,9 +248,9 @@ _DETAIL_KEY_COLUMNS: tuple[Column, ...] = (
     Column("video_id", "string", "file name without extension (a convenience, not a key)"),
     Column("uri", "string", "the clip (join with the scores / feature table on uri and run_id)"),
     Column("etag", "string", "content fingerprint from the listing"),
-    Column("window_index", "int32", "the window of the video the detail was found in (join with the "
-           "windows table on uri, etag, window_index and run_id); null in rows written before "
-           "windows"),
+    Column("window_index", "int32", "the window of the video the detail was found in (join "
+           "with the windows table on uri, etag, window_index and run_id); null in rows written "
+           "before windows"),
 )  # fmt: skip
 _DETAIL_RUN_COLUMNS: tuple[Column, ...] = (
     Column("model_uri", "string", "the scoring run's model as resolved (null for rows the "
