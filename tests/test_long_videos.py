@@ -123,3 +123,49 @@ def _alone(path: Path, package: Path) -> list[float]:
     scorer = ClipScorer(package, ModelRef("pkg", "pkg", None), device="cpu")
     out = scorer(rows_to_table([row]), "run").to_pylist()[0]
     return [out[c] for c in PROBS]
+
+
+@pytest.mark.e2e
+def test_tables_written_before_windows_stay_readable(videos, smoke_package, tmp_path) -> None:
+    """A table whose first chunks were written before videos had windows (no window columns
+    in the scores or faces files, no windows table, the faces paired with the scores chunk):
+    the next run keeps the old faces, skips the old clip and scores the new video, and every
+    cookbook query and the schema-given reader read the mix (old rows' new columns: null)."""
+    import pyarrow.parquet as pq
+
+    from emotiw import modalities
+    from emotiw.io.storage import arrow_filesystem
+    from emotiw.tables.chunks import read
+    from emotiw.tables.schema import score_schema
+    from helpers import run_cookbook
+
+    src, out = tmp_path / "in", tmp_path / "scores"
+    src.mkdir()
+    (src / "clip_0000.mp4").write_bytes((videos / "clip_0000.mp4").read_bytes())
+    args = ("--input", str(src), "--output", str(out), "--model", str(smoke_package))
+    run_here("score", *args)
+    details = tmp_path / "scores-details"
+    new = {"n_windows", "coverage", "coverage_note", "most_positive_window",
+           "most_positive_start_s", "most_negative_window", "most_negative_start_s"}  # fmt: skip
+    for folder, drop in ((out, new), (details / "faces", {"window_index"})):
+        [chunk] = folder.rglob("*.parquet")
+        table = pq.read_table(chunk)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c in drop]), chunk)
+    [old_faces] = (details / "faces").rglob("*.parquet")
+    for f in (details / "windows").rglob("*"):
+        if f.is_file():
+            f.unlink()
+
+    (src / "long.mkv").write_bytes((videos / "long.mkv").read_bytes())
+    second = run_here("score", *args).stdout
+    assert "2 clips listed, 1 already scored, 1 scored, 0 errors" in second
+    assert "0 orphan chunk(s)" in second and old_faces.exists()
+    book = run_cookbook(out)
+    assert len(book["most negative clips this week (each clip's current score)"]) == 2
+    minutes = book["the 20 most negative minutes in the corpus (windows weighted by their length)"]
+    assert [(Path(uri).name, minute) for uri, minute, _ in minutes] == [("long.mkv", 0)]
+    assert book["a video's timeline: each window's current score, in order (windows table)"] == []
+    fs, root = arrow_filesystem(str(out))
+    rows = {Path(r["uri"]).name: r for r in read(fs, root, score_schema(modalities.specs()))
+            .to_pylist()}  # fmt: skip
+    assert rows["clip_0000.mp4"]["n_windows"] is None and rows["long.mkv"]["n_windows"] == 12

@@ -235,6 +235,7 @@ def start_writers(
     with it; then the rows of videos an earlier run completed but did not write."""
     import time
 
+    from emotiw import modalities
     from emotiw.core import retry
     from emotiw.io.storage import arrow_filesystem
     from emotiw.jobs.pipeline import done_index
@@ -252,12 +253,13 @@ def start_writers(
             before_commit=lease.check, attempts=job.attempts, backoff_s=job.backoff_s,
         )  # fmt: skip
 
-    stats = {c.name: c.type for s in specs for c in s.stats}
+    registered = modalities.specs()  # every table has every registered modality's columns
+    stats = {c.name: c.type for s in registered for c in s.stats}
     max_video_s = cfg.windows.max_video_s
     details = detail_root(cfg.details_output, cfg.output)
     windows, windows_done, read = None, KeyIndex.empty(), None
     if details is not None:
-        wschema = window_schema(specs)
+        wschema = window_schema(registered)
         wfs, wroot = arrow_filesystem(f"{details}/windows", cfg.storage)
         found = retry.call(lambda: recover(wfs, wroot, run_id), job.attempts, job.backoff_s)
         committed.recovery += f"; windows table: {found}"
