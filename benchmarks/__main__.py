@@ -14,6 +14,7 @@ from benchmarks import (
     face,
     int8,
     isolation,
+    long_video,
     memory,
     pose,
     scale,
@@ -124,6 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="model-stage batch (clips)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=score.bench_score)
+    p = sub.add_parser("long-video", help="a long video's windows vs the same minutes as clips")
+    p.add_argument("--minutes", type=float, default=20.0, help="length of the long video")
+    p.add_argument("--hours", type=float, default=2.0, help="also weigh one this long (0: no)")
+    p.add_argument("--gop", type=int, default=250, help="frames between keyframes")
+    p.add_argument("--sample", type=int, default=24, help="windows timed for decode and S3")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--actors", type=int, default=2, help="extract actors of both runs")
+    p.set_defaults(func=long_video.bench_long_video)
     p = sub.add_parser("commits", help="chunked commits vs one commit (no-op stages)")
     p.add_argument("--n", type=int, default=20_000, help="clips (synthetic score rows)")
     p.add_argument("--commit-every", type=int, default=1000)

@@ -128,3 +128,14 @@ def test_benchmark_at_its_documented_size(stage: str) -> None:
     args, printed = AT_SIZE[stage]
     out = run_script(*args, timeout=1100)
     assert printed in out, out[-3000:]
+
+
+@pytest.mark.e2e
+def test_benchmark_long_video_prints_its_four_ratios() -> None:
+    """A 15 s video against its 3 clips, on the session's cluster as its own process:
+    decode, S3 bytes (its own moto server), peak memory and wall time, each as a ratio."""
+    out = run_script("long-video", "--minutes", "0.25", "--hours", "0.02", "--sample", "2",
+                     "--repeat", "1")  # fmt: skip
+    for line in ("decode per window: inside the video", "ratio beyond the header",
+                 "extract peak RSS: 5 s clip", "ratio clips/long"):  # fmt: skip
+        assert line in out, out[-3000:]

@@ -27,6 +27,9 @@ from emotiw.io.audio_samples import channels, resample
 from emotiw.io.media_guard import refuse_too_large
 
 _Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+# Bytes per range request when a window or a header is read from object storage: a window of
+# a 1 Mbit/s video is ~600 KiB, so reads of this size fetch little it does not use.
+WINDOW_READ_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ def decode(
 
     cfg = cfg or MediaConfig()
     deadline = time.monotonic() + cfg.timeout_s
-    with open_source(source, storage) as (av_input, label):
+    # A window of a long video reads its stretch of the file in small range requests.
+    block = WINDOW_READ_BYTES if window is not None else None
+    with open_source(source, storage, block) as (av_input, label):
         try:
             container = av.open(av_input, mode="r", metadata_errors="ignore")
         except av.FFmpegError as exc:
@@ -135,9 +140,10 @@ def decode(
 
 @contextlib.contextmanager
 def open_source(
-    source: _Source, storage: StorageConfig | None
+    source: _Source, storage: StorageConfig | None, block_size: int | None = None
 ) -> Iterator[tuple[str | IO[bytes], str]]:
-    """Yield (what `av.open` takes, a label for messages); empty/missing inputs fail here."""
+    """Yield (what `av.open` takes, a label for messages); empty/missing inputs fail here.
+    `block_size`: bytes per range read of a remote file (`storage.open_input`)."""
     from emotiw.io import storage as st
 
     if isinstance(source, bytes | bytearray | memoryview):
@@ -163,7 +169,7 @@ def open_source(
         n_bytes = st.size(url, storage)
         if n_bytes == 0:
             raise DecodeError(DecodeReason.EMPTY, f"{url}: 0 bytes")
-        with st.open_input(url, storage) as handle:
+        with st.open_input(url, storage, block_size) as handle:
             yield handle, url
     except StorageError as exc:
         reason = DecodeReason.NOT_FOUND if exc.reason == "not_found" else DecodeReason.IO

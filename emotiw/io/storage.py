@@ -282,15 +282,19 @@ def list_videos(
 
 
 @contextlib.contextmanager
-def open_input(url: str, cfg: StorageConfig | None = None) -> Iterator[IO[bytes]]:
-    """Open `url` for binary reading (a seekable file object).
+def open_input(
+    url: str, cfg: StorageConfig | None = None, block_size: int | None = None
+) -> Iterator[IO[bytes]]:
+    """Open `url` for binary reading (a seekable file object); `block_size`: bytes per range
+    request (s3fs reads ahead 50 MiB by default: right for a whole file, far too much for
+    the header or one window of a long video).
 
     Raises:
         StorageError: reason ``not_found`` or ``io``, secrets redacted.
     """
     fs, path = fsspec_filesystem(url, cfg)
     try:
-        handle = fs.open(path, "rb")
+        handle = fs.open(path, "rb", **({"block_size": block_size} if block_size else {}))
     except Exception as exc:
         raise _storage_error(exc, url, cfg) from None
     with handle:

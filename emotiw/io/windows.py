@@ -110,9 +110,9 @@ def probe(source: str | os.PathLike[str], storage: StorageConfig | None = None) 
     """
     import av
 
-    from emotiw.io.media import ffmpeg_text, open_source
+    from emotiw.io.media import WINDOW_READ_BYTES, ffmpeg_text, open_source
 
-    with open_source(source, storage) as (av_input, label):
+    with open_source(source, storage, WINDOW_READ_BYTES) as (av_input, label):
         try:
             container = av.open(av_input, mode="r", metadata_errors="ignore")
         except av.FFmpegError as exc:
