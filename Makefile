@@ -15,7 +15,7 @@ define timed
 	echo "$(2): $$(( $$(date +%s) - start )) s wall, exit $$rc"; exit $$rc
 endef
 
-.PHONY: install demo test test-fast test-all lint docs benchmark clean
+.PHONY: install demo test test-fast test-all lint docs benchmark clean browser
 
 install: $(STAMP)
 
@@ -53,8 +53,14 @@ test: $(STAMP) $(SCAN_STAMP) lint
 test-fast: $(STAMP) $(SCAN_STAMP) lint
 	$(call timed,$(BIN)/python -m pytest -m unit $(PYTEST_ARGS),make test-fast)
 
-test-all: $(STAMP) $(SCAN_STAMP) lint
+test-all: $(STAMP) $(SCAN_STAMP) lint browser
 	$(call timed,$(BIN)/python -m pytest $(PYTEST_ARGS),make test-all)
+
+# The nightly tier opens the run report in a real browser: Debian's headless Chromium
+# (the one browser that installs offline from the distribution's mirror).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
 # The reference pages are generated from the code (flags, config fields, columns, DDL, exit
 # codes, weights); tests/test_docs.py fails when the committed ones differ.

@@ -112,6 +112,20 @@ def test_a_long_video_is_a_timeline_and_one_row(
     again = run_here("score", *args, env=env).stdout
     assert "3 clips listed, 3 already scored, 0 scored" in again
 
+    # look at it: the cut video's timeline as a PNG, the table's report as one HTML page
+    cut = f"{source}/cut.mkv"
+    png, page = f"{root}/cut.png", f"{root}/report.html"
+    looked = run_here("timeline", "--output", f"{root}/scores", "--uri", cut, "--png", png,
+                      env=env).stdout  # fmt: skip
+    assert f"{cut}: 12 windows ({12 - sum(cut_ok)} errors) -> {png}" in looked
+    report = run_here("report", "--output", f"{root}/scores", "--html", page, env=env).stdout
+    assert f"3 videos (3 scored) -> {page}" in report
+    if storage is None:
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        text = Path(page).read_text()
+        assert text.count("<img ") == 6 and "data:image/png;base64," in text  # 3 + 3 videos
+        assert "<script" not in text and "http" not in text.replace(str(root), "")
+
 
 def _alone(path: Path, package: Path) -> list[float]:
     """A clip's fused probabilities scored in this process, outside any job."""
@@ -169,3 +183,38 @@ def test_tables_written_before_windows_stay_readable(videos, smoke_package, tmp_
     rows = {Path(r["uri"]).name: r for r in read(fs, root, score_schema(modalities.specs()))
             .to_pylist()}  # fmt: skip
     assert rows["clip_0000.mp4"]["n_windows"] is None and rows["long.mkv"]["n_windows"] == 12
+
+
+@pytest.mark.nightly
+@pytest.mark.timeout(900)
+def test_the_run_report_shows_its_plots_in_a_real_browser(videos, smoke_package, tmp_path) -> None:
+    """The report of a scored table opened in headless Chromium (Debian's, `make browser`):
+    the page loads with no console message at all (it runs no script, so any is an error)
+    and the screenshot shows the timelines' lines in their class colours.
+    Sibling in make test: tests/test_long_videos.py::test_a_long_video_is_a_timeline_and_one_row
+    (the same report written and its parts checked, without a browser)."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    chromium = shutil.which("chromium")
+    assert chromium, "no chromium: `make browser` installs Debian's"
+    out, page, shot = tmp_path / "scores", tmp_path / "report.html", tmp_path / "report.png"
+    run_here("score", "--input", str(videos), "--output", str(out), "--model", str(smoke_package))
+    run_here("report", "--output", str(out), "--html", str(page))
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,2400",
+         f"--screenshot={shot}", "--enable-logging=stderr", "--v=0", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    print(f"screenshot: {shot}")
+    for colour in ((0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28), (0x15, 0x65, 0xC0)):  # lines, faces
+        near = (np.abs(image - np.array(colour)).sum(axis=-1) < 60).sum()
+        assert near > 500, (colour, near)

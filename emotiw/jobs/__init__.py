@@ -2,6 +2,8 @@
 plumbing.
 
 - `extract`, `score`, `evaluate`, `train/`, `demo`: the jobs;
+- `windowing`: videos of any length in the scoring job (probe, windows, video rows);
+- `report`: a video's timeline (PNG) and a scores table's run report (HTML);
 - `pipeline`: Ray start, the CPU and model actors, the output's lease and the stream of rows
   into committed chunks;
 - `pools`: actor pool sizes, memory declarations, input blocks;
@@ -26,5 +28,11 @@ __all__, __getattr__ = lazy(
         "run_train": "train",
         "DemoConfig": "demo",
         "run_demo": "demo",
+        "TimelineConfig": "report",
+        "run_timeline": "report",
+        "read_timeline": "report",
+        "timeline_figure": "report",
+        "ReportConfig": "report",
+        "run_report": "report",
     },
 )
