@@ -291,16 +291,20 @@ def test_score_on_s3_with_manifest(corpus, package, s3_bucket, s3_storage, s3_en
 def test_ray_job_submit_scores_on_a_running_cluster(corpus, package, ray_cluster, tmp_path) -> None:
     """`ray job submit --working-dir .` of the scoring job to a running cluster (the session's
     head), as an operator submits it: the job succeeds, its logs carry the summary, every
-    row is committed once."""
+    row is committed once, a 30 s video's as one row from its 6 windows."""
     env = {**job_env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    out = tmp_path / "scores"
-    submit = _submit(ray_cluster.dashboard, env, "--input", str(corpus), "--output", str(out),
+    videos, out = Path(shutil.copytree(corpus, tmp_path / "videos")), tmp_path / "scores"
+    write_clip(videos / "long.mkv", n_frames=750, size=(160, 120))
+    submit = _submit(ray_cluster.dashboard, env, "--input", str(videos), "--output", str(out),
                      "--model", str(package), "--max-error-rate", "0.5")  # fmt: skip
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout, submit.stdout[-3000:]
-    assert "10 clips listed, 0 already scored, 7 scored, 3 errors" in submit.stdout
+    assert "11 clips listed, 0 already scored, 8 scored, 3 errors" in submit.stdout
     rows = [r for f in out.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
-    assert len(rows) == len({r["uri"] for r in rows}) == 10
+    assert len(rows) == len({r["uri"] for r in rows}) == 11
+    assert {r["video_id"]: r["n_windows"] for r in rows}["long"] == 6
+    windows = pq.read_table(tmp_path / "scores-details" / "windows").to_pylist()
+    assert sorted(w["window_index"] for w in windows if w["video_id"] == "long") == list(range(6))
 
 
 @pytest.mark.nightly

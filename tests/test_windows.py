@@ -180,3 +180,30 @@ def test_the_windows_index_keys_each_window(tmp_path: Path) -> None:
     assert index.done(window_key("s3://b/v.mp4", 0), "e")
     assert not index.done(window_key("s3://b/v.mp4", 1), "e")  # transient: retried
     assert not index.done(window_key("s3://b/v.mp4", 0), "other etag")
+
+
+def test_windows_at_the_edges_of_a_recording(tmp_path: Path) -> None:
+    """Audio that stops before the video: later windows have frames and no sound. Video that
+    stops before the audio (the header says the longer): later windows fail `no_frames`.
+    A rotated phone video: every window is stood upright, as a clip is."""
+    import av
+
+    quiet = write_clip(tmp_path / "quiet.mkv", n_frames=1500, size=(64, 48), audio_s=20)
+    late = media.decode(str(quiet), MEDIA, window=Window(8, 40.0, 45.0, 12, 60.0))
+    assert late.n_valid_frames == 12 and not late.meta.has_audio and len(late.audio) == 0
+    talk = write_clip(tmp_path / "talk.mkv", n_frames=500, size=(64, 48), audio_s=60)
+    assert probe(str(talk)) == pytest.approx(60.0, abs=0.1)
+    with pytest.raises(DecodeError) as caught:
+        media.decode(str(talk), MEDIA, window=Window(8, 40.0, 45.0, 12, 60.0))
+    assert caught.value.reason == "no_frames"
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 36, "yuv444p"
+        stream.set_display_rotation(-90)
+        for _ in range(25 * 12):
+            coded = np.zeros((36, 64, 3), np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")))
+        out.mux(stream.encode(None))
+    window = plan(probe(str(path)), WindowConfig(), MEDIA)[1]
+    assert media.decode(str(path), MEDIA, window=window).frames.shape[1:3] == (523, 294)
