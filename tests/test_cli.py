@@ -243,9 +243,11 @@ def test_every_flag_maps_to_a_config_field() -> None:
     from emotiw.cli.commands import build_parser
     from emotiw.core.config import CorpusConfig, JobConfig, MediaConfig, StorageConfig
     from emotiw.io.weights import WeightsConfig
+    from emotiw.io.windows import WindowConfig
     from emotiw.jobs.demo import DemoConfig
     from emotiw.jobs.evaluate import EvaluateConfig
     from emotiw.jobs.extract import ExtractConfig
+    from emotiw.jobs.report import ReportConfig, TimelineConfig
     from emotiw.jobs.score import ScoreConfig
     from emotiw.jobs.train import TrainConfig
     from emotiw.models import fusion
@@ -255,11 +257,13 @@ def test_every_flag_maps_to_a_config_field() -> None:
 
     prefixed = {
         "media__": MediaConfig, "weights__": WeightsConfig, "storage__": StorageConfig,
+        "windows__": WindowConfig,
         "fusion__": fusion.Config, "corpus__": CorpusConfig, "job__": JobConfig,
         **{f"m_{s.name}__": s.Config for s in modalities.specs()},
     }  # fmt: skip
     jobs = {"extract": ExtractConfig, "train": TrainConfig, "score": ScoreConfig,
-            "evaluate": EvaluateConfig, "demo": DemoConfig}  # fmt: skip
+            "evaluate": EvaluateConfig, "demo": DemoConfig, "timeline": TimelineConfig,
+            "report": ReportConfig}  # fmt: skip
     shorthands = {"help", "verbose", "log_level", "log_format", "preset", "modalities",
                   "random_init", "address", "out",
                   "n", "seed", "uri", "labels", "model", "alias", "tracking_uri"}  # fmt: skip

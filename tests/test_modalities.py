@@ -104,7 +104,8 @@ def test_declared_detail_table_has_its_own_typed_columns(name: str) -> None:
     assert len(set(own)) == len(own) and not set(own) & {
         c.name for c in (*_DETAIL_KEY_COLUMNS, *_DETAIL_RUN_COLUMNS)
     }
-    assert detail_schema(spec).names[3 : 3 + len(own)] == own
+    keys = len(_DETAIL_KEY_COLUMNS)
+    assert detail_schema(spec).names[keys : keys + len(own)] == own
     cfg = small(spec)
     details = {c.name: np.zeros(2, np.float32) for c in spec.details}
     out = Extraction(spec.example_inputs(cfg, 1)[0][0], details=details)

@@ -8,6 +8,8 @@ Subcommands:
     train                 the train job: feature tables -> heads, fusions, registered model
     evaluate              the paper's tables of a model on a labelled feature table
     score                 the scoring job (main job): videos -> partitioned scores table
+    timeline              a video's timeline from the tables, as a PNG
+    report                a scores table's run report, one self-contained HTML page
     promote MODEL         point a registry alias (default champion) at a model version
     demo                  the main job on the embedded default (local Ray, local files)
 
