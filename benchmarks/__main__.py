@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=24, help="windows timed for decode and S3")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--actors", type=int, default=2, help="extract actors of both runs")
+    parts = ["decode", "s3", "memory", "wall"]
+    p.add_argument("--only", type=lambda v: v.split(","), default=parts,
+                   help="figures to measure (comma-separated: decode,s3,memory,wall)")  # fmt: skip
     p.set_defaults(func=long_video.bench_long_video)
     p = sub.add_parser("commits", help="chunked commits vs one commit (no-op stages)")
     p.add_argument("--n", type=int, default=20_000, help="clips (synthetic score rows)")

@@ -6,7 +6,8 @@ One synthetic H.264 video (moving pattern and a tone, 25 fps, a keyframe every `
 
 - decode: seconds to decode each window inside the long video (seek to the keyframe before,
   decode from there) / the same window as its own file (target <= 1.3);
-- S3 bytes: bytes fetched from the S3 test server (moto, on loopback) per window / the
+- S3 bytes: bytes fetched from the S3 test server (moto, on loopback) per window, beyond the
+  container's header (read once: an actor keeps the video open from window to window) / the
   window's share of the file (target <= 2);
 - memory: peak RSS of a process extracting one window of the long video and of a 2-hour one /
   extracting a 5 s clip (target: flat, <= 1.1);
@@ -127,11 +128,11 @@ def _s3_ratio(long: Path, windows: list, work: Path) -> float:
         server.wait()
     size, duration = long.stat().st_size, windows[0].duration_s
     share = sum(size * (w.end_s - w.start_s) / duration for w in windows) / len(windows)
-    per_window = fetched[0] / len(windows)
-    ratio = (per_window - header) / share
-    print(f"  S3 bytes per window: {per_window / 1024:.0f} KiB fetched, of which the header "
-          f"{header / 1024:.0f} KiB; the window's share {share / 1024:.0f} KiB; ratio beyond "
-          f"the header {ratio:.2f}  (target <= 2)")  # fmt: skip
+    beyond = (fetched[0] - header) / len(windows)  # an actor reads a video's header once
+    ratio = beyond / share
+    print(f"  S3 bytes: the header {header / 1024:.0f} KiB once, then {beyond / 1024:.0f} KiB "
+          f"per window; the window's share {share / 1024:.0f} KiB; ratio beyond the header "
+          f"{ratio:.2f}  (target <= 2)")  # fmt: skip
     return ratio
 
 
@@ -200,17 +201,21 @@ def bench_long_video(args: argparse.Namespace) -> dict[str, float]:
     windows = plan(probe(str(long)), WindowConfig(), MediaConfig())
     sample = windows[:: max(1, len(windows) // args.sample)][: args.sample]
     print(f"long-video: {len(windows)} windows of 5 s, {len(sample)} measured for decode and S3")
-    out = {"decode_ratio": _decode_ratio(long, clips, sample, args.repeat),
-           "s3_bytes_ratio": _s3_ratio(long, sample, work)}  # fmt: skip
-    short = clips[0]
-    peaks = {"5 s clip": _peak_kib(short), f"{args.minutes:g} min": _peak_kib(long)}
-    if args.hours:
-        big = _write(work / "hours.mp4", 0, int(args.hours * 3600 * FPS), args.gop)
-        peaks[f"{args.hours:g} h"] = _peak_kib(big)
-    base = peaks["5 s clip"]
-    print("  extract peak RSS: " + ", ".join(
-        f"{k} {v / 1024:.0f} MiB ({v / base:.2f}x)" for k, v in peaks.items()
-    ) + "  (target <= 1.1x)")  # fmt: skip
-    out["memory_ratio"] = max(peaks.values()) / base
-    out["wall_ratio"] = _wall_ratio(long, clips, work, args.actors)
+    out = {}
+    if "decode" in args.only:
+        out["decode_ratio"] = _decode_ratio(long, clips, sample, args.repeat)
+    if "s3" in args.only:
+        out["s3_bytes_ratio"] = _s3_ratio(long, sample, work)
+    if "memory" in args.only:
+        peaks = {"5 s clip": _peak_kib(clips[0]), f"{args.minutes:g} min": _peak_kib(long)}
+        if args.hours:
+            big = _write(work / "hours.mp4", 0, int(args.hours * 3600 * FPS), args.gop)
+            peaks[f"{args.hours:g} h"] = _peak_kib(big)
+        base = peaks["5 s clip"]
+        print("  extract peak RSS: " + ", ".join(
+            f"{k} {v / 1024:.0f} MiB ({v / base:.2f}x)" for k, v in peaks.items()
+        ) + "  (target <= 1.1x)")  # fmt: skip
+        out["memory_ratio"] = max(peaks.values()) / base
+    if "wall" in args.only:
+        out["wall_ratio"] = _wall_ratio(long, clips, work, args.actors)
     return out

@@ -125,9 +125,16 @@ def decode(
 
     cfg = cfg or MediaConfig()
     deadline = time.monotonic() + cfg.timeout_s
-    # A window of a long video reads its stretch of the file in small range requests.
-    block = WINDOW_READ_BYTES if window is not None else None
-    with open_source(source, storage, block) as (av_input, label):
+    if window is not None and not isinstance(source, bytes | bytearray | memoryview):
+        from emotiw.io.windows import close_kept, kept_open
+
+        container, label = kept_open(source, storage)
+        try:
+            return _decode_container(container, cfg, deadline, label, window, reused=True)
+        except BaseException:
+            close_kept()  # its state is unknown after a failure: open it afresh next time
+            raise
+    with open_source(source, storage) as (av_input, label):
         try:
             container = av.open(av_input, mode="r", metadata_errors="ignore")
         except av.FFmpegError as exc:
@@ -249,20 +256,22 @@ class _Span(Protocol):
 
 
 def _decode_container(
-    container: Any, cfg: MediaConfig, deadline: float, label: str, window: _Span | None = None
-) -> Clip:
+    container: Any, cfg: MediaConfig, deadline: float, label: str, window: _Span | None = None,
+    reused: bool = False,
+) -> Clip:  # fmt: skip
     import av
 
     if not container.streams.video:
         raise DecodeError(DecodeReason.NO_VIDEO, f"{label}: the file has no video stream")
     video = container.streams.video[0]
     refuse_too_large(container, video, cfg, label)  # from the header, before decoding
-    video.thread_type = "AUTO"  # frame + slice threads
-    video.codec_context.thread_count = cfg.decode_threads
+    if not video.codec_context.is_open:  # (a kept container's decoder keeps its threads)
+        video.thread_type = "AUTO"  # frame + slice threads
+        video.codec_context.thread_count = cfg.decode_threads
     codec = video.codec_context
     audio = container.streams.audio[0] if container.streams.audio else None
     start, end = (0.0, cfg.max_duration_s) if window is None else (window.start_s, window.end_s)
-    if start > 0:  # to the keyframe at or before the start: reads only from there on
+    if start > 0 or reused:  # to the keyframe at or before the start: reads from there on
         try:
             container.seek(int(start * av.time_base), backward=True, any_frame=False)
         except av.FFmpegError as exc:
