@@ -213,20 +213,18 @@ def test_an_actor_keeps_a_long_video_open_from_window_to_window(long_clip, tmp_p
     """Opening reads and parses the container's index (it grows with the video), so the
     windows of one video reuse the open file, in any order; a rewritten file, another file or
     a failure opens afresh."""
-    from emotiw.io import windows
-
     later = media.decode(str(long_clip), MEDIA, window=Window(1, 5.0, 10.0, 12, 60.0))
-    kept = windows._KEPT["container"]
+    kept = media._KEPT["container"]
     first = media.decode(str(long_clip), MEDIA, window=Window(0, 0.0, 5.0, 12, 60.0))
-    assert windows._KEPT["container"] is kept  # and seeking back works
+    assert media._KEPT["container"] is kept  # and seeking back works
     assert [index_from_pixel(c.frames[0][10, 10]) for c in (first, later)] == [0, 125]
     copy = write_clip(tmp_path / "copy.mkv", n_frames=300, size=(64, 48))
     media.decode(str(copy), MEDIA, window=Window(1, 5.0, 10.0, 2, 12.0))
-    assert windows._KEPT["container"] is not kept
-    reopened = windows._KEPT["container"]
+    assert media._KEPT["container"] is not kept
+    reopened = media._KEPT["container"]
     write_clip(copy, n_frames=400, size=(64, 48))  # rewritten in place
     media.decode(str(copy), MEDIA, window=Window(1, 5.0, 10.0, 2, 16.0))
-    assert windows._KEPT["container"] is not reopened
+    assert media._KEPT["container"] is not reopened
     with pytest.raises(DecodeError):
         media.decode(str(copy), MEDIA, window=Window(9, 150.0, 155.0, 40, 200.0))
-    assert not windows._KEPT  # closed after the failure
+    assert not media._KEPT  # closed after the failure

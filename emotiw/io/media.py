@@ -25,6 +25,7 @@ from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.core.errors import DecodeError, DecodeReason, StorageError
 from emotiw.io.audio_samples import channels, resample
 from emotiw.io.media_guard import refuse_too_large
+from emotiw.io.sampling import FrameSampler
 
 _Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 # Bytes per range request when a window or a header is read from object storage: a window of
@@ -126,13 +127,11 @@ def decode(
     cfg = cfg or MediaConfig()
     deadline = time.monotonic() + cfg.timeout_s
     if window is not None and not isinstance(source, bytes | bytearray | memoryview):
-        from emotiw.io.windows import close_kept, kept_open
-
-        container, label = kept_open(source, storage)
+        container, label = _kept_open(source, storage)
         try:
             return _decode_container(container, cfg, deadline, label, window, reused=True)
         except BaseException:
-            close_kept()  # its state is unknown after a failure: open it afresh next time
+            _close_kept()  # its state is unknown after a failure: open it afresh next time
             raise
     with open_source(source, storage) as (av_input, label):
         try:
@@ -189,70 +188,53 @@ def ffmpeg_text(exc: BaseException) -> str:
     return str(text)
 
 
-class _FrameSampler:
-    """Chooses which decoded frames fill the `n_frames` sample slots.
-
-    Slot k takes the first frame whose index falls in ``[k * step, (k + 1) * step)``: for a
-    constant-rate stream exactly frames 0, 10, 20, ... as in the paper. Indices come from
-    presentation timestamps where the stream has them (so a dropped frame shifts nothing),
-    else from counting decoded frames. Timestamps also tell, before decoding a packet,
-    whether its frame can land in an open slot; when it cannot, the decoder is told to skip
-    it if no other frame references it (`skip_frame=NONREF`), which saves about a third of
-    the decoding of a typical H.264 stream with B-frames without changing any kept pixel.
-    """
-
-    def __init__(self, video: Any, cfg: MediaConfig, offset_s: float = 0.0) -> None:
-        self.step, self.n = cfg.frame_step, cfg.n_frames
-        self.mask = np.zeros(cfg.n_frames, dtype=bool)
-        self.indices = np.full(cfg.n_frames, -1, dtype=np.int32)
-        rate = video.average_rate or video.guessed_rate
-        self.fps = float(rate) if rate else 0.0
-        self.time_base = float(video.time_base) if video.time_base else 0.0
-        self.start = video.start_time
-        self.by_pts = self.fps > 0 and self.time_base > 0
-        self.offset_s = offset_s  # a window's start: its first frame is index 0
-        self.count = 0  # frames the decoder returned
-
-    def index_of(self, pts: int | None) -> int | None:
-        if not self.by_pts or pts is None:
-            return None
-        if self.start is None:
-            self.start = pts
-        return round(((pts - self.start) * self.time_base - self.offset_s) * self.fps)
-
-    def wants_packet(self, pts: int | None) -> bool:
-        """Could the frame of a packet with this pts fill an open slot? (True if unknown.)"""
-        index = self.index_of(pts)
-        if index is None:
-            return True
-        slot = index // self.step
-        return 0 <= slot < self.n and not self.mask[slot]
-
-    def slot_for(self, frame: Any) -> tuple[int, int] | None:
-        """(slot, index) if this decoded frame fills an open slot, else None."""
-        index = self.index_of(frame.pts)
-        if index is None:  # no timestamps: count frames (from the seek point in a window)
-            index = self.count
-        self.count += 1
-        slot = index // self.step
-        if index < 0 or slot >= self.n or self.mask[slot]:
-            return None
-        return slot, index
-
-    def past_last_slot(self, frame: Any) -> bool:
-        index = self.index_of(frame.pts)
-        return index is not None and index // self.step >= self.n
-
-    @property
-    def full(self) -> bool:
-        return bool(self.mask.all())
-
-
 class _Span(Protocol):
     """A stretch of a video: what `decode` needs of an `emotiw.io.windows.Window`."""
 
     start_s: float
     end_s: float
+
+
+# The long video whose window this process decoded last, kept open for the next one: opening
+# costs reading and parsing the container's index, which grows with the video (1.2 MiB for
+# 20 minutes of MP4), and an actor's consecutive items are usually the same video's windows.
+_KEPT: dict[str, Any] = {}
+
+
+def _kept_open(source: _Source, storage: StorageConfig | None) -> tuple[Any, str]:
+    """The open container of `source` (a path or URL), opened now unless it is the kept one;
+    a window reads its stretch of the file in small range requests (`WINDOW_READ_BYTES`)."""
+    import av
+
+    path = os.fspath(source)
+    try:  # a local file rewritten since is another file
+        stat = os.stat(path)
+        version: tuple[int, ...] = (stat.st_mtime_ns, stat.st_size)
+    except OSError:  # a URL (a window's etag cannot change within a run) or gone
+        version = ()
+    key = (path, storage, version)
+    if _KEPT.get("key") == key:
+        return _KEPT["container"], _KEPT["label"]
+    _close_kept()
+    stack = contextlib.ExitStack()
+    av_input, label = stack.enter_context(open_source(source, storage, WINDOW_READ_BYTES))
+    try:
+        container = av.open(av_input, mode="r", metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        stack.close()
+        raise DecodeError(
+            DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
+        ) from None
+    stack.callback(container.close)
+    _KEPT.update(key=key, container=container, label=label, stack=stack)
+    return container, label
+
+
+def _close_kept() -> None:
+    stack = _KEPT.pop("stack", None)
+    _KEPT.clear()
+    if stack is not None:
+        stack.close()
 
 
 def _decode_container(
@@ -279,7 +261,7 @@ def _decode_container(
                 DecodeReason.NO_FRAMES, f"{label}: cannot seek to {start:g} s: {ffmpeg_text(exc)}"
             ) from None
 
-    sampler = _FrameSampler(video, cfg, start)
+    sampler = FrameSampler(video, cfg, start)
     frames: np.ndarray | None = None  # sized at the first sampled frame (`_frame_geometry`)
     # One reformatter for the clip: frame.to_ndarray(width=...) would build a new swscale
     # context per frame, which costs 3x the conversion itself.

@@ -15,11 +15,9 @@ decoded one from its start, so at 25 fps they span its first 4.4 s and at 60 fps
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.core.errors import DecodeError, DecodeReason
@@ -101,50 +99,6 @@ def plan(duration_s: float, cfg: WindowConfig, media: MediaConfig) -> list[Windo
         Window(i, s, min(s + cfg.window_s, span), len(starts), duration_s)
         for i, s in enumerate(starts)
     ]
-
-
-# The long video whose window this process decoded last, kept open for the next one: opening
-# costs reading and parsing the container's index, which grows with the video (1.2 MiB for
-# 20 minutes of MP4), and an actor's consecutive items are usually the same video's windows.
-_KEPT: dict[str, Any] = {}
-
-
-def kept_open(source: str | os.PathLike[str], storage: StorageConfig | None) -> tuple[Any, str]:
-    """The open container of `source` (a path or URL), opened now unless it is the kept one;
-    a window reads its stretch of the file in small range requests (`WINDOW_READ_BYTES`)."""
-    import av
-
-    from emotiw.io.media import WINDOW_READ_BYTES, ffmpeg_text, open_source
-
-    path = os.fspath(source)
-    try:  # a local file rewritten since is another file
-        stat = os.stat(path)
-        version: tuple[int, ...] = (stat.st_mtime_ns, stat.st_size)
-    except OSError:  # a URL (a window's etag cannot change within a run) or gone
-        version = ()
-    key = (path, storage, version)
-    if _KEPT.get("key") == key:
-        return _KEPT["container"], _KEPT["label"]
-    close_kept()
-    stack = contextlib.ExitStack()
-    av_input, label = stack.enter_context(open_source(source, storage, WINDOW_READ_BYTES))
-    try:
-        container = av.open(av_input, mode="r", metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        stack.close()
-        raise DecodeError(
-            DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
-        ) from None
-    stack.callback(container.close)
-    _KEPT.update(key=key, container=container, label=label, stack=stack)
-    return container, label
-
-
-def close_kept() -> None:
-    stack = _KEPT.pop("stack", None)
-    _KEPT.clear()
-    if stack is not None:
-        stack.close()
 
 
 def probe(source: str | os.PathLike[str], storage: StorageConfig | None = None) -> float:
