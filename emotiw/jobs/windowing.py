@@ -37,11 +37,19 @@ def _probe_block(
 
     rows = []
     for item in batch.to_pylist():
+        tries = [0]
+
+        def attempt(uri: str = item["uri"], tries: list[int] = tries) -> float:
+            tries[0] += 1
+            return probe(uri, storage)
+
         try:
-            duration = retry.call(lambda u=item["uri"]: probe(u, storage), attempts, backoff_s)
+            duration = retry.call(attempt, attempts, backoff_s)
         except Exception:  # the extraction reports it, with its retries and reason
             duration = 0.0
-        rows += [{**item, **w.columns()} for w in plan(duration, windows, media)]
+        # the probe's retries count in the row's `attempts` (tries this run made for it)
+        extra = {"probe_retries": tries[0] - 1}
+        rows += [{**item, **w.columns(), **extra} for w in plan(duration, windows, media)]
     return pa.Table.from_pylist(rows)
 
 

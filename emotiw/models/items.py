@@ -61,7 +61,7 @@ def _extract_item(
         if wait is None or not is_transient(row.get("error_reason")):
             break
         time.sleep(wait)
-    row.update(etag=etag, size_bytes=size, attempts=tries)
+    row.update(etag=etag, size_bytes=size, attempts=tries + int(item.get("probe_retries") or 0))
     if window is not None:
         row.update(window.columns())
     row["retryable"] = is_transient(row.get("error_reason")) if row.get("error") else None
