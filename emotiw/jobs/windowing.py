@@ -47,8 +47,7 @@ def _probe_block(
             duration = retry.call(attempt, attempts, backoff_s)
         except Exception:  # the extraction reports it, with its retries and reason
             duration = 0.0
-        # the probe's retries count in the row's `attempts` (tries this run made for it)
-        extra = {"probe_retries": tries[0] - 1}
+        extra = {"probe_tries": tries[0]}  # the row's `attempts` counts them too
         rows += [{**item, **w.columns(), **extra} for w in plan(duration, windows, media)]
     return pa.Table.from_pylist(rows)
 

@@ -61,7 +61,9 @@ def _extract_item(
         if wait is None or not is_transient(row.get("error_reason")):
             break
         time.sleep(wait)
-    row.update(etag=etag, size_bytes=size, attempts=tries + int(item.get("probe_retries") or 0))
+    # the probe read the file too, within the same --attempts: the row says the larger count
+    probe_tries = int(item.get("probe_tries") or 0)
+    row.update(etag=etag, size_bytes=size, attempts=max(tries, probe_tries))
     if window is not None:
         row.update(window.columns())
     row["retryable"] = is_transient(row.get("error_reason")) if row.get("error") else None

@@ -139,7 +139,8 @@ _SCORE_COLUMNS: tuple[Column, ...] = (
            "model_failed, out_of_memory, internal): the next run scores the clip again; also for "
            "crashed (its process died on every try), until it has crashed in --crash-runs runs; "
            "null on success"),
-    Column("attempts", "int8", "tries this run made for the clip (transient failures are retried)"),
+    Column("attempts", "int8", "tries this run made for the clip (transient failures are "
+           "retried; the duration probe's or the extraction's, whichever took more)"),
     Column("model_uri", "string", "the model as resolved when the run started: "
            "models:/name/version (an alias or /latest pinned to its version) or the package path"),
     Column("model_name", "string", "registered model name (or the package directory's name)"),
