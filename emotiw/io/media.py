@@ -122,7 +122,6 @@ def decode(
         DecodeError: reason ``not_found``, ``io``, ``empty``, ``not_media``,
             ``no_video_stream``, ``no_frames``, ``timeout`` or ``too_large``.
     """
-    import av
 
     cfg = cfg or MediaConfig()
     deadline = time.monotonic() + cfg.timeout_s
@@ -133,15 +132,8 @@ def decode(
         except BaseException:
             _close_kept()  # its state is unknown after a failure: open it afresh next time
             raise
-    with open_source(source, storage) as (av_input, label):
-        try:
-            container = av.open(av_input, mode="r", metadata_errors="ignore")
-        except av.FFmpegError as exc:
-            raise DecodeError(
-                DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
-            ) from None
-        with container:
-            return _decode_container(container, cfg, deadline, label, window)
+    with open_source(source, storage) as (av_input, label), open_container(av_input, label) as c:
+        return _decode_container(c, cfg, deadline, label, window)
 
 
 @contextlib.contextmanager
@@ -182,7 +174,20 @@ def open_source(
         raise DecodeError(reason, exc.message) from None
 
 
-def ffmpeg_text(exc: BaseException) -> str:
+def open_container(av_input: str | IO[bytes], label: str) -> Any:
+    """`av.open` for reading (a context manager too); what FFmpeg cannot open is a
+    `DecodeError` with reason ``not_media``."""
+    import av
+
+    try:
+        return av.open(av_input, mode="r", metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise DecodeError(
+            DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {_ffmpeg_text(exc)}"
+        ) from None
+
+
+def _ffmpeg_text(exc: BaseException) -> str:
     """FFmpeg's own words without the file name PyAV appends (it may be a temp path)."""
     text = getattr(exc, "strerror", None) or str(exc)
     return str(text)
@@ -204,7 +209,6 @@ _KEPT: dict[str, Any] = {}
 def _kept_open(source: _Source, storage: StorageConfig | None) -> tuple[Any, str]:
     """The open container of `source` (a path or URL), opened now unless it is the kept one;
     a window reads its stretch of the file in small range requests (`WINDOW_READ_BYTES`)."""
-    import av
 
     path = os.fspath(source)
     try:  # a local file rewritten since is another file
@@ -219,12 +223,10 @@ def _kept_open(source: _Source, storage: StorageConfig | None) -> tuple[Any, str
     stack = contextlib.ExitStack()
     av_input, label = stack.enter_context(open_source(source, storage, WINDOW_READ_BYTES))
     try:
-        container = av.open(av_input, mode="r", metadata_errors="ignore")
-    except av.FFmpegError as exc:
+        container = open_container(av_input, label)
+    except DecodeError:
         stack.close()
-        raise DecodeError(
-            DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
-        ) from None
+        raise
     stack.callback(container.close)
     _KEPT.update(key=key, container=container, label=label, stack=stack)
     return container, label
@@ -258,7 +260,7 @@ def _decode_container(
             container.seek(int(start * av.time_base), backward=True, any_frame=False)
         except av.FFmpegError as exc:
             raise DecodeError(
-                DecodeReason.NO_FRAMES, f"{label}: cannot seek to {start:g} s: {ffmpeg_text(exc)}"
+                DecodeReason.NO_FRAMES, f"{label}: cannot seek to {start:g} s: {_ffmpeg_text(exc)}"
             ) from None
 
     sampler = FrameSampler(video, cfg, start)

@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 
 from emotiw.core.config import MediaConfig, StorageConfig
-from emotiw.core.errors import DecodeError, DecodeReason
 
 # A tail shorter than this after the last full window is left out (say so in `coverage`):
 # a fraction of a second holds no sampled frame to score.
@@ -110,19 +109,15 @@ def probe(source: str | os.PathLike[str], storage: StorageConfig | None = None) 
     """
     import av
 
-    from emotiw.io.media import WINDOW_READ_BYTES, ffmpeg_text, open_source
+    from emotiw.io.media import WINDOW_READ_BYTES, open_container, open_source
 
-    with open_source(source, storage, WINDOW_READ_BYTES) as (av_input, label):
-        try:
-            container = av.open(av_input, mode="r", metadata_errors="ignore")
-        except av.FFmpegError as exc:
-            raise DecodeError(
-                DecodeReason.NOT_MEDIA, f"{label}: FFmpeg cannot open it: {ffmpeg_text(exc)}"
-            ) from None
-        with container:
-            if container.duration is not None:
-                return float(container.duration / av.time_base)
-            video = container.streams.video[0] if container.streams.video else None
-            if video is not None and video.duration is not None and video.time_base:
-                return float(video.duration * video.time_base)
-            return 0.0
+    with (
+        open_source(source, storage, WINDOW_READ_BYTES) as (av_input, label),
+        open_container(av_input, label) as container,
+    ):
+        if container.duration is not None:
+            return float(container.duration / av.time_base)
+        video = container.streams.video[0] if container.streams.video else None
+        if video is not None and video.duration is not None and video.time_base:
+            return float(video.duration * video.time_base)
+        return 0.0
