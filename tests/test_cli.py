@@ -265,7 +265,7 @@ def test_every_flag_maps_to_a_config_field() -> None:
             "evaluate": EvaluateConfig, "demo": DemoConfig, "timeline": TimelineConfig,
             "report": ReportConfig}  # fmt: skip
     shorthands = {"help", "verbose", "log_level", "log_format", "preset", "modalities",
-                  "random_init", "address", "out",
+                  "random_init", "address", "out", "planted",
                   "n", "seed", "uri", "labels", "model", "alias", "tracking_uri"}  # fmt: skip
     parser = build_parser()
     checked = 0

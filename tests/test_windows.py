@@ -1,6 +1,7 @@
 """Videos of any length, the pure parts: how a video is cut into windows, decoding one window
 (seek, frames from its start, its audio only; a clip decoded exactly as before), reading the
-duration from the header, and a video's row from its windows' rows."""
+duration from the header, a video's row from its windows' rows, and how work items (clips and
+windows alike) are put into input blocks."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from emotiw.core.config import MediaConfig
 from emotiw.core.errors import DecodeError
 from emotiw.io import media
 from emotiw.io.windows import Window, WindowConfig, plan, probe
+from emotiw.jobs.pools import _block_size
 from emotiw.tables.keys import done_keys, window_key
 from emotiw.tables.timeline import video_row
-from helpers import index_from_pixel, write_clip
+from helpers import frame_colour, index_from_pixel, write_clip
 
 MEDIA = MediaConfig()
 
@@ -81,6 +83,40 @@ def test_a_60_fps_window_takes_every_tenth_frame_as_a_clip_does(tmp_path: Path) 
     shown = [index_from_pixel(f[10, 10]) for f in clip.frames]
     assert shown == [600 + 10 * k for k in range(12)]  # 1.8 s of the window's 5
     assert clip.audio_duration_s == pytest.approx(5.0, abs=0.01)
+
+
+def test_a_variable_frame_rate_window_samples_by_time(tmp_path: Path) -> None:
+    """A phone-style variable frame rate (25 fps, then 7, then 2): slot k of a window takes
+    the first frame shown in [k, k + 1) x 10 frame periods at the stream's nominal rate
+    (0.4 s at 25 fps) after the window's start; a stretch slower than that leaves slots empty
+    (masked, as a dropped frame is), never shifts the later ones."""
+    from fractions import Fraction
+
+    import av
+
+    times = [i * 0.04 for i in range(500)] + [20 + i / 7 for i in range(140)]
+    times += [40 + i * 0.5 for i in range(40)]
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        stream.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), frame_colour(i), np.uint8))
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    windows = plan(probe(str(path)), WindowConfig(), MEDIA)
+    assert len(windows) == 12
+    for window in windows:
+        clip = media.decode(str(path), MEDIA, window=window)
+        for k in range(12):
+            start = window.start_s + 0.4 * k
+            due = [i for i, t in enumerate(times) if start - 1e-6 <= t < start + 0.4 - 1e-6]
+            assert clip.frame_mask[k] == bool(due), (window.index, k)
+            if due:
+                assert index_from_pixel(clip.frames[k][10, 10]) == due[0], (window.index, k)
+    assert clip.n_valid_frames == 10  # 2 fps: 2 of the 12 slots (0.4 s each) hold no frame
 
 
 def test_a_window_past_the_data_is_an_error_not_a_hang(long_clip: Path) -> None:
@@ -228,3 +264,22 @@ def test_an_actor_keeps_a_long_video_open_from_window_to_window(long_clip, tmp_p
     with pytest.raises(DecodeError):
         media.decode(str(copy), MEDIA, window=Window(9, 150.0, 155.0, 40, 200.0))
     assert not media._KEPT  # closed after the failure
+
+
+def test_input_blocks_grow_with_the_run_up_to_the_cap() -> None:
+    """Blocks of one item while the pool fills, then a quarter of an actor's share of the
+    items so far, capped: the tasks of a large run grow as items / cap (a 10-million-window
+    run: ~100,000 tasks), and no block is more than a quarter of an actor's earlier share."""
+    def blocks(n: int, pool: int, cap: int = 100) -> list[int]:
+        sizes, placed = [], 0
+        while placed < n:
+            sizes.append(min(_block_size(placed, pool, cap), n - placed))
+            placed += sizes[-1]
+        return sizes
+
+    small = blocks(240, pool=2)
+    assert small[:16] == [1] * 16 and len(small) == 41 and max(small) == 25
+    assert all(s <= max(1, sum(small[:i]) / 8) for i, s in enumerate(small))
+    for n in (100_000, 10_000_000):
+        assert n // 100 <= len(blocks(n, pool=16)) <= n // 100 + 4 * 16 * 6
+    assert blocks(5, pool=1000) == [1] * 5

@@ -57,7 +57,7 @@ def _media(args: argparse.Namespace) -> MediaConfig:
 
 
 def _cmd_sample_corpus(args: argparse.Namespace) -> int:
-    from emotiw.io.corpus import write_sample_corpus
+    from emotiw.io.corpus import write_planted_video, write_sample_corpus
 
     cfg = CorpusConfig(**flags.given(args, CorpusConfig, "corpus__"))
     start = time.perf_counter()
@@ -67,7 +67,26 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
         f"wrote {len(clips)} synthetic clips + labels.txt to {args.out} "
         f"in {time.perf_counter() - start:.1f} s; classes {counts}"
     )
+    if args.planted:
+        rows = write_planted_video(args.out, args.planted, args.seed, cfg, storage_config(args))
+        spans = ", ".join(f"{r['label']} {r['start_s']:g}-{r['end_s']:g} s" for r in rows)
+        print(f"wrote planted.mp4 + planted.csv: {spans}")
     return 0
+
+
+def _segments(spec: str) -> list[tuple[int, float]]:
+    """``positive:40,negative:40`` -> [(0, 40.0), (2, 40.0)] (argparse type of --planted)."""
+    try:
+        pairs = [part.split(":") for part in spec.split(",")]
+        segments = [(CLASS_NAMES.index(name.strip()), float(s)) for name, s in pairs]
+        if any(not 0 < seconds < float("inf") for _, seconds in segments):
+            raise ValueError
+        return segments
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CLASS:SECONDS[,CLASS:SECONDS...] with CLASS one of {CLASS_NAMES} and "
+            f"SECONDS > 0, got {spec!r}"
+        ) from None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -232,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output directory or s3:// prefix")
     p.add_argument("--n", type=int, default=12, help="number of clips (default 12)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--planted", type=_segments, metavar="CLASS:SECONDS,...",
+                   help="also write planted.mp4, one long video whose every cue follows these "
+                   "classes in turn (e.g. positive:40,negative:40), and planted.csv, its "
+                   "ground truth")  # fmt: skip
     flags.add_fields(p, CorpusConfig, dest_prefix="corpus__")
     p.set_defaults(func=_cmd_sample_corpus)
 

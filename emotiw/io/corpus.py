@@ -24,7 +24,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -142,30 +142,70 @@ def _render_clip(
     rng: np.random.Generator, *, scene: int, audio: int, face: int, cfg: CorpusConfig
 ) -> bytes:
     """Encode one clip with the given cue classes; returns mp4 bytes (moov first)."""
-    n_video = round(cfg.duration_s * cfg.fps)
+    return _render([_segment(rng, (scene, audio, face), cfg.duration_s, cfg)], cfg)
+
+
+def write_planted_video(
+    out_dir: str,
+    segments: Sequence[tuple[int, float]],
+    seed: int = 0,
+    cfg: CorpusConfig | None = None,
+    storage: StorageConfig | None = None,
+) -> list[dict[str, object]]:
+    """Write ``planted.mp4`` (one long video) and ``planted.csv`` (its ground truth) under
+    `out_dir`: every cue (scene, audio, faces) follows each segment's class for its seconds in
+    turn, e.g. ``[(0, 40), (2, 40)]`` is positive for 40 s, then negative. The sample corpus's
+    cues, at full strength: a model trained on the corpus reads them, and a timeline scored
+    from the video must change class where the segments do. Returns the segments' rows."""
+    from emotiw.io.storage import join_url, write_bytes
+
+    cfg = cfg or CorpusConfig()
+    if not segments or any(s <= 0 or c not in range(len(CLASS_NAMES)) for c, s in segments):
+        raise ValueError(f"segments must be (class index, seconds > 0) pairs, got {segments}")
+    parts, rows, start = [], [], 0.0
+    for k, (cls, seconds) in enumerate(segments):
+        rng = np.random.default_rng([seed, 1_000_000 + k])  # apart from the clips' streams
+        parts.append(_segment(rng, (cls, cls, cls), seconds, cfg))
+        end = start + round(seconds * cfg.fps) / cfg.fps
+        rows.append({"segment": k, "label": CLASS_NAMES[cls], "start_s": start, "end_s": end})
+        start = end
+    write_bytes(join_url(out_dir, "planted.mp4"), _render(parts, cfg), storage)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(join_url(out_dir, "planted.csv"), table.getvalue().encode(), storage)
+    return rows
+
+
+# A stretch of cues: (background, disc centre per frame, faces, audio wave, frame count).
+_Segment = tuple[np.ndarray, np.ndarray, list, np.ndarray, int]
+
+
+def _segment(
+    rng: np.random.Generator, cues: tuple[int, int, int], seconds: float, cfg: CorpusConfig
+) -> _Segment:
+    """Draw one stretch's cues (scene, audio, face classes), in the order clips always drew."""
+    scene, audio, face = cues
+    n_video = round(seconds * cfg.fps)
     background = _background(rng, scene, cfg)
     disc = _disc_path(rng, scene, n_video, cfg)
     faces = _face_layout(rng, face, cfg)
-    wave = _tone(rng, audio, cfg)
+    return background, disc, faces, _tone(rng, audio, cfg, seconds), n_video
 
+
+def _render(segments: list[_Segment], cfg: CorpusConfig) -> bytes:
+    """Encode the segments one after another; returns mp4 bytes (moov first)."""
     # faststart (moov before the media data) lets readers stream the clip from object storage;
     # the muxer rewrites the file to move it, which needs a real file rather than a buffer.
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "clip.mp4")
-        _encode(path, background, disc, faces, wave, cfg, n_video)
+        _encode(path, segments, cfg)
         with open(path, "rb") as handle:
             return handle.read()
 
 
-def _encode(
-    path: str,
-    background: np.ndarray,
-    disc: np.ndarray,
-    faces: list[tuple[np.ndarray, tuple[int, int], tuple[int, int]]],
-    wave: np.ndarray,
-    cfg: CorpusConfig,
-    n_video: int,
-) -> None:
+def _encode(path: str, segments: list[_Segment], cfg: CorpusConfig) -> None:
     import av
 
     with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
@@ -174,15 +214,17 @@ def _encode(
         vstream.options = {"crf": "23", "preset": "veryfast"}
         vstream.codec_context.thread_count = 1  # one thread: byte-identical output per seed
         astream = out.add_stream("aac", rate=cfg.audio_rate, layout="stereo")
-        for t in range(n_video):
-            frame = background.copy()
-            _draw_disc(frame, disc[t], radius=min(cfg.width, cfg.height) // 10)
-            for patch, (x, y), (ax, ay) in faces:
-                dx = round(ax * np.sin(2 * np.pi * t / n_video))
-                dy = round(ay * np.cos(2 * np.pi * t / n_video))
-                h, w = patch.shape[:2]
-                frame[y + dy : y + dy + h, x + dx : x + dx + w] = patch
-            out.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for background, disc, faces, _, n_video in segments:
+            for t in range(n_video):
+                frame = background.copy()
+                _draw_disc(frame, disc[t], radius=min(cfg.width, cfg.height) // 10)
+                for patch, (x, y), (ax, ay) in faces:
+                    dx = round(ax * np.sin(2 * np.pi * t / n_video))
+                    dy = round(ay * np.cos(2 * np.pi * t / n_video))
+                    h, w = patch.shape[:2]
+                    frame[y + dy : y + dy + h, x + dx : x + dx + w] = patch
+                out.mux(vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        wave = np.concatenate([segment[3] for segment in segments], axis=1)
         chunk = 1024
         for start in range(0, wave.shape[1], chunk):
             piece = np.ascontiguousarray(wave[:, start : start + chunk])
@@ -267,10 +309,10 @@ def _face_layout(
     return layout
 
 
-def _tone(rng: np.random.Generator, cls: int, cfg: CorpusConfig) -> np.ndarray:
+def _tone(rng: np.random.Generator, cls: int, cfg: CorpusConfig, seconds: float) -> np.ndarray:
     """Stereo float32 ``[2, samples]``: the class's tone, rhythm and loudness plus faint noise."""
     spec = _AUDIO[cls]
-    n = round(cfg.duration_s * cfg.audio_rate)
+    n = round(seconds * cfg.audio_rate)
     t = np.arange(n, dtype=np.float64) / cfg.audio_rate
     freq = spec["freq"] * rng.uniform(0.97, 1.03)
     envelope = np.ones_like(t)

@@ -5,7 +5,7 @@ listing into (few tasks for a large run, every actor busy in a small one)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from emotiw.core import config
@@ -97,47 +97,42 @@ def pool_estimate(
     return max(1, int(fits))
 
 
-def _block_sizes(first_small: int, block_clips: int) -> Iterator[int]:
-    """Clips per input block: `first_small` blocks of one clip (so a small run still spreads
-    over every actor), then doubling up to `block_clips` (so a large run costs one Ray task
-    per `block_clips` clips, not per clip)."""
-    yield from [1] * first_small
-    size = 2
-    while True:
-        yield min(size, block_clips)
-        size *= 2
+def _block_size(placed: int, pool: int, block_clips: int) -> int:
+    """Items in the next input block, `placed` items already in blocks: one each for the
+    first ``2 x pool`` (a small run spreads over every actor), then a ``4 x pool``-th of
+    those so far, up to `block_clips`. A block is then never more than a quarter of an
+    actor's share of the items before it (the run's last block cannot leave the other actors
+    idle for long, whatever the run's size), and a large run costs one Ray task per
+    `block_clips` items: ~``4 x pool x ln(block_clips)`` blocks to reach it."""
+    if placed < 2 * pool:
+        return 1
+    return max(1, min(block_clips, placed // (4 * pool)))
 
 
 def plan_blocks(
-    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100,
-    weight: Callable[[dict[str, Any]], float] = lambda item: 1.0,
-) -> tuple[list[Any], int]:  # fmt: skip
-    """The listing's items, put into Ray's object store block by block as they stream from
-    the listing: the driver holds one block of items and a reference per block. `start()` is
-    called before the first block (it starts Ray and returns the extract pool's size), so a
-    listing with nothing to do starts nothing; an item's `weight` is what it counts for
-    against the block's size (a window of a long video counts for more than a clip, so its
-    windows spread over more tasks). Returns the block references and the count."""
+    items: Iterable[dict[str, Any]], start: Callable[[], int], block_clips: int = 100
+) -> tuple[list[Any], int]:
+    """The listing's items (clips, or windows of long videos: the same work each), put into
+    Ray's object store block by block as they stream from the listing: the driver holds one
+    block of items and a reference per block. `start()` is called before the first block (it
+    starts Ray and returns the extract pool's size), so a listing with nothing to do starts
+    nothing. Returns the block references and the count."""
     import pyarrow as pa
     import ray
 
     refs: list[Any] = []
-    sizes: Iterator[int] | None = None
+    pool: int | None = None
     block: list[dict[str, Any]] = []
-    count, target, filled = 0, 1, 0.0
+    count = 0
     for item in items:
+        if pool is None:
+            pool = max(1, start())
         block.append(item)
-        filled += weight(item)
-        if filled >= target:
-            if sizes is None:
-                sizes = _block_sizes(2 * max(1, start()), block_clips)
-                next(sizes)
+        if len(block) >= _block_size(count, pool, block_clips):
             refs.append(ray.put(pa.Table.from_pylist(block)))
             count += len(block)
-            block, target, filled = [], next(sizes), 0.0
+            block = []
     if block:
-        if sizes is None:
-            start()
         refs.append(ray.put(pa.Table.from_pylist(block)))
         count += len(block)
     return refs, count

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from emotiw.core import logs
 from emotiw.core.config import (
     AUTO,
     EXTRACT_ACTOR_GIB,
@@ -86,8 +87,8 @@ class ScoreConfig:
             halves it for the rest of the run.
         autocast: mixed precision in the model stage: ``auto`` (bfloat16 on CUDA, off on
             CPU), ``bf16``, ``fp16`` or ``off``.
-        block_clips: clips per input block (one Ray task of the extract pool) once the
-            first few one-clip blocks have spread the run over the pool.
+        block_clips: most clips (or windows) per input block, one Ray task of the extract
+            pool; blocks grow to it from one clip as the run's listing streams in.
         device: the model stage's torch device (auto: CUDA when the actor sees one).
         backend: what runs the CNN front-ends (face FER, OpenL3, the keypoint detector's
             backbone, the scene backbone): ``auto`` (ONNX Runtime on CPU, eager on CUDA),
@@ -240,7 +241,7 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
     from emotiw.jobs.pipeline import exclusive_output, write_stream
     from emotiw.jobs.pools import plan_blocks
     from emotiw.jobs.preflight import run_checks
-    from emotiw.jobs.windowing import block_weight, start_writers, window_items
+    from emotiw.jobs.windowing import start_writers, window_items
     from emotiw.models.packaging import read_configs
     from emotiw.tables.schema import score_schema
     from emotiw.tracking.client import model_ref, resolve_model_dir
@@ -298,14 +299,19 @@ def run_score(cfg: ScoreConfig, ray_address: str | None = None) -> ScoreSummary:
         if count:  # each pending video's windows (a clip: one), less those done before
             windows = window_items(refs, cfg.windows, cfg.media, cfg.storage, job.attempts,
                                    job.backoff_s, writer.done)  # fmt: skip
-            weight = block_weight(cfg.block_clips)
             refs, n_windows = plan_blocks(
-                windows, lambda: int(pools["cpu_estimate"]), cfg.block_clips, weight
+                windows, lambda: int(pools["cpu_estimate"]), cfg.block_clips
             )
             count = n_windows
         if count:
             ds = _pipeline(cfg, refs, pools, configs, package_root, ref, run_id)
             unit = "clips" if n_windows == summary.listed - summary.skipped else "windows"
+            if unit == "windows" and writer.windows is None:
+                logs.get("score").warning(
+                    "no windows table (detail tables off): a long video's windows are kept "
+                    "in memory until its last one is scored, so a run stopped mid-video "
+                    "scores that video again from its first window"
+                )
             in_flight = Committed()  # window rows: the summary counts videos (`on_videos`)
             write_stream(ds, writer, in_flight, lambda rows: None,
                          Progress("score", count, job.progress_interval_s, unit=unit))  # fmt: skip
@@ -352,10 +358,11 @@ def _pipeline(
 
     from emotiw.models.packaging import read_package
 
-    # Blocks of up to `block_clips` clips (one Ray task each), after a few one-clip blocks
-    # that spread a small run over every actor; the actor still handles one clip per call, so
-    # the only data in flight is each clip's feature row (JPEG frames, ~0.3-0.5 MB), never
-    # decoded video; Ray Data's streaming executor bounds how many rows wait between stages.
+    # Blocks of up to `block_clips` clips (one Ray task each), growing from one clip so that a
+    # small run spreads over every actor (`pools.plan_blocks`); the actor still handles one
+    # clip per call, so the only data in flight is each clip's feature row (JPEG frames,
+    # ~0.3-0.5 MB), never decoded video; Ray Data's streaming executor bounds how many rows
+    # wait between stages.
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         ExtractActor,

@@ -220,18 +220,6 @@ def _unscored_complete(
     return [k for k, (n, got) in found.items() if len(got) == n]
 
 
-# Windows of a long video per input block (one Ray task of the extract pool): small, so a
-# 20-minute video (240 windows) spreads over 60 tasks across the pool, like 240 clips.
-_WINDOWS_PER_BLOCK = 4
-
-
-def block_weight(block_clips: int) -> Callable[[dict[str, Any]], float]:
-    """`pools.plan_blocks`' weight: a clip counts 1, a window of a long video a block's
-    share (`_WINDOWS_PER_BLOCK` to a full block)."""
-    share = max(1.0, block_clips / _WINDOWS_PER_BLOCK)
-    return lambda item: 1.0 if item["n_windows"] == 1 else share
-
-
 def start_writers(
     cfg: Any, fs: Any, root: str, lease: Any, run_id: str, specs: Any, committed: Any,
     schema: Any, done: KeyIndex, options: dict[str, Any], on_videos: Callable[[Any], None],
