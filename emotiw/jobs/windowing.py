@@ -259,7 +259,7 @@ def start_writers(
         found = retry.call(lambda: recover(wfs, wroot, run_id), job.attempts, job.backoff_s)
         committed.recovery += f"; windows table: {found}"
         windows_done = done_index(wfs, wroot, wschema, job, cfg.skip_existing, windows=True,
-                                  **options)  # fmt: skip
+                                  videos_done=done, **options)  # fmt: skip
         legacy = _legacy_chunks(fs, root, wfs, wroot)
         windows = paired(writer(wfs, wroot, wschema), specs, details, cfg.storage, "scored_at",
                          committed, legacy)  # fmt: skip

@@ -79,6 +79,7 @@ def done_keys(
     model_uri: str | None = None,
     crash_runs: int | None = 2,
     windows: bool = False,
+    videos_done: KeyIndex | None = None,
 ) -> KeyIndex:
     """The `KeyIndex` of every clip the table has a final row for: a success, or (with
     `final_errors`) an error that is a property of the clip (not_media, empty, ...). Clips
@@ -86,7 +87,10 @@ def done_keys(
     again without being told. `seen` also indexes every row (for `KeyIndex.status`); with
     `model_uri` (the scores table) only that model's rows count, so a new model version
     rescores every clip once. A clip ``crashed`` in `crash_runs` runs is done (None: never).
-    With `windows` (the windows table) the keys are windows: ask for `window_key(uri, i)`."""
+    With `windows` (the windows table) the keys are windows: ask for `window_key(uri, i)`;
+    windows of the `videos_done` (the scores table's index) are left out, as no run asks for
+    them: the index holds the windows of unfinished videos only, not the whole table's."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     from emotiw.core.errors import TRANSIENT_REASONS
@@ -102,6 +106,9 @@ def done_keys(
         columns = ["uri", "etag", "error_reason", *(["window_index"] if windows else [])]
         where = None if model_uri is None else ds.field("model_uri") == model_uri
         for batch in dataset.to_batches(columns=columns, filter=where, batch_size=65_536):
+            if windows and videos_done is not None:  # the windows of unfinished videos
+                pairs_in = zip(batch["uri"].to_pylist(), batch["etag"].to_pylist(), strict=True)
+                batch = batch.filter(pa.array([not videos_done.done(*p) for p in pairs_in]))
             keys = batch.to_pydict()
             if windows:
                 keys["uri"] = [
