@@ -4,7 +4,8 @@ boundary is tested in test_cli and test_exactly_once) on the session's Ray clust
 corpus and its feature table on a real S3 endpoint (moto_server on loopback), MLflow against a real
 `mlflow server` on 127.0.0.1, the registered model loaded back. Also the learnability test: on the
 synthetic corpus, each head with a cue (scene colours, audio tones, face counts) beats chance on
-held-out clips and FC fusion is at least as good as the best head."""
+held-out clips and FC fusion is at least as good as the best head; and the trained model's
+timeline of the planted long video flips where its cues do."""
 
 from __future__ import annotations
 
@@ -131,7 +132,6 @@ def test_packaged_model_round_trip(tmp_path: Path) -> None:
             )
 
 
-@pytest.mark.timeout(1200)  # two extract jobs (fixture), the train job, evaluate: ~10 min
 @pytest.fixture(scope="module")
 def trained(tables, mlflow_server, s3_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`emotiw train` on the training table, registered as models:/emotiw-test/1."""
@@ -148,6 +148,7 @@ def trained(tables, mlflow_server, s3_env, tmp_path_factory: pytest.TempPathFact
     return {"stdout": stdout, "run_dir": run_dir, "model": "models:/emotiw-test/1"}
 
 
+@pytest.mark.timeout(1200)  # two extract jobs (fixture), the train job, evaluate: ~10 min
 def test_train_learns_cues_logs_to_mlflow_and_registers(
     tables, trained, mlflow_server, s3_env, tmp_path
 ) -> None:
@@ -234,6 +235,7 @@ def test_train_learns_cues_logs_to_mlflow_and_registers(
     assert "0.641 / 0.632 / 0.630" in stdout  # Table 3: fc without face (Aud-Sce-Pose)
 
 
+@pytest.mark.timeout(1200)  # the train job too when run alone (the fixture), then scoring
 def test_a_planted_change_flips_every_head_and_the_fusion_within_one_window(
     trained, mlflow_server, tmp_path
 ) -> None:
@@ -249,7 +251,7 @@ def test_a_planted_change_flips_every_head_and_the_fusion_within_one_window(
         "--tracking-uri", mlflow_server,
     ).stdout  # fmt: skip
     assert "1 clips listed, 0 already scored, 1 scored, 0 errors" in stdout, stdout
-    timeline = pq.read_table(out / "scores-details" / "windows").to_pandas()
+    timeline = pq.read_table(tmp_path / "scores-details" / "windows").to_pandas()
     timeline = timeline.sort_values("window_index")
     assert list(timeline["start_s"]) == [5.0 * i for i in range(16)]
     change = segments[1]["start_s"]
@@ -259,6 +261,7 @@ def test_a_planted_change_flips_every_head_and_the_fusion_within_one_window(
     for column in ("scene_predicted", "audio_predicted", "face_predicted", "predicted"):
         assert set(before[column]) == {"positive"}, (column, list(timeline[column]))
         assert set(after[column]) == {"negative"}, (column, list(timeline[column]))
+    assert timeline["pose_predicted"].isna().all()  # no people found: no pose timeline
     # the video's row: a mix of the two, its extremes on either side of the change
     row = pq.read_table(out / "scores").to_pandas().iloc[0]
     assert row["most_positive_start_s"] < change <= row["most_negative_start_s"]
