@@ -50,7 +50,7 @@ def _write(path: Path, first: int, frames: int, gop: int) -> Path:
             n = RATE // FPS
             tone = 0.3 * np.sin(2 * np.pi * 440 * (t + np.arange(n) / RATE)).astype(np.float32)
             sound = av.AudioFrame.from_ndarray(tone[None, :], format="fltp", layout="mono")
-            sound.sample_rate, sound.pts = RATE, i * n
+            sound.sample_rate, sound.pts = RATE, (i - first) * n  # each file starts at 0
             out.mux(audio.encode(sound))
         out.mux(video.encode(None))
         out.mux(audio.encode(None))

@@ -119,6 +119,43 @@ def test_a_variable_frame_rate_window_samples_by_time(tmp_path: Path) -> None:
     assert clip.n_valid_frames == 10  # 2 fps: 2 of the 12 slots (0.4 s each) hold no frame
 
 
+def test_timestamps_that_do_not_start_at_zero(tmp_path: Path) -> None:
+    """An MPEG-TS segment cut from a broadcast 100 s in (and an MP4 the same): times count
+    from the video's first timestamp, so the clip and every window decode their own frames;
+    TS has no index, so a window's seek steps back to a keyframe (here 10 s apart)."""
+    from fractions import Fraction
+
+    import av
+
+    for name in ("segment.ts", "segment.mp4"):
+        path = tmp_path / name
+        with av.open(str(path), "w") as out:
+            video = out.add_stream("libx264", rate=25, options={"qp": "0"})  # GOP 250
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+            sound = out.add_stream("aac", rate=48_000, layout="mono")
+            for i in range(750):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), frame_colour(i), np.uint8))
+                frame.pts, frame.time_base = 2500 + i, Fraction(1, 25)
+                out.mux(video.encode(frame))
+                level = np.full((1, 1920), 0.1, np.float32)
+                tone = av.AudioFrame.from_ndarray(level, "fltp", "mono")
+                tone.sample_rate, tone.pts = 48_000, 4_800_000 + 1920 * i
+                out.mux(sound.encode(tone))
+            out.mux(video.encode(None))
+            out.mux(sound.encode(None))
+        clip = media.decode(str(path), MEDIA)
+        assert clip.n_valid_frames == 12 and clip.audio_duration_s == pytest.approx(10, abs=0.05)
+        windows = plan(probe(str(path)), WindowConfig(), MEDIA)
+        assert len(windows) == 6, name
+        for w in windows:
+            got = media.decode(str(path), MEDIA, window=w)
+            shown = [index_from_pixel(f[10, 10]) for f in got.frames]
+            want = [125 * w.index + 10 * k for k in range(12)]
+            off = (np.subtract(shown, want) + 128) % 256 - 128  # YUV rounds the colour a little
+            assert np.abs(off).max() <= 1, (name, w.index, shown)
+            assert got.audio_duration_s == pytest.approx(5, abs=0.05), (name, w.index)
+
+
 def test_a_window_past_the_data_is_an_error_not_a_hang(long_clip: Path) -> None:
     with pytest.raises(DecodeError) as caught:
         media.decode(str(long_clip), MEDIA, window=Window(30, 150.0, 155.0, 40, 200.0))

@@ -25,7 +25,7 @@ from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.core.errors import DecodeError, DecodeReason, StorageError
 from emotiw.io.audio_samples import channels, resample
 from emotiw.io.media_guard import refuse_too_large
-from emotiw.io.sampling import FrameSampler
+from emotiw.io.sampling import FrameSampler, seek_keyframe
 
 _Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 # Bytes per range request when a window or a header is read from object storage: a window of
@@ -255,9 +255,13 @@ def _decode_container(
     codec = video.codec_context
     audio = container.streams.audio[0] if container.streams.audio else None
     start, end = (0.0, cfg.max_duration_s) if window is None else (window.start_s, window.end_s)
+    # Times count from the video's first timestamp, which need not be 0: an MPEG-TS segment
+    # cut from a broadcast starts where the broadcast was (seconds, hours in), and even a
+    # fresh TS file starts at 1.4 s; the container's own clock is what seeks take.
+    origin = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
     if start > 0 or reused:  # to the keyframe at or before the start: reads from there on
         try:
-            container.seek(int(start * av.time_base), backward=True, any_frame=False)
+            seek_keyframe(container, video, origin, start)
         except av.FFmpegError as exc:
             raise DecodeError(
                 DecodeReason.NO_FRAMES, f"{label}: cannot seek to {start:g} s: {_ffmpeg_text(exc)}"
@@ -297,7 +301,7 @@ def _decode_container(
             errors += 1
             continue
         for frame in out_frames:
-            t = frame.time
+            t = None if frame.time is None else frame.time - origin
             if is_video:
                 if (t is not None and t > end) or sampler.past_last_slot(frame):
                     video_done = True

@@ -1,5 +1,6 @@
 """Which decoded frames a clip (or a window of a long video) keeps: the paper's every 10th
-frame, 12 of them, placed by presentation timestamps (`media.decode`'s frame half)."""
+frame, 12 of them, placed by presentation timestamps (`media.decode`'s frame half); and where
+decoding a window starts."""
 
 from __future__ import annotations
 
@@ -67,3 +68,25 @@ class FrameSampler:
     @property
     def full(self) -> bool:
         return bool(self.mask.all())
+
+
+def seek_keyframe(container: Any, video: Any, origin: float, at_s: float) -> None:
+    """Position `container` at the video keyframe at or before `at_s` seconds after `origin`
+    (the video's first timestamp). A container with an index (MP4, Matroska) lands on one; an
+    MPEG-TS file has none and lands on the packet at that time, keyframe or not, whose frames
+    cannot be decoded until the next keyframe (seconds on): so step back (1, 2, 4, ... s)
+    until the first video packet is a keyframe, or the video's start."""
+    import av
+
+    back = 0.0
+    while True:
+        target = max(0.0, at_s - back)
+        position = int((origin + target) * av.time_base)
+        container.seek(position, backward=True, any_frame=False)
+        if target == 0.0:
+            return
+        first = next((p for p in container.demux(video) if p.size), None)
+        if first is None or first.is_keyframe:
+            container.seek(position, backward=True, any_frame=False)  # `first` was read
+            return
+        back = max(1.0, 2 * back)
