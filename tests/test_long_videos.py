@@ -5,6 +5,7 @@ before the cut and says how much it covers; a rerun scores nothing twice."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -69,7 +70,8 @@ def test_a_long_video_is_a_timeline_and_one_row(
             fs.put(str(f), f"{s3_bucket.removeprefix('s3://')}/in/{f.name}")
         source, root, env, storage = f"{s3_bucket}/in", s3_bucket, s3_env, s3_storage
     else:
-        source, root, env = str(videos), str(tmp_path), None
+        shutil.copytree(videos, tmp_path / "in")  # a copy: this test rewrites a video
+        source, root, env = str(tmp_path / "in"), str(tmp_path), None
     args = ("--input", source, "--output", f"{root}/scores", "--model", str(smoke_package))
     out = run_here("score", *args, env=env).stdout
     assert "3 clips listed, 0 already scored, 3 scored, 0 errors" in out, out
@@ -111,6 +113,22 @@ def test_a_long_video_is_a_timeline_and_one_row(
 
     again = run_here("score", *args, env=env).stdout
     assert "3 clips listed, 3 already scored, 0 scored" in again
+
+    # the long video rewritten (40 s now, a new etag): scored whole again, by this run alone
+    changed = write_clip(tmp_path / "long40.mkv", n_frames=1000, size=(160, 120))
+    if storage is None:
+        shutil.copy(changed, tmp_path / "in" / "long.mkv")
+    else:
+        fs.put(str(changed), f"{s3_bucket.removeprefix('s3://')}/in/long.mkv")
+    third = run_here("score", *args, env=env).stdout
+    assert "3 clips listed, 2 already scored, 1 scored, 0 errors" in third, third
+    [(n, runs, windows)] = _query(
+        f"SELECT count(*), count(DISTINCT run_id), max(n_windows) FROM {_tables(root, storage)[1]} "
+        f"WHERE video_id = 'long' AND n_windows = 8")  # fmt: skip
+    assert (n, runs, windows) == (8, 1, 8)
+    [(latest,)] = _query(f"SELECT arg_max(n_windows, scored_at) FROM {_tables(root, storage)[0]} "
+                         f"WHERE video_id = 'long'")  # fmt: skip
+    assert latest == 8
 
     # look at it: the cut video's timeline as a PNG, the table's report as one HTML page
     cut = f"{source}/cut.mkv"
@@ -193,7 +211,6 @@ def test_the_run_report_shows_its_plots_in_a_real_browser(videos, smoke_package,
     and the screenshot shows the timelines' lines in their class colours.
     Sibling in make test: tests/test_long_videos.py::test_a_long_video_is_a_timeline_and_one_row
     (the same report written and its parts checked, without a browser)."""
-    import shutil
     import subprocess
 
     from PIL import Image
