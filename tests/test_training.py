@@ -263,7 +263,7 @@ def test_a_planted_change_flips_every_head_and_the_fusion_within_one_window(
         assert set(after[column]) == {"negative"}, (column, list(timeline[column]))
     assert timeline["pose_predicted"].isna().all()  # no people found: no pose timeline
     # the video's row: a mix of the two, its extremes on either side of the change
-    row = pq.read_table(out / "scores").to_pandas().iloc[0]
+    row = pq.read_table(out).to_pandas().iloc[0]
     assert row["most_positive_start_s"] < change <= row["most_negative_start_s"]
 
 

@@ -260,6 +260,8 @@ def test_the_windows_index_keys_each_window(tmp_path: Path) -> None:
     fs, root = pafs.LocalFileSystem(), str(tmp_path)
     assert len(done_keys(fs, root, schema, windows=True, videos_done=finished)) == 0
     assert len(done_keys(fs, root, schema, windows=True, videos_done=KeyIndex.empty())) == 1
+    other = done_keys(fs, root, schema, windows=True, videos_done=finished, model_uri="m:/x/2")
+    assert len(other) == 0  # another model's run: every batch filtered empty
 
 
 def test_windows_at_the_edges_of_a_recording(tmp_path: Path) -> None:

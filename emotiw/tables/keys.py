@@ -108,7 +108,8 @@ def done_keys(
         for batch in dataset.to_batches(columns=columns, filter=where, batch_size=65_536):
             if windows and videos_done is not None:  # the windows of unfinished videos
                 pairs_in = zip(batch["uri"].to_pylist(), batch["etag"].to_pylist(), strict=True)
-                batch = batch.filter(pa.array([not videos_done.done(*p) for p in pairs_in]))
+                unfinished = [not videos_done.done(*p) for p in pairs_in]
+                batch = batch.filter(pa.array(unfinished, pa.bool_()))  # typed: may be empty
             keys = batch.to_pydict()
             if windows:
                 keys["uri"] = [
