@@ -93,11 +93,7 @@ def write_sample_corpus(
         clips.append(clip)
     names = {f"{c.name}.mp4": c.label for c in clips}
     write_labels(join_url(out_dir, "labels.txt"), names, storage)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(asdict(clips[0])))
-    writer.writeheader()
-    writer.writerows(asdict(c) for c in clips)
-    write_bytes(join_url(out_dir, "cues.csv"), table.getvalue().encode(), storage)
+    _write_csv(join_url(out_dir, "cues.csv"), [asdict(c) for c in clips], storage)
     about = {
         "synthetic": True,
         "warning": "synthetic test corpus with planted cues; not sentiment data",
@@ -170,12 +166,19 @@ def write_planted_video(
         rows.append({"segment": k, "label": CLASS_NAMES[cls], "start_s": start, "end_s": end})
         start = end
     write_bytes(join_url(out_dir, "planted.mp4"), _render(parts, cfg), storage)
+    _write_csv(join_url(out_dir, "planted.csv"), rows, storage)
+    return rows
+
+
+def _write_csv(uri: str, rows: list[dict[str, object]], storage: StorageConfig | None) -> None:
+    """`rows` (same keys each) as a CSV file with a header, at `uri` (path or s3://)."""
+    from emotiw.io.storage import write_bytes
+
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_bytes(join_url(out_dir, "planted.csv"), table.getvalue().encode(), storage)
-    return rows
+    write_bytes(uri, table.getvalue().encode(), storage)
 
 
 # A stretch of cues: (background, disc centre per frame, faces, audio wave, frame count).
