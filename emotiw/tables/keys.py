@@ -90,7 +90,6 @@ def done_keys(
     With `windows` (the windows table) the keys are windows: ask for `window_key(uri, i)`;
     windows of the `videos_done` (the scores table's index) are left out, as no run asks for
     them: the index holds the windows of unfinished videos only, not the whole table's."""
-    import pyarrow as pa
     import pyarrow.dataset as ds
 
     from emotiw.core.errors import TRANSIENT_REASONS
@@ -106,17 +105,17 @@ def done_keys(
         columns = ["uri", "etag", "error_reason", *(["window_index"] if windows else [])]
         where = None if model_uri is None else ds.field("model_uri") == model_uri
         for batch in dataset.to_batches(columns=columns, filter=where, batch_size=65_536):
-            if windows and videos_done is not None:  # the windows of unfinished videos
-                pairs_in = zip(batch["uri"].to_pylist(), batch["etag"].to_pylist(), strict=True)
-                unfinished = [not videos_done.done(*p) for p in pairs_in]
-                batch = batch.filter(pa.array(unfinished, pa.bool_()))  # typed: may be empty
             keys = batch.to_pydict()
-            if windows:
-                keys["uri"] = [
-                    window_key(u, w) for u, w in zip(keys["uri"], keys["window_index"], strict=True)
+            rows: Iterable[tuple[str, str | None, str | None]]
+            rows = zip(*(keys[c] for c in columns[:3]), strict=True)
+            if windows:  # keyed by window; only the windows of unfinished videos
+                rows = [
+                    (window_key(u, w), e, r)
+                    for (u, e, r), w in zip(rows, keys["window_index"], strict=True)
+                    if videos_done is None or not videos_done.done(u, e)
                 ]
             with_etag, without, any_pair, any_uri = [], [], [], []
-            for uri, etag, reason in zip(*(keys[c] for c in columns[:3]), strict=True):
+            for uri, etag, reason in rows:
                 if reason == "crashed":  # done once it crashed in `crash_runs` runs
                     crashes[(uri, etag)] += 1
                 final = reason is None or (final_errors and reason not in TRANSIENT_REASONS)
