@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from emotiw.core.config import CorpusConfig
-from emotiw.io.corpus import _sample_plan, write_sample_corpus
+from emotiw.io.corpus import (
+    _sample_plan,
+    planted_segments,
+    write_planted_video,
+    write_sample_corpus,
+)
 from emotiw.io.labels import read_labels
 from emotiw.io.media import decode
 
@@ -90,3 +95,15 @@ def test_faces_are_real_and_big_enough(sample_corpus: Path) -> None:
             assert len(boxes) == int(row["n_faces"])
             for top, right, bottom, left in boxes:
                 assert right - left >= 48 and bottom - top >= 48
+
+
+def test_planted_segments_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    """``--planted``'s syntax, and the segments a caller passes, checked by one rule."""
+    assert planted_segments("positive:40, negative:2.5") == [(0, 40.0), (2, 2.5)]
+    for spec in ("", "happy:40", "positive", "positive:0", "negative:-1", "positive:inf"):
+        with pytest.raises(ValueError, match="expected CLASS:SECONDS"):
+            planted_segments(spec)
+    for segments in ([], [(3, 10.0)], [(0, 0.0)]):
+        with pytest.raises(ValueError, match="segments must be"):
+            write_planted_video(str(tmp_path), segments)
+    assert not list(tmp_path.iterdir())

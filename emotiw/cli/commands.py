@@ -75,18 +75,13 @@ def _cmd_sample_corpus(args: argparse.Namespace) -> int:
 
 
 def _segments(spec: str) -> list[tuple[int, float]]:
-    """``positive:40,negative:40`` -> [(0, 40.0), (2, 40.0)] (argparse type of --planted)."""
+    """argparse type of --planted (`emotiw.io.corpus.planted_segments`)."""
+    from emotiw.io.corpus import planted_segments
+
     try:
-        pairs = [part.split(":") for part in spec.split(",")]
-        segments = [(CLASS_NAMES.index(name.strip()), float(s)) for name, s in pairs]
-        if any(not 0 < seconds < float("inf") for _, seconds in segments):
-            raise ValueError
-        return segments
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected CLASS:SECONDS[,CLASS:SECONDS...] with CLASS one of {CLASS_NAMES} and "
-            f"SECONDS > 0, got {spec!r}"
-        ) from None
+        return planted_segments(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

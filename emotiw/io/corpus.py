@@ -156,8 +156,7 @@ def write_planted_video(
     from emotiw.io.storage import join_url, write_bytes
 
     cfg = cfg or CorpusConfig()
-    if not segments or any(s <= 0 or c not in range(len(CLASS_NAMES)) for c, s in segments):
-        raise ValueError(f"segments must be (class index, seconds > 0) pairs, got {segments}")
+    _check_segments(segments)
     parts, rows, start = [], [], 0.0
     for k, (cls, seconds) in enumerate(segments):
         rng = np.random.default_rng([seed, 1_000_000 + k])  # apart from the clips' streams
@@ -168,6 +167,28 @@ def write_planted_video(
     write_bytes(join_url(out_dir, "planted.mp4"), _render(parts, cfg), storage)
     _write_csv(join_url(out_dir, "planted.csv"), rows, storage)
     return rows
+
+
+def planted_segments(spec: str) -> list[tuple[int, float]]:
+    """``positive:40,negative:40`` -> ``[(0, 40.0), (2, 40.0)]``, the `write_planted_video`
+    segments a command line names; ValueError saying the syntax when `spec` is not one."""
+    try:
+        pairs = [part.split(":") for part in spec.split(",")]
+        segments = [(CLASS_NAMES.index(name.strip()), float(s)) for name, s in pairs]
+        _check_segments(segments)
+    except ValueError:
+        raise ValueError(
+            f"expected CLASS:SECONDS[,CLASS:SECONDS...] with CLASS one of {CLASS_NAMES} and "
+            f"SECONDS > 0, got {spec!r}"
+        ) from None
+    return segments
+
+
+def _check_segments(segments: Sequence[tuple[int, float]]) -> None:
+    if not segments or any(
+        c not in range(len(CLASS_NAMES)) or not 0 < s < float("inf") for c, s in segments
+    ):
+        raise ValueError(f"segments must be (class index, seconds > 0) pairs, got {segments}")
 
 
 def _write_csv(uri: str, rows: list[dict[str, object]], storage: StorageConfig | None) -> None:
