@@ -262,6 +262,17 @@ def test_the_windows_index_keys_each_window(tmp_path: Path) -> None:
     assert len(done_keys(fs, root, schema, windows=True, videos_done=KeyIndex.empty())) == 1
     other = done_keys(fs, root, schema, windows=True, videos_done=finished, model_uri="m:/x/2")
     assert len(other) == 0  # another model's run: every batch filtered empty
+    # a video whose every window is final but which has no row (a run died in between)
+    from emotiw.tables.keys import complete_videos
+
+    assert complete_videos(index) == []  # window 1 only failed transiently; window 2 missing
+    rest = [_window(1, 5, 10, [0.1, 0.1, 0.8]), _window(2, 10, 12, [0.1, 0.8, 0.1])]
+    rest = [{k: r.get(k) for k in schema.names} for r in rest]
+    pq.write_table(pa.Table.from_pylist(rest, schema), tmp_path / "part-b-00000.parquet")
+    index = done_keys(fs, root, schema, windows=True, videos_done=KeyIndex.empty())
+    assert index.videos == {("s3://b/v.mp4", "e"): 3}
+    assert complete_videos(index) == [("s3://b/v.mp4", "e")]
+    assert complete_videos(done_keys(fs, root, schema, windows=True, videos_done=finished)) == []
 
 
 def test_windows_at_the_edges_of_a_recording(tmp_path: Path) -> None:

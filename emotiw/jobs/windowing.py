@@ -19,7 +19,7 @@ from typing import Any
 
 from emotiw.core.config import MediaConfig, StorageConfig
 from emotiw.io.windows import WindowConfig, plan, probe
-from emotiw.tables.keys import KeyIndex, window_key
+from emotiw.tables.keys import KeyIndex, complete_videos, window_key
 
 Key = tuple[str, str | None]  # (uri, etag): one version of one video
 
@@ -197,29 +197,6 @@ def _read_windows(fs: Any, root: str, schema: Any, keys: list[Key]) -> dict[Key,
     return out
 
 
-def _unscored_complete(
-    fs: Any, root: str, schema: Any, windows_done: KeyIndex, videos_done: KeyIndex
-) -> list[Key]:
-    """Videos whose windows all have a final row in the windows table but which have no
-    final scores row: a run died between committing a video's last window and its row."""
-    import pyarrow.dataset as ds
-
-    from emotiw.tables.chunks import data_files
-
-    files = data_files(fs, root)
-    if not files:
-        return []
-    dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
-    found: dict[Key, tuple[int, set[int]]] = {}
-    columns = ["uri", "etag", "window_index", "n_windows"]
-    for batch in dataset.to_batches(columns=columns, batch_size=65_536):
-        for uri, etag, window, n in zip(*batch.to_pydict().values(), strict=True):
-            if videos_done.done(uri, etag) or not windows_done.done(window_key(uri, window), etag):
-                continue
-            found.setdefault((uri, etag), (n, set()))[1].add(window)
-    return [k for k, (n, got) in found.items() if len(got) == n]
-
-
 def start_writers(
     cfg: Any, fs: Any, root: str, lease: Any, run_id: str, specs: Any, committed: Any,
     schema: Any, done: KeyIndex, options: dict[str, Any], on_videos: Callable[[Any], None],
@@ -271,7 +248,7 @@ def start_writers(
                      read or (lambda keys: {}), lambda w: video_row(w, stats, max_video_s),
                      on_videos)  # fmt: skip
     if details is not None and cfg.skip_existing:
-        rows.finish(_unscored_complete(wfs, wroot, wschema, windows_done, done))
+        rows.finish(complete_videos(windows_done))
     return rows
 
 

@@ -28,13 +28,19 @@ class KeyIndex:
     instead of a Python set of (uri, etag) strings (~250 bytes), built by streaming the key
     columns in batches, so a 10-million-row table's index is 80 MB and the driver never holds
     its history. Old rows without an etag match their URI whatever the etag. With `seen`
-    (dry runs) it also keeps every row's keys, final or not, to say why a clip is pending."""
+    (dry runs) it also keeps every row's keys, final or not, to say why a clip is pending. An
+    index of the windows table also knows each unfinished video's window count (`videos`)."""
 
     def __init__(
-        self, pairs: np.ndarray, uris: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None
+        self,
+        pairs: np.ndarray,
+        uris: np.ndarray,
+        seen: tuple[np.ndarray, np.ndarray] | None = None,
+        videos: dict[tuple[str, str | None], int] | None = None,
     ) -> None:
         self.pairs, self.uris = np.unique(pairs), np.unique(uris)
         self.seen = None if seen is None else (np.unique(seen[0]), np.unique(seen[1]))
+        self.videos = videos or {}
 
     def __len__(self) -> int:
         return len(self.pairs) + len(self.uris)
@@ -89,7 +95,8 @@ def done_keys(
     rescores every clip once. A clip ``crashed`` in `crash_runs` runs is done (None: never).
     With `windows` (the windows table) the keys are windows: ask for `window_key(uri, i)`;
     windows of the `videos_done` (the scores table's index) are left out, as no run asks for
-    them: the index holds the windows of unfinished videos only, not the whole table's."""
+    them: the index holds the windows of unfinished videos only, not the whole table's, and
+    their videos' window counts (`KeyIndex.videos`, for `complete_videos`)."""
     import pyarrow.dataset as ds
 
     from emotiw.core.errors import TRANSIENT_REASONS
@@ -99,21 +106,25 @@ def done_keys(
     seen_pairs: list[np.ndarray] = []
     seen_uris: list[np.ndarray] = []
     crashes: Counter[tuple[str, str | None]] = Counter()  # crashed rows only: few
+    videos: dict[tuple[str, str | None], int] = {}  # unfinished videos' window counts
     files = data_files(fs, root)
     if files:
         dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
-        columns = ["uri", "etag", "error_reason", *(["window_index"] if windows else [])]
+        columns = ["uri", "etag", "error_reason"]
+        columns += ["window_index", "n_windows"] if windows else []
         where = None if model_uri is None else ds.field("model_uri") == model_uri
         for batch in dataset.to_batches(columns=columns, filter=where, batch_size=65_536):
             keys = batch.to_pydict()
             rows: Iterable[tuple[str, str | None, str | None]]
             rows = zip(*(keys[c] for c in columns[:3]), strict=True)
             if windows:  # keyed by window; only the windows of unfinished videos
-                rows = [
-                    (window_key(u, w), e, r)
-                    for (u, e, r), w in zip(rows, keys["window_index"], strict=True)
-                    if videos_done is None or not videos_done.done(u, e)
-                ]
+                unfinished = []
+                for (u, e, r), w, n in zip(rows, keys["window_index"], keys["n_windows"],
+                                           strict=True):  # fmt: skip
+                    if videos_done is None or not videos_done.done(u, e):
+                        unfinished.append((window_key(u, w), e, r))
+                        videos[(u, e)] = n
+                rows = unfinished
             with_etag, without, any_pair, any_uri = [], [], [], []
             for uri, etag, reason in rows:
                 if reason == "crashed":  # done once it crashed in `crash_runs` runs
@@ -138,7 +149,16 @@ def done_keys(
         return np.concatenate(parts or [empty])
 
     history = (cat(seen_pairs), cat(seen_uris)) if seen else None
-    return KeyIndex(cat(pairs), cat(uris), history)
+    return KeyIndex(cat(pairs), cat(uris), history, videos)
+
+
+def complete_videos(windows_done: KeyIndex) -> list[tuple[str, str | None]]:
+    """The unfinished videos (no scores row) of a windows-table index whose every window has
+    a final row: a run died between committing a video's last window and its row."""
+    return [
+        (uri, etag) for (uri, etag), n in windows_done.videos.items()
+        if all(windows_done.done(window_key(uri, i), etag) for i in range(n))
+    ]  # fmt: skip
 
 
 def pending(objects: Iterable[Any], done: KeyIndex) -> tuple[int, int, dict[str, int]]:
